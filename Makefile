@@ -1,0 +1,37 @@
+# The two set-up commands: `make demo` and `make test`. Both create the environment first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+ARTIFACTS ?= artifacts
+
+.PHONY: demo test lint env bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: here that version resolves to the local CPU wheel; a bare `torch`
+	# requirement with nothing installed would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+env: $(VENV)/.installed
+
+demo: env
+	$(PY) -m data prepare --config configs/data/synthetic_demo.yaml --output $(ARTIFACTS)/data/synthetic_demo
+	$(PY) -m data manifest $(ARTIFACTS)/data/synthetic_demo
+
+test: env
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(if $(SLOW),,-m "not slow and not gpu")
+
+lint: env
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: env
+	$(PY) benchmarks/prepare_throughput.py
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache
