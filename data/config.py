@@ -1,0 +1,179 @@
+"""Typed configuration of `python -m data prepare`, loaded from `configs/data/*.yaml`.
+
+Every field is overridable on the command line with `--set section.field=value`; errors name the
+key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data.schema import EVENT_TYPES
+
+SPLIT_KINDS = ("time", "per_user", "given")
+# Shard counts must divide evenly across every launch size we support, so that each rank of a
+# 1, 2, 4 or 8-process run reads the same number of batches (uneven counts hang DDP).
+SUPPORTED_WORLD_SIZES = (1, 2, 4, 8)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SplitConfig:
+    kind: str = "time"
+    """time: one global cut by time; per_user: a random fraction of each user's creators;
+    given: the dataset's own split column (LightGCN)."""
+    test_fraction: float = 0.1
+    """time: the fraction of positive events (by time) after the cut; per_user: of each user's."""
+    min_train_per_user: int = 1
+    """per_user: users with fewer positives keep them all in train."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in SPLIT_KINDS:
+            raise ConfigError(f"split.kind={self.kind!r} is not one of {SPLIT_KINDS}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"split.test_fraction={self.test_fraction} must be in (0, 1)")
+
+
+@dataclass
+class EventsConfig:
+    positive: dict[str, float] = field(
+        default_factory=lambda: {
+            "follow": 1.0,
+            "free_membership": 1.5,
+            "paid_membership": 3.0,
+            "purchase": 2.0,
+            "like": 0.5,
+        }
+    )
+    """Event types that make a (fan, creator) pair a positive, with the example weight of each.
+    A pair's weight is the largest weight among its events; its time is its first positive event."""
+    min_value: float | None = None
+    """Ignore positive events whose value is below this (e.g. ratings below 4)."""
+
+    def __post_init__(self):
+        unknown = sorted(set(self.positive) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(
+                f"events.positive names unknown event types {unknown}; known: {list(EVENT_TYPES)}"
+            )
+        if not self.positive:
+            raise ConfigError("events.positive is empty: name at least one event type")
+
+
+@dataclass
+class FeaturesConfig:
+    history_length: int = 20
+    """Creators in each example's user history (the last N before the example's time)."""
+    max_tags: int = 5
+    """Tags kept per creator in the feature table."""
+
+    def __post_init__(self):
+        if self.history_length < 1:
+            raise ConfigError(f"features.history_length={self.history_length} must be >= 1")
+
+
+@dataclass
+class ShardsConfig:
+    record_size: int = 256
+    """Examples per record: shards hold pre-batched records; a training batch is k records."""
+    num_shards: int = 8
+    """Must be a multiple of 8 so 1, 2, 4 and 8 ranks all get equal shares."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.record_size < 1:
+            raise ConfigError(f"shards.record_size={self.record_size} must be >= 1")
+        lcm = max(SUPPORTED_WORLD_SIZES)
+        if self.num_shards < lcm or self.num_shards % lcm:
+            raise ConfigError(
+                f"shards.num_shards={self.num_shards} must be a positive multiple of {lcm} so "
+                f"every rank of a {SUPPORTED_WORLD_SIZES} launch reads the same number of batches"
+            )
+
+
+@dataclass
+class PrepareConfig:
+    name: str
+    source: dict[str, Any]
+    """`kind` (synthetic | csv | lastfm | movielens | lightgcn) and that source's parameters."""
+    output: str = ""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    buckets: int = 16
+    """User buckets spilled to disk between passes; memory holds one bucket at a time."""
+    chunk_rows: int = 2_000_000
+    """Rows validated and encoded at a time in the streaming pass."""
+    reference_time: str | None = None
+    """ISO time used as 'now' for the future-timestamp check; default: the wall clock."""
+    vocab_from: str | None = None
+    """A previous prepared dataset whose vocabularies are extended (default: `output` if it
+    exists), so existing ids keep their indices across rebuilds."""
+
+    def __post_init__(self):
+        if "kind" not in self.source:
+            raise ConfigError("source.kind is missing: one of synthetic, csv, lastfm, ...")
+        if self.buckets < 1:
+            raise ConfigError(f"buckets={self.buckets} must be >= 1")
+
+
+_SECTIONS = {
+    "split": SplitConfig,
+    "events": EventsConfig,
+    "features": FeaturesConfig,
+    "shards": ShardsConfig,
+}
+
+
+def from_dict(raw: dict[str, Any]) -> PrepareConfig:
+    raw = dict(raw)
+    known = {f.name for f in dataclasses.fields(PrepareConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
+    for key, cls in _SECTIONS.items():
+        section = raw.get(key) or {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(section) - fields)
+        if bad:
+            raise ConfigError(f"unknown keys {bad} in {key}; known: {sorted(fields)}")
+        raw[key] = cls(**section)
+    if "name" not in raw or "source" not in raw:
+        raise ConfigError("a data config needs at least `name` and `source`")
+    return PrepareConfig(**raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> PrepareConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config {path} not found; shipped configs are in configs/data/")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_dict(cfg: PrepareConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

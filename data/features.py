@@ -1,0 +1,154 @@
+"""Per-bucket computations of prepare, as plain functions over numpy arrays.
+
+A bucket holds every event of a set of users, so each function sees whole user histories.
+Vocabulary: `user`, `creator` are vocabulary indices; `ts` is milliseconds since the epoch
+(-1 when the source has no time); a *pair* is one (user, creator) positive; *side* is 0 for
+train, 1 for test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NO_TIME = -1
+TRAIN, TEST = 0, 1
+
+
+def find_duplicates(user, creator, event, ts, value, row) -> tuple[np.ndarray, np.ndarray]:
+    """Exact duplicate events. Returns (is_duplicate mask, row of the kept first copy)."""
+    order = np.lexsort((row, value.view(np.uint32), ts, event, creator, user))
+    keys = (user, creator, event, ts, value.view(np.uint32))
+    same = np.ones(len(order) - 1, dtype=bool) if len(order) > 1 else np.zeros(0, bool)
+    for k in keys:
+        sk = k[order]
+        same &= sk[1:] == sk[:-1]
+    dup_sorted = np.concatenate([[False], same])
+    # The first copy of each run is the one kept: propagate its row forward along the run.
+    run_start = np.maximum.accumulate(np.where(dup_sorted, 0, np.arange(len(order))))
+    dup = np.zeros(len(order), dtype=bool)
+    dup[order] = dup_sorted
+    first_row = np.empty(len(order), dtype=row.dtype)
+    first_row[order] = row[order][run_start]
+    return dup, first_row
+
+
+@dataclass
+class Pairs:
+    user: np.ndarray  # int32
+    creator: np.ndarray  # int32
+    ts: np.ndarray  # int64, first positive event of the pair (-1 when no time)
+    weight: np.ndarray  # float32, largest event weight of the pair
+    side: np.ndarray  # int8, TRAIN or TEST
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def select(self, mask: np.ndarray) -> Pairs:
+        return Pairs(
+            self.user[mask], self.creator[mask], self.ts[mask], self.weight[mask], self.side[mask]
+        )
+
+
+def positive_pairs(user, creator, ts, weight, side) -> Pairs:
+    """Collapse positive events into pairs: first time, largest weight, earliest side.
+
+    A pair whose first positive falls in train is a train pair even if it recurs later, so a test
+    pair is always a creator the fan had not engaged with before the cut.
+    """
+    if len(user) == 0:
+        e = np.zeros(0, np.int32)
+        return Pairs(e, e, np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8))
+    order = np.lexsort((side, ts, creator, user))
+    u, c = user[order], creator[order]
+    start = np.flatnonzero(np.concatenate([[True], (u[1:] != u[:-1]) | (c[1:] != c[:-1])]))
+    return Pairs(
+        user=u[start].astype(np.int32),
+        creator=c[start].astype(np.int32),
+        ts=ts[order][start],
+        weight=np.maximum.reduceat(weight[order], start).astype(np.float32),
+        side=side[order][start].astype(np.int8),
+    )
+
+
+def per_user_split(pairs: Pairs, test_fraction: float, min_train: int, seed: int) -> np.ndarray:
+    """Side of each pair for a per-user hold-out: a seeded random `test_fraction` of each user's
+    pairs, decided by a hash of (seed, user, creator) so the result never depends on bucketing."""
+    key = _hash_pairs(pairs.user, pairs.creator, seed)
+    order = np.lexsort((key, pairs.user))
+    _, sizes, rank = _groups(pairs.user[order])
+    n_test = np.floor(sizes * test_fraction + 0.5).astype(np.int64)
+    n_test = np.minimum(n_test, np.maximum(sizes - min_train, 0))
+    side_sorted = (rank < np.repeat(n_test, sizes)).astype(np.int8)
+    side = np.empty(len(pairs), dtype=np.int8)
+    side[order] = side_sorted
+    return side
+
+
+def sort_for_history(pairs: Pairs, temporal: bool, seed: int) -> Pairs:
+    """Order each user's pairs by time, or by a seeded shuffle when there is no time."""
+    second = pairs.ts if temporal else _hash_pairs(pairs.user, pairs.creator, seed + 1)
+    order = np.lexsort((pairs.creator, second, pairs.user))
+    return pairs.select(order)
+
+
+def histories(user: np.ndarray, creator: np.ndarray, length: int, temporal: bool) -> np.ndarray:
+    """History of each (sorted) pair: [n, length] creator indices, most recent in the last
+    column, 0-padded on the left.
+
+    Temporal: the `length` creators before the pair in time. Without time: `length` of the user's
+    other creators, taken cyclically after the pair in the seeded order, never the pair itself.
+    """
+    n = len(user)
+    out = np.zeros((n, length), dtype=np.int32)  # [n, N]
+    if n == 0:
+        return out
+    starts, sizes, rank = _groups(user)
+    group_start = np.repeat(starts, sizes)
+    group_size = np.repeat(sizes, sizes)
+    for j in range(1, length + 1):
+        if temporal:
+            pos = np.arange(n) - j
+            valid = pos >= group_start
+        else:
+            pos = group_start + (rank + j) % group_size
+            valid = j < group_size
+        out[:, length - j] = np.where(valid, creator[np.clip(pos, 0, n - 1)], 0)
+    return out
+
+
+def last_n_per_user(user: np.ndarray, creator: np.ndarray, length: int):
+    """For each user of the (sorted) pairs: (users, [u, length] their last `length` creators,
+    number of pairs). This is the history a request for that user sees after training."""
+    starts, sizes, _ = _groups(user)
+    ends = starts + sizes
+    out = np.zeros((len(starts), length), dtype=np.int32)
+    for j in range(1, length + 1):
+        pos = ends - j
+        out[:, length - j] = np.where(pos >= starts, creator[np.clip(pos, 0, None)], 0)
+    return user[starts], out, sizes
+
+
+def _groups(sorted_keys: np.ndarray):
+    """Starts, sizes and within-group rank of runs of equal keys in a sorted array."""
+    n = len(sorted_keys)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    sizes = np.diff(np.append(starts, n))
+    rank = np.arange(n) - np.repeat(starts, sizes)
+    return starts, sizes, rank
+
+
+def _hash_pairs(user: np.ndarray, creator: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded 64-bit mix of (user, creator) (splitmix64 finaliser): deterministic randomness."""
+    x = (user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64)
+    x = x + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x

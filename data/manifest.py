@@ -1,0 +1,171 @@
+"""The manifest every prepared dataset carries: what made it, from what, with what counts, and
+the checksum of every file, so a reader can trust (and verify) what it loads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from data.config import SUPPORTED_WORLD_SIZES, to_dict
+from data.io import checksums, write_json
+from data.schema import SCHEMA_VERSION
+
+KIND = "towerline.prepared_data"
+
+
+def build(job) -> dict:
+    """The manifest of a finished prepare job (see data.prepare._Job)."""
+    cfg, c = job.cfg, job.counts
+    quarantine = {
+        k.removeprefix("quarantined_"): v
+        for k, v in sorted(c.items())
+        if k.startswith("quarantined_")
+    }
+    examples = int(job.shard_counts.sum())
+    rows_in = c["interactions_in"]
+    return {
+        "kind": KIND,
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_by": provenance(),
+        "config": to_dict(cfg),
+        "source": job.source.describe(),
+        "counts": {
+            "interactions": _table_counts(c, "interactions"),
+            "creators": _table_counts(c, "creators"),
+            "users": _table_counts(c, "users"),
+            "events_by_type": {
+                k.removeprefix("events_"): v
+                for k, v in sorted(c.items())
+                if k.startswith("events_")
+            },
+            "quarantine_by_reason": quarantine,
+            "train_pairs": examples,
+            "test_pairs": int(job.user_test.sum()),
+            "test_users": int((job.user_test > 0).sum()),
+        },
+        "split": {
+            "kind": cfg.split.kind,
+            "cut": _iso(job.cut_ms),
+            "test_fraction": cfg.split.test_fraction,
+        },
+        "vocab": {
+            name: {
+                "size": len(v),
+                "previous_size": (job.previous_sizes or {}).get(name),
+                "reserved": {"<pad>": 0, "<unk>": 1},
+            }
+            for name, v in job.vocab.items()
+        },
+        "shards": {
+            "pattern": f"shards/train-{{00000..{cfg.shards.num_shards - 1:05d}}}.tar",
+            "count": cfg.shards.num_shards,
+            "record_size": cfg.shards.record_size,
+            "records_per_shard": job.n_records,
+            "examples": examples,
+            "padded_examples": job.padded,
+            "balanced_for_world_sizes": list(SUPPORTED_WORLD_SIZES),
+            "fields": {
+                "user": "int32 [R]",
+                "creator": "int32 [R]",
+                "history": f"int32 [R, {cfg.features.history_length}] (0 = padding, newest last)",
+                "weight": "float32 [R]",
+                "ts": "int64 [R] ms since epoch, -1 = no time",
+            },
+        },
+        "timings": {k: round(v, 3) for k, v in job.timings.items()},
+        "events_per_second": round(rows_in / job.timings["total_s"]) if rows_in else None,
+    }
+
+
+def _table_counts(c, table: str) -> dict:
+    return {
+        "in": c[f"{table}_in"],
+        "accepted": c[f"{table}_accepted"],
+        "quarantined": c[f"{table}_quarantined"],
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def provenance() -> dict:
+    """What produced an artifact: package versions, git commit, host."""
+    out = {"python": platform.python_version(), "host": platform.node()}
+    for pkg in ("towerline", "numpy", "pyarrow", "webdataset"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def write(folder: Path, manifest: dict) -> None:
+    manifest = dict(manifest, files=checksums(folder))
+    write_json(Path(folder) / "manifest.json", manifest)
+
+
+def load(folder: str | Path, verify: bool = False) -> dict:
+    """Read a dataset's manifest; with verify, recompute every checksum and fail on a mismatch."""
+    path = Path(folder) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {folder} a prepared dataset?")
+    manifest = json.loads(path.read_text())
+    if manifest.get("kind") != KIND:
+        raise ValueError(f"{path} is a {manifest.get('kind')!r} manifest, not {KIND!r}")
+    if verify:
+        actual = checksums(folder)
+        expected = manifest["files"]
+        bad = sorted(k for k in expected if actual.get(k) != expected[k])
+        extra = sorted(set(actual) - set(expected))
+        if bad or extra:
+            raise ValueError(
+                f"{folder}: files differ from the manifest: changed or missing "
+                f"{bad}, unexpected {extra}; re-run prepare"
+            )
+    return manifest
+
+
+def summary(manifest: dict) -> str:
+    """A short human-readable view of a manifest."""
+    c, s, sh = manifest["counts"], manifest["split"], manifest["shards"]
+    i = c["interactions"]
+    lines = [
+        f"dataset {manifest['name']}  (schema v{manifest['schema_version']}, "
+        f"source {manifest['source'].get('kind')})",
+        f"  interactions  in {i['in']:,}  accepted {i['accepted']:,}  "
+        f"quarantined {i['quarantined']:,}",
+        f"  quarantine    {c['quarantine_by_reason'] or 'none'}",
+        f"  split         {s['kind']}"
+        + (f" at {s['cut']}" if s["cut"] else "")
+        + f": {c['train_pairs']:,} train pairs, {c['test_pairs']:,} test pairs "
+        f"({c['test_users']:,} test users)",
+        "  vocab         " + ", ".join(f"{k} {v['size']:,}" for k, v in manifest["vocab"].items()),
+        f"  shards        {sh['count']} × {sh['records_per_shard']} records × "
+        f"{sh['record_size']} examples ({sh['padded_examples']:,} padded); {sh['pattern']}",
+        f"  time          {manifest['timings'].get('total_s')} s "
+        f"({manifest['events_per_second'] or 0:,} events/s)",
+        f"  files         {len(manifest['files'])} with sha256",
+    ]
+    return "\n".join(lines)

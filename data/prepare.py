@@ -1,0 +1,556 @@
+"""`python -m data prepare`: raw source → validated, split, featurised, sharded training data.
+
+Three passes, so memory holds one bucket of users at a time, never the whole log:
+
+1. stream: validate each batch (quarantining bad rows), encode ids with the stable vocabularies,
+   and spill compact integer events to `buckets` files by user;
+2. per bucket: drop exact duplicates, collapse positives into (user, creator) pairs, split them,
+   build each example's history from train pairs only, and deal examples round-robin to shards;
+3. per shard: shuffle, pad to equal record counts, write the webdataset tar.
+
+Everything lands in a staging folder, every file by temp + rename, and the folder is swapped in
+at the end: a crash leaves the previous dataset whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from data import features, manifest, sources
+from data.config import PrepareConfig
+from data.features import NO_TIME
+from data.io import ParquetAppender, publish_dir, write_parquet
+from data.schema import EVENT_TYPES, QUARANTINE, SOURCE_ROW_COLUMN, SPLIT_COLUMN
+from data.shards import SHARD_PATTERN, records_per_shard, write_shard
+from data.validate import rejects_table, validate
+from data.vocab import Vocab
+
+SPILL = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("user", pa.int32()),
+        ("creator", pa.int32()),
+        ("event", pa.int8()),
+        ("ts", pa.int64()),
+        ("value", pa.float32()),
+        ("split", pa.int8()),
+    ]
+)
+VOCABS = ("users", "creators", "categories", "tags")
+
+
+class ReconcileError(RuntimeError):
+    """Input rows != accepted + quarantined: a bug, never silently written."""
+
+
+def prepare(cfg: PrepareConfig, progress: bool = True) -> Path:
+    """Run the whole prepare job; return the published output folder."""
+    out = Path(cfg.output or f"artifacts/data/{cfg.name}")
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "tmp").mkdir(parents=True)
+    try:
+        job = _Job(cfg, staging, progress)
+        job.run(previous=Path(cfg.vocab_from) if cfg.vocab_from else out)
+        shutil.rmtree(staging / "tmp")
+        manifest.write(staging, job.manifest())
+        publish_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+class _Job:
+    def __init__(self, cfg: PrepareConfig, staging: Path, progress: bool):
+        self.cfg = cfg
+        self.dir = staging
+        self.progress = progress
+        self.source = sources.build(cfg.source)
+        self.now_ms = _reference_ms(cfg.reference_time)
+        self.counts: Counter = Counter()
+        self.timings: dict[str, float] = {}
+        positive = cfg.events.positive
+        self.event_weight = np.array([positive.get(e, 0.0) for e in EVENT_TYPES], np.float32)
+        self.is_positive = np.array([e in positive for e in EVENT_TYPES])
+        self.quarantine = ParquetAppender(staging / "quarantine.parquet", QUARANTINE)
+
+    # -- orchestration ------------------------------------------------------------------------
+
+    def run(self, previous: Path) -> None:
+        t0 = time.perf_counter()
+        old_vocab = previous / "vocab" if (previous / "vocab").exists() else None
+        self.vocab = {name: Vocab.load_or_new(name, old_vocab) for name in VOCABS}
+        self.previous_sizes = {k: len(v) for k, v in self.vocab.items()} if old_vocab else None
+        self._catalogs()
+        self._stream()
+        self.timings["stream_s"] = time.perf_counter() - t0
+        self._buckets()
+        self.timings["buckets_s"] = time.perf_counter() - t0 - self.timings["stream_s"]
+        self._shards()
+        self._tables()
+        self.quarantine.close()
+        self._reconcile()
+        self.timings["total_s"] = time.perf_counter() - t0
+
+    # -- pass 0: catalogs ---------------------------------------------------------------------
+
+    def _catalogs(self) -> None:
+        creators = self._validated("creators", self.source.creators(), key="creator_id")
+        users = self._validated("users", self.source.users(), key="user_id")
+        self.creators = creators
+        self.users = users
+        self.known_creators = None
+        if creators is not None:
+            self.vocab["creators"].extend(creators.column("creator_id").combine_chunks())
+            self.known_creators = creators.column("creator_id").combine_chunks()
+            self.vocab["categories"].extend(creators.column("category").combine_chunks())
+            self.vocab["tags"].extend(pc.list_flatten(creators.column("tags")).combine_chunks())
+        if users is not None:
+            self.vocab["users"].extend(users.column("user_id").combine_chunks())
+
+    def _validated(self, table: str, data: pa.Table | None, key: str) -> pa.Table | None:
+        """Validate a catalog table; later copies of an id are quarantined as duplicates."""
+        self._source_rejects()
+        if data is None:
+            return None
+        if SOURCE_ROW_COLUMN not in data.column_names:
+            data = data.append_column(SOURCE_ROW_COLUMN, pa.array(np.arange(len(data))))
+        result = validate(data, table, now_ms=self.now_ms, timestamps_required=False)
+        self.counts[f"{table}_in"] += len(data)
+        self._quarantine(result.quarantined)
+        accepted = result.accepted
+        first = pc.equal(
+            pa.array(np.arange(len(accepted))),
+            pc.index_in(accepted.column(key), value_set=accepted.column(key).unique()),
+        )
+        dupes = accepted.filter(pc.invert(first))
+        if len(dupes):
+            self._quarantine(_as_quarantine(dupes, table, "duplicate", f"{key} seen earlier"))
+        accepted = accepted.filter(first)
+        self.counts[f"{table}_accepted"] += len(accepted)
+        return accepted
+
+    # -- pass 1: stream -----------------------------------------------------------------------
+
+    def _stream(self) -> None:
+        cfg = self.cfg
+        spill_dir = self.dir / "tmp" / "buckets"
+        spill_dir.mkdir(parents=True)
+        writers = [pa.ipc.new_file(spill_dir / f"{b:04d}.arrow", SPILL) for b in range(cfg.buckets)]
+        self.time_sample: list[np.ndarray] = []
+        stride = max(1, (self.source.estimated_rows or 0) // 4_000_000)
+        bar = tqdm(
+            total=self.source.estimated_rows,
+            unit="ev",
+            unit_scale=True,
+            desc="validate+encode",
+            disable=not self.progress,
+        )
+        for batch in self.source.interactions():
+            self._source_rejects()
+            self.counts["interactions_in"] += batch.num_rows
+            result = validate(
+                batch,
+                "interactions",
+                now_ms=self.now_ms,
+                timestamps_required=self.source.has_timestamps,
+                known_creators=self.known_creators,
+            )
+            self._quarantine(result.quarantined)
+            spill = self._encode(result.accepted)
+            self.counts["interactions_valid"] += spill.num_rows
+            pos_ts = spill.column("ts").to_numpy()[self.is_positive[spill.column("event")]]
+            self.time_sample.append(pos_ts[::stride].copy())
+            bucket = spill.column("user").to_numpy() % cfg.buckets
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(cfg.buckets + 1))
+            ordered = spill.take(pa.array(order))
+            for b in range(cfg.buckets):
+                if bounds[b + 1] > bounds[b]:
+                    writers[b].write_batch(ordered.slice(bounds[b], bounds[b + 1] - bounds[b]))
+            bar.update(batch.num_rows)
+        bar.close()
+        self._source_rejects()
+        for w in writers:
+            w.close()
+
+    def _encode(self, accepted: pa.Table) -> pa.RecordBatch:
+        user = self.vocab["users"].encode(accepted.column("user_id"))
+        creators = self.vocab["creators"]
+        creator_col = accepted.column("creator_id")
+        creator = (
+            creators.lookup(creator_col) if self.known_creators else creators.encode(creator_col)
+        )
+        event = pc.index_in(accepted.column("event_type"), value_set=pa.array(EVENT_TYPES))
+        ts = pc.cast(accepted.column("timestamp").cast(pa.timestamp("ms")), pa.int64())
+        if SPLIT_COLUMN in accepted.column_names:
+            split = pc.index_in(
+                accepted.column(SPLIT_COLUMN), value_set=pa.array(["train", "test"])
+            )
+            split = pc.cast(pc.fill_null(split, -1), pa.int8()).combine_chunks()
+        else:
+            split = pa.array(np.full(len(accepted), -1, np.int8))
+        return pa.record_batch(
+            [
+                accepted.column(SOURCE_ROW_COLUMN).combine_chunks(),
+                pa.array(user),
+                pa.array(creator),
+                pc.cast(event, pa.int8()).combine_chunks(),
+                pc.fill_null(ts, NO_TIME).combine_chunks(),
+                accepted.column("value").combine_chunks(),
+                split,
+            ],
+            schema=SPILL,
+        )
+
+    # -- pass 2: buckets ----------------------------------------------------------------------
+
+    def _buckets(self) -> None:
+        cfg = self.cfg
+        self.cut_ms = self._time_cut()
+        n_shards = cfg.shards.num_shards
+        shard_dir = self.dir / "tmp" / "shards"
+        shard_dir.mkdir()
+        self.shard_spills = [shard_dir / f"{s:05d}.arrow" for s in range(n_shards)]
+        example_schema = _example_schema(cfg.features.history_length)
+        writers = [pa.ipc.new_file(p, example_schema) for p in self.shard_spills]
+        self.shard_counts = np.zeros(n_shards, dtype=np.int64)
+        n_users = len(self.vocab["users"])
+        hist_len = cfg.features.history_length
+        self.user_history = np.zeros((n_users, hist_len), dtype=np.int32)  # [U, N]
+        self.user_train = np.zeros(n_users, dtype=np.int32)
+        self.user_test = np.zeros(n_users, dtype=np.int32)
+        self.creator_train = np.zeros(len(self.vocab["creators"]), dtype=np.int64)
+        train_out = ParquetAppender(self.dir / "tables" / "train.parquet", _PAIRS)
+        test_out = ParquetAppender(self.dir / "tables" / "test.parquet", _PAIRS)
+        offset = 0
+        for b in tqdm(range(cfg.buckets), desc="split+features", disable=not self.progress):
+            train, test, examples = self._bucket(b)
+            train_out.write(_pairs_table(train))
+            test_out.write(_pairs_table(test))
+            n = len(examples["user"])
+            order = np.random.default_rng([cfg.shards.seed, b]).permutation(n)
+            shard = (offset + np.arange(n)) % n_shards
+            offset += n
+            for s in range(n_shards):
+                take = order[shard == s]
+                if len(take):
+                    writers[s].write_batch(_example_batch(examples, take, example_schema))
+                    self.shard_counts[s] += len(take)
+        for w in writers:
+            w.close()
+        train_out.close()
+        test_out.close()
+
+    def _bucket(self, b: int):
+        cfg = self.cfg
+        t = _read_ipc(self.dir / "tmp" / "buckets" / f"{b:04d}.arrow")
+        cols = {name: t.column(name).to_numpy() for name in SPILL.names}
+        dup, first_row = features.find_duplicates(
+            cols["user"], cols["creator"], cols["event"], cols["ts"], cols["value"], cols["row"]
+        )
+        if dup.any():
+            self._quarantine(self._duplicates(cols, dup, first_row))
+            cols = {k: v[~dup] for k, v in cols.items()}
+        self.counts["interactions_accepted"] += len(cols["row"])
+        for code, n in zip(*np.unique(cols["event"], return_counts=True), strict=True):
+            self.counts[f"events_{EVENT_TYPES[code]}"] += int(n)
+        pos = self.is_positive[cols["event"]]
+        if cfg.events.min_value is not None:
+            pos &= cols["value"] >= cfg.events.min_value
+        side = self._event_side(cols)
+        pairs = features.positive_pairs(
+            cols["user"][pos],
+            cols["creator"][pos],
+            cols["ts"][pos],
+            self.event_weight[cols["event"][pos]],
+            side[pos],
+        )
+        if cfg.split.kind == "per_user":
+            pairs.side = features.per_user_split(
+                pairs, cfg.split.test_fraction, cfg.split.min_train_per_user, cfg.split.seed
+            )
+        temporal = cfg.split.kind == "time"
+        train = features.sort_for_history(pairs.select(pairs.side == 0), temporal, cfg.split.seed)
+        test = pairs.select(pairs.side == 1)
+        hist = features.histories(train.user, train.creator, cfg.features.history_length, temporal)
+        users, last, n_train = features.last_n_per_user(
+            train.user, train.creator, cfg.features.history_length
+        )
+        self.user_history[users] = last
+        self.user_train[users] = n_train
+        np.add.at(self.user_test, test.user, 1)
+        self.creator_train += np.bincount(train.creator, minlength=len(self.creator_train))
+        examples = {
+            "user": train.user,
+            "creator": train.creator,
+            "history": hist,
+            "weight": train.weight,
+            "ts": train.ts,
+        }
+        return train, test, examples
+
+    def _event_side(self, cols) -> np.ndarray:
+        kind = self.cfg.split.kind
+        if kind == "time":
+            return (cols["ts"] >= self.cut_ms).astype(np.int8)
+        if kind == "given":
+            if (cols["split"] < 0).any():
+                raise ValueError(
+                    "split.kind=given but the source has rows without a train/test "
+                    "split; use split.kind=time or per_user"
+                )
+            return cols["split"]
+        return np.zeros(len(cols["row"]), dtype=np.int8)  # per_user: decided on pairs
+
+    def _time_cut(self) -> int | None:
+        if self.cfg.split.kind != "time":
+            return None
+        if not self.source.has_timestamps:
+            raise ValueError(
+                f"split.kind=time but source {self.source.name!r} has no timestamps; "
+                "set split.kind=per_user"
+            )
+        sample = np.sort(np.concatenate(self.time_sample or [np.zeros(0, np.int64)]))
+        if len(sample) == 0:
+            raise ValueError("no positive events to split; check events.positive")
+        q = 1.0 - self.cfg.split.test_fraction
+        return int(sample[min(len(sample) - 1, int(q * len(sample)))])
+
+    def _duplicates(self, cols, dup, first_row) -> pa.Table:
+        idx = np.flatnonzero(dup)
+        users, creators = self.vocab["users"].ids, self.vocab["creators"].ids
+        ts = cols["ts"][idx]
+        raw = pa.table(
+            {
+                "user_id": users.take(pa.array(cols["user"][idx])),
+                "creator_id": creators.take(pa.array(cols["creator"][idx])),
+                "event_type": pa.array(EVENT_TYPES).take(pa.array(cols["event"][idx])),
+                "timestamp": pa.array(np.where(ts == NO_TIME, None, ts), pa.timestamp("ms", "UTC")),
+                "value": pa.array(cols["value"][idx]),
+                SOURCE_ROW_COLUMN: pa.array(cols["row"][idx]),
+            }
+        )
+        details = [f"duplicate of source row {r}" for r in first_row[idx]]
+        return _as_quarantine(raw, "interactions", "duplicate", details)
+
+    # -- pass 3: shards and tables ------------------------------------------------------------
+
+    def _shards(self) -> None:
+        cfg = self.cfg.shards
+        if self.shard_counts.sum() == 0:
+            raise ValueError(
+                "no training examples: every positive fell in test or was rejected; "
+                "check events.positive and the quarantine summary"
+            )
+        self.n_records = records_per_shard(int(self.shard_counts.max()), cfg.record_size)
+        self.padded = 0
+        shard_dir = self.dir / "shards"
+        shard_dir.mkdir()
+        spills = [_read_ipc(p) for p in self.shard_spills] if self.shard_counts.min() == 0 else None
+        for s, spill in enumerate(
+            tqdm(self.shard_spills, desc="write shards", disable=not self.progress)
+        ):
+            examples = _examples_from_table(_read_ipc(spill))
+            if len(examples["user"]) == 0:
+                # Fewer examples than shards (a toy dataset): fill from the first shard, so every
+                # rank still sees the same number of records.
+                examples = _examples_from_table(spills[0])
+                self.padded += len(examples["user"])  # all of this shard repeats shard 0
+            self.padded += write_shard(
+                shard_dir / SHARD_PATTERN.format(s),
+                examples,
+                self.n_records,
+                cfg.record_size,
+                seed=cfg.seed * 7919 + s,
+            )
+
+    def _tables(self) -> None:
+        tables = self.dir / "tables"
+        write_parquet(tables / "creators.parquet", self._creator_table())
+        write_parquet(tables / "users.parquet", self._user_table())
+        for name, vocab in self.vocab.items():
+            vocab.save(self.dir / "vocab" / f"{name}.parquet")
+
+    def _creator_table(self) -> pa.Table:
+        vocab = self.vocab["creators"]
+        n = len(vocab)
+        table = pa.table(
+            {"creator_idx": pa.array(np.arange(n, dtype=np.int32)), "creator_id": vocab.ids}
+        )
+        if self.creators is not None:
+            meta = self.creators.drop_columns([SOURCE_ROW_COLUMN])
+            meta = meta.append_column(
+                "category_idx", pa.array(self.vocab["categories"].lookup(meta.column("category")))
+            )
+            tags = meta.column("tags").combine_chunks()
+            tags = pc.list_slice(tags, 0, self.cfg.features.max_tags)
+            tag_idx = self.vocab["tags"].lookup(pc.list_flatten(tags))
+            meta = meta.set_column(meta.schema.get_field_index("tags"), "tags", tags)
+            offsets = pc.list_value_length(tags).fill_null(0).to_numpy()
+            meta = meta.append_column(
+                "tag_idx",
+                pa.ListArray.from_arrays(
+                    pa.array(np.concatenate([[0], np.cumsum(offsets)]).astype(np.int32)),
+                    pa.array(tag_idx),
+                ),
+            )
+            table = _align(table, meta, vocab.lookup(meta.column("creator_id")), "creator_id")
+        counts = self.creator_train
+        return table.append_column("train_count", pa.array(counts))
+
+    def _user_table(self) -> pa.Table:
+        vocab = self.vocab["users"]
+        n, hist_len = self.user_history.shape
+        table = pa.table(
+            {
+                "user_idx": pa.array(np.arange(n, dtype=np.int32)),
+                "user_id": vocab.ids,
+                "history": pa.FixedSizeListArray.from_arrays(
+                    pa.array(self.user_history.ravel()), hist_len
+                ),
+                "train_count": pa.array(self.user_train),
+                "test_count": pa.array(self.user_test),
+            }
+        )
+        if self.users is not None:
+            meta = self.users.drop_columns([SOURCE_ROW_COLUMN])
+            table = _align(table, meta, vocab.lookup(meta.column("user_id")), "user_id")
+        return table
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _source_rejects(self) -> None:
+        """Rows the source could not split into fields: input rows of their table, quarantined."""
+        rows = rejects_table(self.source.drain_rejects())
+        for table in rows.column("table").to_pylist():
+            self.counts[f"{table}_in"] += 1
+        self._quarantine(rows)
+
+    def _quarantine(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.quarantine.write(rows)
+            for table, reason in zip(
+                rows.column("table").to_pylist(), rows.column("reason").to_pylist(), strict=True
+            ):
+                self.counts[f"quarantined_{table}_{reason}"] += 1
+                self.counts[f"{table}_quarantined"] += 1
+
+    def _reconcile(self) -> None:
+        c = self.counts
+        for table in ("interactions", "creators", "users"):
+            rows_in = c[f"{table}_in"]
+            accepted, quarantined = c[f"{table}_accepted"], c[f"{table}_quarantined"]
+            if rows_in != accepted + quarantined:
+                raise ReconcileError(
+                    f"{table}: {rows_in} rows in != {accepted} accepted + {quarantined} quarantined"
+                )
+
+    def manifest(self) -> dict:
+        return manifest.build(self)
+
+
+_PAIRS = pa.schema(
+    [
+        ("user_idx", pa.int32()),
+        ("creator_idx", pa.int32()),
+        ("ts", pa.int64()),
+        ("weight", pa.float32()),
+    ]
+)
+
+
+def _pairs_table(p: features.Pairs) -> pa.Table:
+    return pa.table([p.user, p.creator, p.ts, p.weight], schema=_PAIRS)
+
+
+def _read_ipc(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as f:
+        return pa.ipc.open_file(f).read_all()
+
+
+def _example_schema(hist_len: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("user", pa.int32()),
+            ("creator", pa.int32()),
+            ("history", pa.list_(pa.int32(), hist_len)),
+            ("weight", pa.float32()),
+            ("ts", pa.int64()),
+        ]
+    )
+
+
+def _example_batch(examples, take, schema: pa.Schema) -> pa.RecordBatch:
+    hist = examples["history"][take]
+    return pa.record_batch(
+        [
+            pa.array(examples["user"][take]),
+            pa.array(examples["creator"][take]),
+            pa.FixedSizeListArray.from_arrays(pa.array(hist.ravel()), hist.shape[1]),
+            pa.array(examples["weight"][take]),
+            pa.array(examples["ts"][take]),
+        ],
+        schema=schema,
+    )
+
+
+def _examples_from_table(t: pa.Table) -> dict[str, np.ndarray]:
+    hist = t.column("history").combine_chunks()
+    width = hist.type.list_size
+    return {
+        "user": t.column("user").to_numpy(),
+        "creator": t.column("creator").to_numpy(),
+        "history": hist.flatten().to_numpy().reshape(-1, width),
+        "weight": t.column("weight").to_numpy(),
+        "ts": t.column("ts").to_numpy(),
+    }
+
+
+def _align(table: pa.Table, meta: pa.Table, index: np.ndarray, key: str) -> pa.Table:
+    """Append `meta`'s columns to `table` (one row per vocabulary index), row `index[i]` getting
+    meta row i; indices without metadata get nulls."""
+    position = np.full(table.num_rows, -1, dtype=np.int64)
+    position[index] = np.arange(len(index))
+    rows = meta.drop_columns([key]).take(pa.array(position, mask=position < 0))
+    for name in rows.column_names:
+        table = table.append_column(name, rows.column(name))
+    return table
+
+
+def _as_quarantine(rows: pa.Table, table: str, reason: str, detail) -> pa.Table:
+    from data.sources.base import raw_to_text
+
+    n = rows.num_rows
+    details = detail if isinstance(detail, list) else [detail] * n
+    src = rows.column(SOURCE_ROW_COLUMN).to_pylist()
+    fields = rows.drop_columns([SOURCE_ROW_COLUMN]).to_pylist()
+    return pa.table(
+        {
+            "table": pa.array([table] * n, pa.string()),
+            "source_row": pa.array(src, pa.int64()),
+            "reason": pa.array([reason] * n, pa.string()),
+            "detail": pa.array(details, pa.string()),
+            "raw": pa.array([raw_to_text(r) for r in fields], pa.string()),
+        },
+        schema=QUARANTINE,
+    )
+
+
+def _reference_ms(reference: str | None) -> int:
+    if reference is None:
+        return int(time.time() * 1000)
+    when = dt.datetime.fromisoformat(reference.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
