@@ -17,19 +17,32 @@ TRAIN, TEST = 0, 1
 
 
 def find_duplicates(user, creator, event, ts, value, row) -> tuple[np.ndarray, np.ndarray]:
-    """Exact duplicate events. Returns (is_duplicate mask, row of the kept first copy)."""
-    order = np.lexsort((row, value.view(np.uint32), ts, event, creator, user))
-    keys = (user, creator, event, ts, value.view(np.uint32))
-    same = np.ones(len(order) - 1, dtype=bool) if len(order) > 1 else np.zeros(0, bool)
-    for k in keys:
-        sk = k[order]
-        same &= sk[1:] == sk[:-1]
-    dup_sorted = np.concatenate([[False], same])
-    # The first copy of each run is the one kept: propagate its row forward along the run.
-    run_start = np.maximum.accumulate(np.where(dup_sorted, 0, np.arange(len(order))))
-    dup = np.zeros(len(order), dtype=bool)
+    """Exact duplicate events, in stream order. Returns (is_duplicate, row of the kept copy).
+
+    Rows are sorted by a 64-bit hash of all fields (one argsort instead of a five-key lexsort),
+    and neighbours with equal hashes are confirmed field by field, so a hash collision never
+    merges two different events. The stable sort keeps the copy that came first in the stream.
+    """
+    n = len(user)
+    vbits = value.view(np.uint32).astype(np.uint64)
+    h = _mix((user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64))
+    h = _mix(h ^ ts.astype(np.uint64))
+    h = _mix(h ^ ((event.astype(np.uint64) << np.uint64(32)) | vbits))
+    order = np.argsort(h, kind="stable")
+    same = np.zeros(max(n - 1, 0), dtype=bool)
+    hs = h[order]
+    candidates = np.flatnonzero(hs[1:] == hs[:-1])
+    if len(candidates):
+        a, b = order[candidates], order[candidates + 1]
+        equal = (user[a] == user[b]) & (creator[a] == creator[b]) & (event[a] == event[b])
+        equal &= (ts[a] == ts[b]) & (value.view(np.uint32)[a] == value.view(np.uint32)[b])
+        same[candidates] = equal
+    dup_sorted = np.concatenate([[False], same]) if n else np.zeros(0, bool)
+    # The first copy of each run is the one kept: propagate its position along the run.
+    run_start = np.maximum.accumulate(np.where(dup_sorted, 0, np.arange(n)))
+    dup = np.zeros(n, dtype=bool)
     dup[order] = dup_sorted
-    first_row = np.empty(len(order), dtype=row.dtype)
+    first_row = np.empty(n, dtype=row.dtype)
     first_row[order] = row[order][run_start]
     return dup, first_row
 
@@ -60,15 +73,17 @@ def positive_pairs(user, creator, ts, weight, side) -> Pairs:
     if len(user) == 0:
         e = np.zeros(0, np.int32)
         return Pairs(e, e, np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8))
-    order = np.lexsort((side, ts, creator, user))
-    u, c = user[order], creator[order]
-    start = np.flatnonzero(np.concatenate([[True], (u[1:] != u[:-1]) | (c[1:] != c[:-1])]))
+    key = (user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64)
+    order = np.lexsort((ts, key))
+    k = key[order]
+    start = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+    first = order[start]
     return Pairs(
-        user=u[start].astype(np.int32),
-        creator=c[start].astype(np.int32),
-        ts=ts[order][start],
+        user=user[first].astype(np.int32),
+        creator=creator[first].astype(np.int32),
+        ts=ts[first],
         weight=np.maximum.reduceat(weight[order], start).astype(np.float32),
-        side=side[order][start].astype(np.int8),
+        side=np.minimum.reduceat(side[order], start).astype(np.int8),
     )
 
 
@@ -88,8 +103,9 @@ def per_user_split(pairs: Pairs, test_fraction: float, min_train: int, seed: int
 
 def sort_for_history(pairs: Pairs, temporal: bool, seed: int) -> Pairs:
     """Order each user's pairs by time, or by a seeded shuffle when there is no time."""
+    # Pairs arrive sorted by (user, creator), so the stable sort breaks time ties by creator.
     second = pairs.ts if temporal else _hash_pairs(pairs.user, pairs.creator, seed + 1)
-    order = np.lexsort((pairs.creator, second, pairs.user))
+    order = np.lexsort((second, pairs.user))
     return pairs.select(order)
 
 
@@ -143,10 +159,14 @@ def _groups(sorted_keys: np.ndarray):
 
 
 def _hash_pairs(user: np.ndarray, creator: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded 64-bit mix of (user, creator) (splitmix64 finaliser): deterministic randomness."""
+    """A seeded 64-bit mix of (user, creator): deterministic randomness independent of order."""
     x = (user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64)
-    x = x + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
-    x ^= x >> np.uint64(30)
+    return _mix(x + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64)))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a cheap, well-spread 64-bit hash of 64-bit keys."""
+    x = x ^ (x >> np.uint64(30))
     x *= np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(27)
     x *= np.uint64(0x94D049BB133111EB)

@@ -165,13 +165,15 @@ class _Job:
                 now_ms=self.now_ms,
                 timestamps_required=self.source.has_timestamps,
                 known_creators=self.known_creators,
+                dictionary_ids=True,
             )
             self._quarantine(result.quarantined)
             spill = self._encode(result.accepted)
             self.counts["interactions_valid"] += spill.num_rows
             pos_ts = spill.column("ts").to_numpy()[self.is_positive[spill.column("event")]]
             self.time_sample.append(pos_ts[::stride].copy())
-            bucket = spill.column("user").to_numpy() % cfg.buckets
+            # uint16 keys make numpy's stable argsort a linear-time radix sort.
+            bucket = (spill.column("user").to_numpy() % cfg.buckets).astype(np.uint16)
             order = np.argsort(bucket, kind="stable")
             bounds = np.searchsorted(bucket[order], np.arange(cfg.buckets + 1))
             ordered = spill.take(pa.array(order))

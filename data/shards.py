@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from data.io import atomic_path
 
@@ -54,14 +54,21 @@ def write_shard(
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     order = np.concatenate([order, order[np.arange(need - n) % n]])
-    with atomic_path(path) as tmp, wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as sink:
+    shuffled = {name: examples[name][order] for name in FIELDS}  # one gather, then views
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for r in range(n_records):
-            take = order[r * record_size : (r + 1) * record_size]
-            sample = {"__key__": f"{path.stem}-{r:06d}"}
+            rows = slice(r * record_size, (r + 1) * record_size)
+            key = f"{path.stem}-{r:06d}"
             for name in FIELDS:
-                sample[f"{name}.npy"] = npy_bytes(examples[name][take])
-            sink.write(sample)
+                _add_member(tar, f"{key}.{name}.npy", npy_bytes(shuffled[name][rows]))
     return need - n
+
+
+def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    # Fixed owner, mode and mtime: the same examples always give byte-identical shards.
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o444
+    tar.addfile(info, io.BytesIO(payload))
 
 
 def shard_paths(folder: str | os.PathLike) -> list[str]:
@@ -92,12 +99,14 @@ def record_dataset(
     shuffle_shards: bool = True,
     seed: int = 0,
     epoch: int = 0,
-) -> wds.WebDataset:
+):
     """A webdataset pipeline of decoded records for one rank.
 
     Ranks are given explicitly rather than read from RANK/WORLD_SIZE, so the same call works in
     tests, under Lightning and in a plain script. DataLoader workers split the rank's shards.
     """
+    import webdataset as wds  # imports torch: only readers pay for it, not prepare
+
     paths = shards_for_rank(shard_paths(folder), rank, world_size)
     if shuffle_shards:
         paths = [paths[i] for i in np.random.default_rng([seed, epoch]).permutation(len(paths))]

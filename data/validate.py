@@ -97,8 +97,13 @@ def validate(
     now_ms: int,
     timestamps_required: bool = True,
     known_creators: pa.Array | None = None,
+    dictionary_ids: bool = False,
 ) -> Result:
-    """Parse and check one batch of `table` (interactions | creators | users)."""
+    """Parse and check one batch of `table` (interactions | creators | users).
+
+    With `dictionary_ids`, id columns come back dictionary-encoded (as they were checked), so the
+    vocabulary lookup that follows hashes each distinct id once more, not each row.
+    """
     fields, target = SPECS[table]
     data = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     _require_columns(data, fields, table)
@@ -110,12 +115,18 @@ def validate(
         required = f.required and not (f.kind == "timestamp" and not timestamps_required)
         typed[f.name] = _check_field(raw_columns[f.name], f, i, rej, required, now_ms)
     if known_creators is not None and table == "interactions":
-        known = pc.is_in(typed["creator_id"], value_set=known_creators)
+        creators = typed["creator_id"]
+        known = pc.take(pc.is_in(creators.dictionary, value_set=known_creators), creators.indices)
         rej.mark(pc.invert(pc.fill_null(known, False)), "unknown_creator", 1)
 
     extra = [c for c in (schema.SOURCE_ROW_COLUMN, schema.SPLIT_COLUMN) if c in data.column_names]
     ok = pa.array(rej.ok)
-    columns = [typed[f.name].cast(target.field(f.name).type) for f in fields]
+    columns = [
+        typed[f.name]
+        if f.kind == "id" and dictionary_ids
+        else typed[f.name].cast(target.field(f.name).type)
+        for f in fields
+    ]
     accepted = pa.table(
         columns + [data.column(c) for c in extra],
         names=[
@@ -171,11 +182,11 @@ def _decode(col: pa.Array, i: int, rej: _Rejections) -> pa.Array:
 
 def _parse_id(col, i, rej, now_ms):
     # Distinct values first: a log repeats each id many times, the regex runs once per id.
-    encoded = pc.dictionary_encode(col)
+    encoded = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
     ok_values = pc.match_substring_regex(encoded.dictionary, schema.ID_PATTERN)
     bad = pc.invert(pc.fill_null(pc.take(ok_values, encoded.indices), True))
-    rej.mark(pc.and_(bad, pc.is_valid(col)), "malformed_id", i)
-    return col
+    rej.mark(pc.and_(bad, pc.is_valid(encoded.indices)), "malformed_id", i)
+    return encoded
 
 
 def _parse_string(col, i, rej, now_ms):

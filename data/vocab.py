@@ -38,19 +38,25 @@ class Vocab:
 
     def lookup(self, values: pa.Array) -> np.ndarray:
         """Indices of `values` (int32); ids not in the vocabulary map to the unknown slot."""
-        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        encoded = pc.dictionary_encode(values)
-        index = pc.index_in(encoded.dictionary, value_set=self.ids)
-        out = pc.take(pc.fill_null(index, UNK_INDEX), encoded.indices)
-        return pc.fill_null(out, UNK_INDEX).to_numpy(zero_copy_only=False).astype(np.int32)
+        encoded = _dictionary(values)
+        index = pc.fill_null(pc.index_in(encoded.dictionary, value_set=self.ids), UNK_INDEX)
+        out = pc.fill_null(pc.take(index, encoded.indices), UNK_INDEX)
+        return out.to_numpy(zero_copy_only=False).astype(np.int32)
 
     def encode(self, values: pa.Array) -> np.ndarray:
-        """Extend with the unseen values, then look all of them up."""
-        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        encoded = pc.dictionary_encode(values)
-        self.extend(encoded.dictionary)
-        index = pc.index_in(encoded.dictionary, value_set=self.ids)
-        return pc.take(index, encoded.indices).to_numpy(zero_copy_only=False).astype(np.int32)
+        """Extend with the unseen values (in order of first appearance), then look all of them
+        up. One hash pass over the vocabulary per call, one per distinct value."""
+        encoded = _dictionary(values)
+        index = pc.fill_null(pc.index_in(encoded.dictionary, value_set=self.ids), -1)
+        index = index.to_numpy().astype(np.int64)
+        used = pc.unique(encoded.indices.drop_null()).to_numpy()  # first-appearance order
+        new = used[index[used] < 0]
+        if len(new):
+            index[new] = len(self) + np.arange(len(new))
+            fresh = encoded.dictionary.take(pa.array(new)).cast(pa.string())
+            self.ids = pa.concat_arrays([self.ids, fresh])
+        rows = encoded.indices.to_numpy(zero_copy_only=False)
+        return index[rows].astype(np.int32)
 
     def table(self) -> pa.Table:
         return pa.table({"index": pa.array(np.arange(len(self), dtype=np.int32)), "id": self.ids})
@@ -70,3 +76,11 @@ class Vocab:
     def load_or_new(cls, name: str, folder: Path | None) -> Vocab:
         path = folder / f"{name}.parquet" if folder else None
         return cls.load(name, path) if path and path.exists() else cls(name)
+
+
+def _dictionary(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if pa.types.is_dictionary(values.type):
+        return values
+    return pc.dictionary_encode(values)
