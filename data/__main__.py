@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     g = sub.add_parser("generate", help="write the synthetic source as raw CSV logs")
     g.add_argument("--config", required=True, help="a data config whose source is synthetic")
-    g.add_argument("--output", required=True, help="folder for interactions/creators/users.csv")
+    g.add_argument("--output", required=True, help="folder for interactions/creators/users files")
+    g.add_argument("--format", choices=["csv", "parquet"], default="csv")
 
     args = parser.parse_args(argv)
     if args.command == "prepare":
@@ -55,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  verified      all {len(m['files'])} checksums match")
     elif args.command == "generate":
         from data.sources import build
-        from data.sources.files import write_raw_logs
+        from data.sources.files import write_parquet_logs, write_raw_logs
 
         cfg = config.load(args.config)
-        rows = write_raw_logs(build(cfg.source), Path(args.output))
-        print(f"wrote raw CSV logs to {args.output}: {rows}")
+        write = write_raw_logs if args.format == "csv" else write_parquet_logs
+        rows = write(build(cfg.source), Path(args.output))
+        print(f"wrote {args.format} logs to {args.output}: {rows}")
     return 0
 
 

@@ -15,6 +15,8 @@ def build(spec: dict[str, Any]) -> Source:
         from data.sources.synthetic import SyntheticSource as cls
     elif kind == "csv":
         from data.sources.files import CsvSource as cls
+    elif kind == "parquet":
+        from data.sources.files import ParquetSource as cls
     elif kind == "lastfm":
         from data.sources.public import LastFmSource as cls
     elif kind == "movielens":
@@ -23,7 +25,8 @@ def build(spec: dict[str, Any]) -> Source:
         from data.sources.public import LightGCNSource as cls
     else:
         raise ValueError(
-            f"source.kind={kind!r} is not known; use synthetic, csv, lastfm, movielens or lightgcn"
+            f"source.kind={kind!r} is not known; "
+            "use synthetic, csv, parquet, lastfm, movielens or lightgcn"
         )
     try:
         return cls(**spec)

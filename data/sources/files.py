@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 
 from data import schema
 from data.io import atomic_path
-from data.sources.base import Source
+from data.sources.base import Source, with_row_numbers
 
 BLOCK_BYTES = 64 << 20
 
@@ -68,12 +68,12 @@ class CsvSource(Source):
         }
 
 
-def _expand(spec: str) -> list[Path]:
+def _expand(spec: str, pattern: str = "*.csv") -> list[Path]:
     path = Path(spec)
-    files = sorted(path.glob("*.csv")) if path.is_dir() else sorted(map(Path, glob.glob(spec)))
+    files = sorted(path.glob(pattern)) if path.is_dir() else sorted(map(Path, glob.glob(spec)))
     if not files:
         raise FileNotFoundError(
-            f"no CSV file matches {spec!r}; give a file, a folder of .csv files, or a glob"
+            f"no file matches {spec!r}; give a file, a folder of {pattern} files, or a glob"
         )
     return files
 
@@ -157,4 +157,83 @@ def write_raw_logs(source: Source, folder: str | Path) -> dict[str, int]:
             )
             pacsv.write_csv(table, f, write_options=pacsv.WriteOptions(include_header=i == 0))
             rows["interactions"] += table.num_rows
+    return rows
+
+
+@dataclass
+class ParquetSource(Source):
+    """Canonical-schema parquet files (`interactions` a file, folder or glob; `creators` and
+    `users` optional files). Id columns are read dictionary-encoded, as parquet stores them, so
+    validation and the vocabulary hash each distinct id once."""
+
+    interactions_path: str = ""
+    creators_path: str | None = None
+    users_path: str | None = None
+    batch_rows: int = 1_000_000
+    _files: list[Path] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        import pyarrow.parquet as pq
+
+        self._files = _expand(self.interactions_path, "*.parquet")
+        self.estimated_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in self._files)
+        names = pq.ParquetFile(self._files[0]).schema_arrow.names
+        self.has_timestamps = "timestamp" in names
+        self.has_given_split = schema.SPLIT_COLUMN in names
+
+    def interactions(self) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        row = 0
+        for path in self._files:
+            f = pq.ParquetFile(path, read_dictionary=["user_id", "creator_id"])
+            for batch in f.iter_batches(batch_size=self.batch_rows, use_threads=False):
+                if schema.SOURCE_ROW_COLUMN not in batch.schema.names:
+                    batch = with_row_numbers(batch, row)
+                row += batch.num_rows
+                yield batch
+
+    def creators(self) -> pa.Table | None:
+        return _read_parquet(self.creators_path)
+
+    def users(self) -> pa.Table | None:
+        return _read_parquet(self.users_path)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "parquet",
+            "interactions": [str(p) for p in self._files],
+            "creators": self.creators_path,
+            "users": self.users_path,
+        }
+
+
+def _read_parquet(path: str | None) -> pa.Table | None:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(_expand(path, "*.parquet")[0]) if path else None
+
+
+def write_parquet_logs(source: Source, folder: str | Path) -> dict[str, int]:
+    """Dump any source as canonical parquet files (interactions/creators/users.parquet)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, table in (("creators", source.creators()), ("users", source.users())):
+        if table is not None:
+            with atomic_path(folder / f"{name}.parquet") as tmp:
+                pq.write_table(table, tmp)
+            rows[name] = table.num_rows
+    rows["interactions"] = 0
+    with atomic_path(folder / "interactions.parquet") as tmp:
+        writer = None
+        for batch in source.interactions():
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+            writer.write_batch(batch)
+            rows["interactions"] += batch.num_rows
+        if writer is not None:
+            writer.close()
     return rows
