@@ -8,11 +8,11 @@ ARTIFACTS ?= artifacts
 
 .PHONY: demo test lint env bench clean
 
+# torch first, pinned: on machines without a GPU that version resolves to a local CPU wheel; a
+# bare `torch` requirement with nothing installed would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: here that version resolves to the local CPU wheel; a bare `torch`
-	# requirement with nothing installed would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
@@ -31,7 +31,8 @@ lint: env
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 bench: env
-	$(PY) benchmarks/prepare_throughput.py
+	$(PY) benchmarks/prepare_throughput.py --events 10000000
+	$(PY) benchmarks/prepare_throughput.py --events 100000000 --memory
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache

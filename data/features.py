@@ -121,16 +121,18 @@ def histories(user: np.ndarray, creator: np.ndarray, length: int, temporal: bool
     if n == 0:
         return out
     starts, sizes, rank = _groups(user)
+    if temporal:
+        # Row k of the window view is creator[k-N .. k-1]; mask what precedes the user's first.
+        padded = np.concatenate([np.zeros(length, creator.dtype), creator])
+        window = np.lib.stride_tricks.sliding_window_view(padded, length)[:n]  # [n, N]
+        keep = np.arange(length)[None, :] >= (length - rank)[:, None]
+        np.copyto(out, window, where=keep)
+        return out
     group_start = np.repeat(starts, sizes)
     group_size = np.repeat(sizes, sizes)
     for j in range(1, length + 1):
-        if temporal:
-            pos = np.arange(n) - j
-            valid = pos >= group_start
-        else:
-            pos = group_start + (rank + j) % group_size
-            valid = j < group_size
-        out[:, length - j] = np.where(valid, creator[np.clip(pos, 0, n - 1)], 0)
+        pos = group_start + (rank + j) % group_size
+        out[:, length - j] = np.where(j < group_size, creator[pos], 0)
     return out
 
 

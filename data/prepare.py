@@ -265,8 +265,9 @@ class _Job:
             self._quarantine(self._duplicates(cols, dup, first_row))
             cols = {k: v[~dup] for k, v in cols.items()}
         self.counts["interactions_accepted"] += len(cols["row"])
-        for code, n in zip(*np.unique(cols["event"], return_counts=True), strict=True):
-            self.counts[f"events_{EVENT_TYPES[code]}"] += int(n)
+        per_type = np.bincount(cols["event"], minlength=len(EVENT_TYPES))
+        for code in np.flatnonzero(per_type):
+            self.counts[f"events_{EVENT_TYPES[code]}"] += int(per_type[code])
         pos = self.is_positive[cols["event"]]
         if cfg.events.min_value is not None:
             pos &= cols["value"] >= cfg.events.min_value
@@ -291,7 +292,7 @@ class _Job:
         )
         self.user_history[users] = last
         self.user_train[users] = n_train
-        np.add.at(self.user_test, test.user, 1)
+        self.user_test += np.bincount(test.user, minlength=len(self.user_test)).astype(np.int32)
         self.creator_train += np.bincount(train.creator, minlength=len(self.creator_train))
         examples = {
             "user": train.user,
