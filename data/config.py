@@ -112,7 +112,7 @@ class PrepareConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     buckets: int = 16
     """User buckets spilled to disk between passes; memory holds one bucket at a time."""
-    chunk_rows: int = 2_000_000
+    chunk_rows: int = 4_000_000
     """Rows validated and encoded at a time in the streaming pass."""
     reference_time: str | None = None
     """ISO time used as 'now' for the future-timestamp check; default: the wall clock."""

@@ -19,31 +19,36 @@ TRAIN, TEST = 0, 1
 def find_duplicates(user, creator, event, ts, value, row) -> tuple[np.ndarray, np.ndarray]:
     """Exact duplicate events, in stream order. Returns (is_duplicate, row of the kept copy).
 
-    Rows are sorted by a 64-bit hash of all fields (one argsort instead of a five-key lexsort),
-    and neighbours with equal hashes are confirmed field by field, so a hash collision never
-    merges two different events. The stable sort keeps the copy that came first in the stream.
+    Rows are hashed to 64 bits and the hashes sorted by value (a SIMD sort, several times cheaper
+    than an argsort); only rows whose hash occurs more than once, few in real logs, are then
+    compared field by field in stream order, so a hash collision never merges two events.
     """
     n = len(user)
-    vbits = value.view(np.uint32).astype(np.uint64)
+    dup = np.zeros(n, dtype=bool)
+    first_row = row.copy()
+    if n < 2:
+        return dup, first_row
+    vbits = value.view(np.uint32)
     h = _mix((user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64))
     h = _mix(h ^ ts.astype(np.uint64))
-    h = _mix(h ^ ((event.astype(np.uint64) << np.uint64(32)) | vbits))
-    order = np.argsort(h, kind="stable")
-    same = np.zeros(max(n - 1, 0), dtype=bool)
-    hs = h[order]
-    candidates = np.flatnonzero(hs[1:] == hs[:-1])
-    if len(candidates):
-        a, b = order[candidates], order[candidates + 1]
-        equal = (user[a] == user[b]) & (creator[a] == creator[b]) & (event[a] == event[b])
-        equal &= (ts[a] == ts[b]) & (value.view(np.uint32)[a] == value.view(np.uint32)[b])
-        same[candidates] = equal
-    dup_sorted = np.concatenate([[False], same]) if n else np.zeros(0, bool)
-    # The first copy of each run is the one kept: propagate its position along the run.
-    run_start = np.maximum.accumulate(np.where(dup_sorted, 0, np.arange(n)))
-    dup = np.zeros(n, dtype=bool)
-    dup[order] = dup_sorted
-    first_row = np.empty(n, dtype=row.dtype)
-    first_row[order] = row[order][run_start]
+    h = _mix(h ^ ((event.astype(np.uint64) << np.uint64(32)) | vbits.astype(np.uint64)))
+    hs = np.sort(h)
+    repeated = np.unique(hs[1:][hs[1:] == hs[:-1]])
+    if len(repeated) == 0:
+        return dup, first_row
+    suspects = np.flatnonzero(np.isin(h, repeated))  # in stream order
+    fields = (user, creator, event, ts, vbits)
+    order = suspects[np.lexsort(tuple(f[suspects] for f in reversed(fields)))]
+    same = np.ones(len(order) - 1, dtype=bool)
+    for f in fields:
+        same &= f[order][1:] == f[order][:-1]
+    # lexsort is stable, so within a run of identical rows the first is the earliest.
+    run_first = np.maximum.accumulate(
+        np.where(np.concatenate([[False], same]), 0, np.arange(len(order)))
+    )
+    repeat = np.concatenate([[False], same])
+    dup[order[repeat]] = True
+    first_row[order[repeat]] = row[order[run_first[repeat]]]
     return dup, first_row
 
 
@@ -73,15 +78,17 @@ def positive_pairs(user, creator, ts, weight, side) -> Pairs:
     if len(user) == 0:
         e = np.zeros(0, np.int32)
         return Pairs(e, e, np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8))
+    # One argsort of a combined key (3x cheaper than a two-key lexsort); per-pair reductions
+    # then need no order inside a group.
     key = (user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64)
-    order = np.lexsort((ts, key))
+    order = np.argsort(key)
     k = key[order]
     start = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
     first = order[start]
     return Pairs(
         user=user[first].astype(np.int32),
         creator=creator[first].astype(np.int32),
-        ts=ts[first],
+        ts=np.minimum.reduceat(ts[order], start),
         weight=np.maximum.reduceat(weight[order], start).astype(np.float32),
         side=np.minimum.reduceat(side[order], start).astype(np.int8),
     )
@@ -103,10 +110,29 @@ def per_user_split(pairs: Pairs, test_fraction: float, min_train: int, seed: int
 
 def sort_for_history(pairs: Pairs, temporal: bool, seed: int) -> Pairs:
     """Order each user's pairs by time, or by a seeded shuffle when there is no time."""
-    # Pairs arrive sorted by (user, creator), so the stable sort breaks time ties by creator.
-    second = pairs.ts if temporal else _hash_pairs(pairs.user, pairs.creator, seed + 1)
-    order = np.lexsort((second, pairs.user))
-    return pairs.select(order)
+    # Pairs arrive sorted by (user, creator), so a stable sort breaks time ties by creator.
+    if temporal:
+        second = pairs.ts
+    else:  # 40 random bits leave room to pack the user beside them
+        second = (_hash_pairs(pairs.user, pairs.creator, seed + 1) >> np.uint64(24)).astype(
+            np.int64
+        )
+    return pairs.select(_sort_by(pairs.user, second))
+
+
+def _sort_by(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Stable order by (primary, secondary): one argsort of a packed key when both fit in 63
+    bits (about 3x cheaper than a two-key lexsort), lexsort otherwise."""
+    n = len(primary)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    p_lo, s_lo = int(primary.min()), int(secondary.min())
+    p_bits = max(1, (int(primary.max()) - p_lo).bit_length())
+    s_bits = max(1, (int(secondary.max()) - s_lo).bit_length())
+    if p_bits + s_bits > 63:
+        return np.lexsort((secondary, primary))
+    key = ((primary.astype(np.int64) - p_lo) << s_bits) | (secondary.astype(np.int64) - s_lo)
+    return np.argsort(key, kind="stable")
 
 
 def histories(user: np.ndarray, creator: np.ndarray, length: int, temporal: bool) -> np.ndarray:

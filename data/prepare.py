@@ -156,7 +156,7 @@ class _Job:
             desc="validate+encode",
             disable=not self.progress,
         )
-        for batch in self.source.interactions():
+        for batch in _chunks(self.source.interactions(), cfg.chunk_rows):
             self._source_rejects()
             self.counts["interactions_in"] += batch.num_rows
             result = validate(
@@ -241,14 +241,15 @@ class _Job:
             train_out.write(_pairs_table(train))
             test_out.write(_pairs_table(test))
             n = len(examples["user"])
-            order = np.random.default_rng([cfg.shards.seed, b]).permutation(n)
-            shard = (offset + np.arange(n)) % n_shards
-            offset += n
+            # Dealt round-robin in (user, time) order, so each user's examples spread over all
+            # shards; every shard is shuffled as a whole when it is written.
             for s in range(n_shards):
-                take = order[shard == s]
-                if len(take):
+                take = slice((s - offset) % n_shards, None, n_shards)
+                count = len(range(n)[take])
+                if count:
                     writers[s].write_batch(_example_batch(examples, take, example_schema))
-                    self.shard_counts[s] += len(take)
+                    self.shard_counts[s] += count
+            offset += n
         for w in writers:
             w.close()
         train_out.close()
@@ -475,6 +476,23 @@ _PAIRS = pa.schema(
 
 def _pairs_table(p: features.Pairs) -> pa.Table:
     return pa.table([p.user, p.creator, p.ts, p.weight], schema=_PAIRS)
+
+
+def _chunks(batches, rows: int):
+    """Regroup a source's batches into tables of about `rows` rows: per-chunk costs (hashing
+    the vocabulary for lookups) are paid once per chunk, not once per small batch."""
+    pending, size = [], 0
+    for batch in batches:
+        if not pending and batch.num_rows >= rows:
+            yield pa.Table.from_batches([batch])  # already big enough: no concatenation
+            continue
+        pending.append(batch)
+        size += batch.num_rows
+        if size >= rows:
+            yield pa.Table.from_batches(pending).combine_chunks()
+            pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks()
 
 
 def _read_ipc(path: Path) -> pa.Table:

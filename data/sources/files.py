@@ -135,18 +135,24 @@ def write_csv(path: str | Path, table: pa.Table) -> None:
             col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")
         columns.append(col)
     out = pa.table(columns, names=table.column_names)
-    pacsv.write_csv(out, path, write_options=pacsv.WriteOptions(quoting_style="needed"))
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(out, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
+
+
+def _write_catalogs(source: Source, folder: Path, suffix: str, write) -> dict[str, int]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, table in (("creators", source.creators()), ("users", source.users())):
+        if table is not None:
+            write(folder / f"{name}.{suffix}", table)
+            rows[name] = table.num_rows
+    return rows
 
 
 def write_raw_logs(source: Source, folder: str | Path) -> dict[str, int]:
     """Dump any source as this format's CSV files (used to make raw logs from the generator)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for name, table in (("creators", source.creators()), ("users", source.users())):
-        if table is not None:
-            write_csv(folder / f"{name}.csv", table)
-            rows[name] = table.num_rows
+    rows = _write_catalogs(source, folder, "csv", write_csv)
     columns = schema.INTERACTIONS.names
     rows["interactions"] = 0
     with atomic_path(folder / "interactions.csv") as tmp, open(tmp, "wb") as f:
@@ -169,7 +175,7 @@ class ParquetSource(Source):
     interactions_path: str = ""
     creators_path: str | None = None
     users_path: str | None = None
-    batch_rows: int = 1_000_000
+    batch_rows: int = 4_000_000
     _files: list[Path] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
@@ -218,20 +224,16 @@ def write_parquet_logs(source: Source, folder: str | Path) -> dict[str, int]:
     """Dump any source as canonical parquet files (interactions/creators/users.parquet)."""
     import pyarrow.parquet as pq
 
+    from data.io import parquet_options, write_parquet
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for name, table in (("creators", source.creators()), ("users", source.users())):
-        if table is not None:
-            with atomic_path(folder / f"{name}.parquet") as tmp:
-                pq.write_table(table, tmp)
-            rows[name] = table.num_rows
+    rows = _write_catalogs(source, folder, "parquet", write_parquet)
     rows["interactions"] = 0
     with atomic_path(folder / "interactions.parquet") as tmp:
         writer = None
         for batch in source.interactions():
             if writer is None:
-                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+                writer = pq.ParquetWriter(tmp, batch.schema, **parquet_options(batch.schema))
             writer.write_batch(batch)
             rows["interactions"] += batch.num_rows
         if writer is not None:

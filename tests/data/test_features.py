@@ -28,6 +28,11 @@ def events():
     return ev
 
 
+def _pairs(ev):
+    no_side = np.zeros(len(ev["ts"]), np.int8)
+    return features.positive_pairs(ev["user"], ev["creator"], ev["ts"], ev["value"], no_side)
+
+
 def test_find_duplicates_matches_a_dict_of_first_rows(events):
     dup, first = features.find_duplicates(
         *(events[k] for k in ("user", "creator", "event", "ts", "value", "row"))
@@ -63,13 +68,7 @@ def test_positive_pairs_first_time_max_weight_earliest_side(events):
 
 
 def test_temporal_histories_are_the_previous_n_creators(events):
-    pairs = features.positive_pairs(
-        events["user"],
-        events["creator"],
-        events["ts"],
-        events["value"],
-        np.zeros(len(events["ts"]), np.int8),
-    )
+    pairs = _pairs(events)
     pairs = features.sort_for_history(pairs, temporal=True, seed=0)
     hist = features.histories(pairs.user, pairs.creator, 5, temporal=True)
     for k in range(len(pairs)):
@@ -80,13 +79,7 @@ def test_temporal_histories_are_the_previous_n_creators(events):
 
 
 def test_untimed_histories_never_hold_the_target_and_cover_the_rest(events):
-    pairs = features.positive_pairs(
-        events["user"],
-        events["creator"],
-        events["ts"],
-        events["value"],
-        np.zeros(len(events["ts"]), np.int8),
-    )
+    pairs = _pairs(events)
     pairs = features.sort_for_history(pairs, temporal=False, seed=0)
     hist = features.histories(pairs.user, pairs.creator, 4, temporal=False)
     by_user = defaultdict(set)
@@ -100,13 +93,7 @@ def test_untimed_histories_never_hold_the_target_and_cover_the_rest(events):
 
 
 def test_per_user_split_holds_out_the_fraction_and_ignores_order(events):
-    pairs = features.positive_pairs(
-        events["user"],
-        events["creator"],
-        events["ts"],
-        events["value"],
-        np.zeros(len(events["ts"]), np.int8),
-    )
+    pairs = _pairs(events)
     side = features.per_user_split(pairs, 0.2, min_train=1, seed=5)
     for u in np.unique(pairs.user):
         n = (pairs.user == u).sum()
