@@ -112,8 +112,9 @@ class PrepareConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     buckets: int = 16
     """User buckets spilled to disk between passes; memory holds one bucket at a time."""
-    chunk_rows: int = 4_000_000
-    """Rows validated and encoded at a time in the streaming pass."""
+    chunk_rows: int = 1_000_000
+    """Smallest number of rows validated and encoded at a time in the streaming pass (small
+    source batches are grouped up to it)."""
     reference_time: str | None = None
     """ISO time used as 'now' for the future-timestamp check; default: the wall clock."""
     vocab_from: str | None = None

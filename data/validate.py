@@ -96,45 +96,73 @@ def validate(
     *,
     now_ms: int,
     timestamps_required: bool = True,
-    known_creators: pa.Array | None = None,
-    dictionary_ids: bool = False,
+    vocab: dict | None = None,
+    closed: tuple[str, ...] = (),
 ) -> Result:
     """Parse and check one batch of `table` (interactions | creators | users).
 
-    With `dictionary_ids`, id columns come back dictionary-encoded (as they were checked), so the
-    vocabulary lookup that follows hashes each distinct id once more, not each row.
+    `vocab` maps id fields to their vocabularies (data.vocab.Vocab). An id already in its
+    vocabulary was validated when it entered, so each row costs one hash probe and only ids not
+    found are checked against the id pattern; the accepted rows carry `_<field>_idx` (int32, -1
+    for a new id). Fields in `closed` must already be in their vocabulary (creators with a
+    catalog): a well-formed id that is not is quarantined as `unknown_creator`.
     """
     fields, target = SPECS[table]
     data = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     _require_columns(data, fields, table)
-    n = data.num_rows
-    rej = _Rejections(n)
-    raw_columns = {f.name: data.column(f.name).combine_chunks() for f in fields}
-    typed = {}
+    rej = _Rejections(data.num_rows)
+    raw_columns = {f.name: contiguous(data.column(f.name)) for f in fields}
+    typed, index = {}, {}
     for i, f in enumerate(fields):
         required = f.required and not (f.kind == "timestamp" and not timestamps_required)
-        typed[f.name] = _check_field(raw_columns[f.name], f, i, rej, required, now_ms)
-    if known_creators is not None and table == "interactions":
-        creators = typed["creator_id"]
-        known = pc.take(pc.is_in(creators.dictionary, value_set=known_creators), creators.indices)
-        rej.mark(pc.invert(pc.fill_null(known, False)), "unknown_creator", 1)
+        if f.kind == "id" and vocab and f.name in vocab:
+            col = _decode(raw_columns[f.name], i, rej)
+            if required:
+                rej.mark(pc.is_null(col), "missing_field", i)
+            index[f.name] = _lookup_id(col, i, rej, vocab[f.name], f.name in closed)
+            typed[f.name] = col
+        else:
+            typed[f.name] = _check_field(raw_columns[f.name], f, i, rej, required, now_ms)
 
     extra = [c for c in (schema.SOURCE_ROW_COLUMN, schema.SPLIT_COLUMN) if c in data.column_names]
-    ok = pa.array(rej.ok)
-    columns = [
-        typed[f.name]
-        if f.kind == "id" and dictionary_ids
-        else typed[f.name].cast(target.field(f.name).type)
-        for f in fields
-    ]
-    accepted = pa.table(
-        columns + [data.column(c) for c in extra],
-        names=[
-            *(f.name for f in fields),
-            *extra,
-        ],
-    ).filter(ok)
+    columns = [typed[f.name].cast(target.field(f.name).type) for f in fields]
+    names = [f.name for f in fields]
+    for name, idx in index.items():
+        columns.append(pa.array(idx))
+        names.append(f"_{name}_idx")
+    accepted = pa.table(columns + [data.column(c) for c in extra], names=names + extra)
+    accepted = accepted.filter(pa.array(rej.ok))
     return Result(accepted, _quarantine_rows(data, raw_columns, fields, rej, table))
+
+
+def _lookup_id(col, i: int, rej: _Rejections, vocab, closed: bool) -> np.ndarray:
+    """Vocabulary index per row (-1: not in the vocabulary); marks malformed and, for a closed
+    vocabulary, unknown ids. The reserved slots never match an input id."""
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary.take(col.indices)
+    idx = vocab.index_of(col)
+    idx[idx < len(schema.RESERVED)] = -1
+    new = np.flatnonzero((idx < 0) & _to_bool(pc.is_valid(col)))
+    if len(new):
+        candidates = col.take(pa.array(new))
+        distinct = pc.unique(candidates)
+        well_formed = pc.match_substring_regex(distinct, schema.ID_PATTERN)
+        ok = pc.take(well_formed, pc.index_in(candidates, value_set=distinct))
+        bad = np.zeros(len(idx), dtype=bool)
+        bad[new] = ~_to_bool(ok)
+        rej.mark(bad, "malformed_id", i)
+        if closed:
+            unknown = np.zeros(len(idx), dtype=bool)
+            unknown[new] = True
+            rej.mark(unknown, "unknown_creator", i)
+    return idx
+
+
+def contiguous(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array; unlike combine_chunks(), no copy when there is a single chunk already."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 def _require_columns(data: pa.Table, fields, table: str) -> None:
@@ -186,7 +214,7 @@ def _parse_id(col, i, rej, now_ms):
     ok_values = pc.match_substring_regex(encoded.dictionary, schema.ID_PATTERN)
     bad = pc.invert(pc.fill_null(pc.take(ok_values, encoded.indices), True))
     rej.mark(pc.and_(bad, pc.is_valid(encoded.indices)), "malformed_id", i)
-    return encoded
+    return col
 
 
 def _parse_string(col, i, rej, now_ms):

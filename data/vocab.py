@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data.hashindex import HashIndex, fingerprint
 from data.io import write_parquet
 from data.schema import RESERVED, UNK_INDEX
 
@@ -22,18 +23,38 @@ class Vocab:
     def __init__(self, name: str, ids: pa.Array | None = None):
         self.name = name
         self.ids = ids if ids is not None else pa.array(RESERVED, pa.string())
+        self._hash_index: HashIndex | None = None
         if self.ids[: len(RESERVED)].to_pylist() != list(RESERVED):
             raise ValueError(f"vocabulary {name!r} does not start with the reserved {RESERVED}")
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def _index(self) -> HashIndex:
+        """Fingerprint index of the ids, built on first use and kept up to date on append."""
+        if self._hash_index is None:
+            self._hash_index = HashIndex(4 * len(self.ids))
+            self._hash_index.insert(*fingerprint(self.ids), np.arange(len(self.ids)))
+        return self._hash_index
+
+    def _append(self, fresh: pa.Array) -> None:
+        start = len(self.ids)
+        self.ids = pa.concat_arrays([self.ids, fresh.cast(pa.string())])
+        if self._hash_index is not None:
+            self._hash_index.insert(*fingerprint(fresh), np.arange(start, len(self.ids)))
+
+    def index_of(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Index of each value (int32), -1 where not in the vocabulary. One fingerprint and
+        about one probe of a flat table per row (see data.hashindex)."""
+        return self._index.lookup(*fingerprint(values))
+
     def extend(self, values: pa.Array) -> int:
         """Append the values not yet known, in order of first appearance; return how many."""
         uniq = pc.unique(values.drop_null())
         new = uniq.filter(pc.invert(pc.is_in(uniq, value_set=self.ids)))
         if len(new):
-            self.ids = pa.concat_arrays([self.ids, new.cast(pa.string())])
+            self._append(new)
         return len(new)
 
     def lookup(self, values: pa.Array) -> np.ndarray:
@@ -43,20 +64,20 @@ class Vocab:
         out = pc.fill_null(pc.take(index, encoded.indices), UNK_INDEX)
         return out.to_numpy(zero_copy_only=False).astype(np.int32)
 
-    def encode(self, values: pa.Array) -> np.ndarray:
-        """Extend with the unseen values (in order of first appearance), then look all of them
-        up. One hash pass over the vocabulary per call, one per distinct value."""
-        encoded = _dictionary(values)
-        index = pc.fill_null(pc.index_in(encoded.dictionary, value_set=self.ids), -1)
-        index = index.to_numpy().astype(np.int64)
-        used = pc.unique(encoded.indices.drop_null()).to_numpy()  # first-appearance order
-        new = used[index[used] < 0]
+    def assign(self, values: pa.Array, index: np.ndarray) -> np.ndarray:
+        """Complete a lookup: rows with index -1 hold ids not yet known, which are appended in
+        order of first appearance and given their new indices."""
+        index = np.asarray(index, dtype=np.int32).copy()
+        new = np.flatnonzero(index < 0)
         if len(new):
-            index[new] = len(self) + np.arange(len(new))
-            fresh = encoded.dictionary.take(pa.array(new)).cast(pa.string())
-            self.ids = pa.concat_arrays([self.ids, fresh])
-        rows = encoded.indices.to_numpy(zero_copy_only=False)
-        return index[rows].astype(np.int32)
+            values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+            ids = values.take(pa.array(new))
+            ids = ids.dictionary.take(ids.indices) if pa.types.is_dictionary(ids.type) else ids
+            fresh = pc.unique(ids).cast(pa.string())  # first-appearance order
+            start = len(self)
+            self._append(fresh)
+            index[new] = start + pc.index_in(ids, value_set=fresh).to_numpy()
+        return index
 
     def table(self) -> pa.Table:
         return pa.table({"index": pa.array(np.arange(len(self), dtype=np.int32)), "id": self.ids})
