@@ -70,6 +70,7 @@ def build(job) -> dict:
             "examples": examples,
             "padded_examples": job.padded,
             "balanced_for_world_sizes": list(SUPPORTED_WORLD_SIZES),
+            "member": "one <key>.examples.npy per record: a structured array of fields",
             "fields": {
                 "user": "int32 [R]",
                 "creator": "int32 [R]",
