@@ -115,6 +115,9 @@ class PrepareConfig:
     chunk_rows: int = 1_000_000
     """Smallest number of rows validated and encoded at a time in the streaming pass (small
     source batches are grouped up to it)."""
+    spill_above_rows: int = 20_000_000
+    """Sources larger than this spill between passes to temp files (memory stays bounded by a
+    bucket); smaller ones keep the passes' data in memory."""
     reference_time: str | None = None
     """ISO time used as 'now' for the future-timestamp check; default: the wall clock."""
     vocab_from: str | None = None

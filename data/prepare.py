@@ -32,7 +32,7 @@ from data.features import NO_TIME
 from data.io import ParquetAppender, publish_dir, write_parquet
 from data.schema import EVENT_TYPES, QUARANTINE, SOURCE_ROW_COLUMN, SPLIT_COLUMN
 from data.shards import SHARD_PATTERN, records_per_shard, write_shard
-from data.validate import rejects_table, validate
+from data.validate import contiguous, rejects_table, validate
 from data.vocab import Vocab
 
 SPILL = pa.schema(
@@ -137,10 +137,7 @@ class _Job:
         self.counts[f"{table}_in"] += len(data)
         self._quarantine(result.quarantined)
         accepted = result.accepted
-        first = pc.equal(
-            pa.array(np.arange(len(accepted))),
-            pc.index_in(accepted.column(key), value_set=accepted.column(key).unique()),
-        )
+        first = pa.array(first_occurrence(accepted.column(key)))
         dupes = accepted.filter(pc.invert(first))
         if len(dupes):
             self._quarantine(_as_quarantine(dupes, table, "duplicate", f"{key} seen earlier"))
@@ -148,13 +145,18 @@ class _Job:
         self.counts[f"{table}_accepted"] += len(accepted)
         return accepted
 
+    def _spill_dir(self, name: str) -> Path | None:
+        """Where a pass spills: memory when the source is small enough, else a temp folder."""
+        rows = self.source.estimated_rows
+        if rows is not None and rows <= self.cfg.spill_above_rows:
+            return None
+        return self.dir / "tmp" / name
+
     # -- pass 1: stream -----------------------------------------------------------------------
 
     def _stream(self) -> None:
         cfg = self.cfg
-        spill_dir = self.dir / "tmp" / "buckets"
-        spill_dir.mkdir(parents=True)
-        writers = [pa.ipc.new_file(spill_dir / f"{b:04d}.arrow", SPILL) for b in range(cfg.buckets)]
+        self.bucket_spill = _Spill(self._spill_dir("buckets"), SPILL, cfg.buckets)
         self.time_sample: list[np.ndarray] = []
         stride = max(1, (self.source.estimated_rows or 0) // 4_000_000)
         bar = tqdm(
@@ -187,12 +189,10 @@ class _Job:
             ordered = spill.take(pa.array(order))
             for b in range(cfg.buckets):
                 if bounds[b + 1] > bounds[b]:
-                    writers[b].write_batch(ordered.slice(bounds[b], bounds[b + 1] - bounds[b]))
+                    self.bucket_spill.write(b, ordered.slice(bounds[b], bounds[b + 1] - bounds[b]))
             bar.update(batch.num_rows)
         bar.close()
         self._source_rejects()
-        for w in writers:
-            w.close()
 
     def _encode(self, accepted: pa.Table) -> pa.RecordBatch:
         user = self.vocab["users"].assign(
@@ -201,23 +201,23 @@ class _Job:
         creator = self.vocab["creators"].assign(
             accepted.column("creator_id"), accepted.column("_creator_id_idx").to_numpy()
         )
-        event = pc.index_in(accepted.column("event_type"), value_set=pa.array(EVENT_TYPES))
+        event = contiguous(accepted.column("event_type")).indices  # int8 codes from validate
         ts = pc.cast(accepted.column("timestamp").cast(pa.timestamp("ms")), pa.int64())
         if SPLIT_COLUMN in accepted.column_names:
             split = pc.index_in(
                 accepted.column(SPLIT_COLUMN), value_set=pa.array(["train", "test"])
             )
-            split = pc.cast(pc.fill_null(split, -1), pa.int8()).combine_chunks()
+            split = contiguous(pc.cast(pc.fill_null(split, -1), pa.int8()))
         else:
             split = pa.array(np.full(len(accepted), -1, np.int8))
         return pa.record_batch(
             [
-                accepted.column(SOURCE_ROW_COLUMN).combine_chunks(),
+                contiguous(accepted.column(SOURCE_ROW_COLUMN)),
                 pa.array(user),
                 pa.array(creator),
-                pc.cast(event, pa.int8()).combine_chunks(),
-                pc.fill_null(ts, NO_TIME).combine_chunks(),
-                accepted.column("value").combine_chunks(),
+                event,
+                contiguous(pc.fill_null(ts, NO_TIME)),
+                contiguous(accepted.column("value")),
                 split,
             ],
             schema=SPILL,
@@ -229,11 +229,8 @@ class _Job:
         cfg = self.cfg
         self.cut_ms = self._time_cut()
         n_shards = cfg.shards.num_shards
-        shard_dir = self.dir / "tmp" / "shards"
-        shard_dir.mkdir()
-        self.shard_spills = [shard_dir / f"{s:05d}.arrow" for s in range(n_shards)]
         example_schema = _example_schema(cfg.features.history_length)
-        writers = [pa.ipc.new_file(p, example_schema) for p in self.shard_spills]
+        self.shard_spill = _Spill(self._spill_dir("shards"), example_schema, n_shards)
         self.shard_counts = np.zeros(n_shards, dtype=np.int64)
         n_users = len(self.vocab["users"])
         hist_len = cfg.features.history_length
@@ -255,17 +252,15 @@ class _Job:
                 take = slice((s - offset) % n_shards, None, n_shards)
                 count = len(range(n)[take])
                 if count:
-                    writers[s].write_batch(_example_batch(examples, take, example_schema))
+                    self.shard_spill.write(s, _example_batch(examples, take, example_schema))
                     self.shard_counts[s] += count
             offset += n
-        for w in writers:
-            w.close()
         train_out.close()
         test_out.close()
 
     def _bucket(self, b: int):
         cfg = self.cfg
-        t = _read_ipc(self.dir / "tmp" / "buckets" / f"{b:04d}.arrow")
+        t = self.bucket_spill.read(b)
         cols = {name: t.column(name).to_numpy() for name in SPILL.names}
         dup, first_row = features.find_duplicates(
             cols["user"], cols["creator"], cols["event"], cols["ts"], cols["value"], cols["row"]
@@ -369,15 +364,15 @@ class _Job:
         self.padded = 0
         shard_dir = self.dir / "shards"
         shard_dir.mkdir()
-        spills = [_read_ipc(p) for p in self.shard_spills] if self.shard_counts.min() == 0 else None
-        for s, spill in enumerate(
-            tqdm(self.shard_spills, desc="write shards", disable=not self.progress)
+        first = self.shard_spill.read(0, keep=True) if self.shard_counts.min() == 0 else None
+        for s in tqdm(
+            range(len(self.shard_counts)), desc="write shards", disable=not self.progress
         ):
-            examples = _examples_from_table(_read_ipc(spill))
+            examples = _examples_from_table(self.shard_spill.read(s))
             if len(examples["user"]) == 0:
                 # Fewer examples than shards (a toy dataset): fill from the first shard, so every
                 # rank still sees the same number of records.
-                examples = _examples_from_table(spills[0])
+                examples = _examples_from_table(first)
                 self.padded += len(examples["user"])  # all of this shard repeats shard 0
             self.padded += write_shard(
                 shard_dir / SHARD_PATTERN.format(s),
@@ -437,7 +432,7 @@ class _Job:
         )
         if self.users is not None:
             meta = self.users.drop_columns([SOURCE_ROW_COLUMN])
-            table = _align(table, meta, vocab.lookup(meta.column("user_id")), "user_id")
+            table = _align(table, meta, vocab.index_of(meta.column("user_id")), "user_id")
         return table
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -504,9 +499,41 @@ def _chunks(batches, rows: int):
         yield pa.concat_tables(pending).combine_chunks()
 
 
-def _read_ipc(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as f:
-        return pa.ipc.open_file(f).read_all()
+class _Spill:
+    """Numbered partitions of record batches between passes: Arrow IPC files in a folder, or,
+    with `folder=None` (data that fits comfortably in memory), lists of batches in memory,
+    which spares writing, mapping and unlinking hundreds of MB."""
+
+    def __init__(self, folder: Path | None, schema: pa.Schema, parts: int):
+        self.folder, self.schema = folder, schema
+        if folder is None:
+            self._batches: list[list | None] = [[] for _ in range(parts)]
+        else:
+            folder.mkdir(parents=True)
+            self._writers = [pa.ipc.new_file(self._path(i), schema) for i in range(parts)]
+
+    def _path(self, i: int) -> Path:
+        return self.folder / f"{i:05d}.arrow"
+
+    def write(self, i: int, batch: pa.RecordBatch) -> None:
+        if self.folder is None:
+            self._batches[i].append(batch)
+        else:
+            self._writers[i].write_batch(batch)
+
+    def read(self, i: int, keep: bool = False) -> pa.Table:
+        """Partition i as a table; unless `keep`, its memory is released once read."""
+        if self.folder is None:
+            table = pa.Table.from_batches(self._batches[i], schema=self.schema)
+            if not keep:
+                self._batches[i] = None
+            return table
+        if self._writers:
+            for w in self._writers:
+                w.close()
+            self._writers = []
+        with pa.memory_map(str(self._path(i))) as f:
+            return pa.ipc.open_file(f).read_all()
 
 
 def _example_schema(hist_len: int) -> pa.Schema:
@@ -545,6 +572,15 @@ def _examples_from_table(t: pa.Table) -> dict[str, np.ndarray]:
         "weight": t.column("weight").to_numpy(),
         "ts": t.column("ts").to_numpy(),
     }
+
+
+def first_occurrence(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """True where a value appears for the first time. Dictionary encoding numbers values in
+    order of first appearance, so a row is new exactly when its number exceeds all before it."""
+    ids = pc.dictionary_encode(contiguous(values)).indices.to_numpy(zero_copy_only=False)
+    if len(ids) == 0:
+        return np.zeros(0, dtype=bool)
+    return ids > np.maximum.accumulate(np.concatenate([[-1], ids[:-1]]))
 
 
 def _align(table: pa.Table, meta: pa.Table, index: np.ndarray, key: str) -> pa.Table:

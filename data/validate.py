@@ -24,6 +24,7 @@ _NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 _EPOCH_SECONDS = r"^\s*\d{1,11}(\.\d+)?\s*$"
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
 TAG_SEPARATOR = "|"
+_EVENTS = pa.array(schema.EVENT_TYPES)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,12 @@ def validate(
             typed[f.name] = _check_field(raw_columns[f.name], f, i, rej, required, now_ms)
 
     extra = [c for c in (schema.SOURCE_ROW_COLUMN, schema.SPLIT_COLUMN) if c in data.column_names]
-    columns = [typed[f.name].cast(target.field(f.name).type) for f in fields]
+    # Event types stay dictionary-encoded (their codes are what prepare needs); cast() decodes
+    # them for a caller that wants plain strings.
+    columns = [
+        typed[f.name] if f.kind == "event" else typed[f.name].cast(target.field(f.name).type)
+        for f in fields
+    ]
     names = [f.name for f in fields]
     for name, idx in index.items():
         columns.append(pa.array(idx))
@@ -222,9 +228,11 @@ def _parse_string(col, i, rej, now_ms):
 
 
 def _parse_event(col, i, rej, now_ms):
-    known = pc.is_in(col, value_set=pa.array(schema.EVENT_TYPES))
-    rej.mark(pc.and_(pc.invert(known), pc.is_valid(col)), "unknown_event_type", i)
-    return col
+    """Event names → a dictionary array over schema.EVENT_TYPES, so the int8 codes written to
+    shards come out of this one lookup."""
+    codes = pc.index_in(col, value_set=_EVENTS)
+    rej.mark(pc.and_(pc.is_null(codes), pc.is_valid(col)), "unknown_event_type", i)
+    return pa.DictionaryArray.from_arrays(pc.cast(codes, pa.int8()), _EVENTS)
 
 
 def _parse_float(col, i, rej, now_ms):

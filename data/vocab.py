@@ -52,7 +52,7 @@ class Vocab:
     def extend(self, values: pa.Array) -> int:
         """Append the values not yet known, in order of first appearance; return how many."""
         uniq = pc.unique(values.drop_null())
-        new = uniq.filter(pc.invert(pc.is_in(uniq, value_set=self.ids)))
+        new = uniq.filter(pa.array(self.index_of(uniq) < 0))
         if len(new):
             self._append(new)
         return len(new)

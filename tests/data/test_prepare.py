@@ -27,6 +27,10 @@ def test_same_input_and_seed_give_identical_shards_and_checksums(built, tmp_path
     assert first == second
     shards = [k for k in first if k.startswith("shards/")]
     assert len(shards) == 8
+    # Spilling between passes to temp files (large sources) or keeping the data in memory
+    # (small ones) must not change a byte.
+    on_disk = prepare(synthetic_config(tmp_path / "disk", spill_above_rows=0), progress=False)
+    assert manifest.load(on_disk)["files"] == first
     other = prepare(synthetic_config(tmp_path / "other", **{"source.seed": 8}), progress=False)
     assert (
         manifest.load(other)["files"]["shards/train-00000.tar"] != first["shards/train-00000.tar"]

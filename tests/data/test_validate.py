@@ -139,3 +139,10 @@ def test_csv_without_a_required_column_names_it(tmp_path):
 
     with pytest.raises(ValueError, match=r"creator_id.*not found in the header"):
         list(CsvSource(interactions_path=str(tmp_path / "i.csv")).interactions())
+
+
+def test_catalog_duplicates_are_only_the_later_copies():
+    from data.prepare import first_occurrence
+
+    keys = pa.array(["a", "b", "a", "c", "b", "d"])
+    assert first_occurrence(keys).tolist() == [True, True, False, True, False, True]
