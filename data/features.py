@@ -58,26 +58,24 @@ class Pairs:
     creator: np.ndarray  # int32
     ts: np.ndarray  # int64, first positive event of the pair (-1 when no time)
     weight: np.ndarray  # float32, largest event weight of the pair
-    side: np.ndarray  # int8, TRAIN or TEST
 
     def __len__(self) -> int:
         return len(self.user)
 
+    @property
+    def key(self) -> np.ndarray:
+        """One uint64 per pair, (user, creator) packed: for set operations between pair lists."""
+        return (self.user.astype(np.uint64) << np.uint64(32)) | self.creator.astype(np.uint64)
+
     def select(self, mask: np.ndarray) -> Pairs:
-        return Pairs(
-            self.user[mask], self.creator[mask], self.ts[mask], self.weight[mask], self.side[mask]
-        )
+        return Pairs(self.user[mask], self.creator[mask], self.ts[mask], self.weight[mask])
 
 
-def positive_pairs(user, creator, ts, weight, side) -> Pairs:
-    """Collapse positive events into pairs: first time, largest weight, earliest side.
-
-    A pair whose first positive falls in train is a train pair even if it recurs later, so a test
-    pair is always a creator the fan had not engaged with before the cut.
-    """
+def positive_pairs(user, creator, ts, weight) -> Pairs:
+    """Collapse positive events into (user, creator) pairs: first time, largest weight."""
     if len(user) == 0:
         e = np.zeros(0, np.int32)
-        return Pairs(e, e, np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8))
+        return Pairs(e, e, np.zeros(0, np.int64), np.zeros(0, np.float32))
     # One argsort of a combined key (3x cheaper than a two-key lexsort); per-pair reductions
     # then need no order inside a group.
     key = (user.astype(np.uint64) << np.uint64(32)) | creator.astype(np.uint64)
@@ -90,7 +88,6 @@ def positive_pairs(user, creator, ts, weight, side) -> Pairs:
         creator=creator[first].astype(np.int32),
         ts=np.minimum.reduceat(ts[order], start),
         weight=np.maximum.reduceat(weight[order], start).astype(np.float32),
-        side=np.minimum.reduceat(side[order], start).astype(np.int8),
     )
 
 

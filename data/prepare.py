@@ -179,7 +179,6 @@ class _Job:
             )
             self._quarantine(result.quarantined)
             spill = self._encode(result.accepted)
-            self.counts["interactions_valid"] += spill.num_rows
             pos_ts = spill.column("ts").to_numpy()[self.is_positive[spill.column("event")]]
             self.time_sample.append(pos_ts[::stride].copy())
             # uint16 keys make numpy's stable argsort a linear-time radix sort.
@@ -276,20 +275,20 @@ class _Job:
         if cfg.events.min_value is not None:
             pos &= cols["value"] >= cfg.events.min_value
         side = self._event_side(cols)
-        pairs = features.positive_pairs(
-            cols["user"][pos],
-            cols["creator"][pos],
-            cols["ts"][pos],
-            self.event_weight[cols["event"][pos]],
-            side[pos],
-        )
+        # Each side's pairs from that side's events only: a train pair's time and weight must
+        # not reflect anything after the cut (a follow before it, a paid membership after).
+        train, test = (self._pairs(cols, pos & (side == s)) for s in (0, 1))
+        test = test.select(~np.isin(test.key, train.key))  # engaged before the cut: not new
         if cfg.split.kind == "per_user":
-            pairs.side = features.per_user_split(
-                pairs, cfg.split.test_fraction, cfg.split.min_train_per_user, cfg.split.seed
+            held_out = (
+                features.per_user_split(
+                    train, cfg.split.test_fraction, cfg.split.min_train_per_user, cfg.split.seed
+                )
+                == 1
             )
+            train, test = train.select(~held_out), train.select(held_out)
         temporal = cfg.split.kind == "time"
-        train = features.sort_for_history(pairs.select(pairs.side == 0), temporal, cfg.split.seed)
-        test = pairs.select(pairs.side == 1)
+        train = features.sort_for_history(train, temporal, cfg.split.seed)
         hist = features.histories(train.user, train.creator, cfg.features.history_length, temporal)
         users, last, n_train = features.last_n_per_user(
             train.user, train.creator, cfg.features.history_length
@@ -306,6 +305,14 @@ class _Job:
             "ts": train.ts,
         }
         return train, test, examples
+
+    def _pairs(self, cols, mask: np.ndarray) -> features.Pairs:
+        return features.positive_pairs(
+            cols["user"][mask],
+            cols["creator"][mask],
+            cols["ts"][mask],
+            self.event_weight[cols["event"][mask]],
+        )
 
     def _event_side(self, cols) -> np.ndarray:
         kind = self.cfg.split.kind

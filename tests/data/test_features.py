@@ -29,8 +29,7 @@ def events():
 
 
 def _pairs(ev):
-    no_side = np.zeros(len(ev["ts"]), np.int8)
-    return features.positive_pairs(ev["user"], ev["creator"], ev["ts"], ev["value"], no_side)
+    return features.positive_pairs(ev["user"], ev["creator"], ev["ts"], ev["value"])
 
 
 def test_find_duplicates_matches_a_dict_of_first_rows(events):
@@ -48,23 +47,16 @@ def test_find_duplicates_matches_a_dict_of_first_rows(events):
     assert dup.sum() >= 200
 
 
-def test_positive_pairs_first_time_max_weight_earliest_side(events):
+def test_positive_pairs_first_time_and_max_weight(events):
     weight = events["value"]
-    side = (events["ts"] >= 150).astype(np.int8)
-    pairs = features.positive_pairs(events["user"], events["creator"], events["ts"], weight, side)
+    pairs = features.positive_pairs(events["user"], events["creator"], events["ts"], weight)
     ref = defaultdict(list)
-    for u, c, t, w, s in zip(
-        events["user"], events["creator"], events["ts"], weight, side, strict=True
-    ):
-        ref[(u, c)].append((t, w, s))
+    for u, c, t, w in zip(events["user"], events["creator"], events["ts"], weight, strict=True):
+        ref[(u, c)].append((t, w))
     assert len(pairs) == len(ref)
-    for u, c, t, w, s in zip(
-        pairs.user, pairs.creator, pairs.ts, pairs.weight, pairs.side, strict=True
-    ):
-        rows = ref[(u, c)]
-        assert t == min(r[0] for r in rows)
-        assert w == max(r[1] for r in rows)
-        assert s == min(r[2] for r in rows)
+    for u, c, t, w in zip(pairs.user, pairs.creator, pairs.ts, pairs.weight, strict=True):
+        assert t == min(r[0] for r in ref[(u, c)])
+        assert w == max(r[1] for r in ref[(u, c)])
 
 
 def test_temporal_histories_are_the_previous_n_creators(events):

@@ -154,3 +154,39 @@ def test_manifest_is_plain_json_and_cli_prints_it(built, capsys):
     printed = capsys.readouterr().out
     assert "interactions  in 40,000" in printed and "checksums match" in printed
     json.loads((built / "manifest.json").read_text())
+
+
+def test_train_pairs_never_see_events_after_the_cut(tmp_path):
+    """A follow before the cut and a paid membership after it: the train example keeps the
+    follow's weight, and the pair is not a test pair (the fan already knew the creator)."""
+    from data import config
+
+    rows = ["user_id,creator_id,event_type,timestamp,value"]
+    for day in range(1, 29):  # enough early positives that the cut falls in February
+        rows.append(f"fan{day},cr1,follow,2024-01-{day:02d}T00:00:00Z,1")
+    rows += [
+        "fan1,cr2,follow,2024-01-05T00:00:00Z,1",
+        "fan1,cr2,paid_membership,2024-03-01T00:00:00Z,10",  # after the cut
+        "fan1,cr3,paid_membership,2024-03-02T00:00:00Z,10",  # new creator after the cut
+    ]
+    (tmp_path / "i.csv").write_text("\n".join(rows) + "\n")
+    cfg = config.from_dict(
+        {
+            "name": "cut",
+            "output": str(tmp_path / "out"),
+            "source": {"kind": "csv", "interactions_path": str(tmp_path / "i.csv")},
+            "split": {"kind": "time", "test_fraction": 0.1},
+            "shards": {"record_size": 4, "num_shards": 8},
+            "reference_time": "2026-01-01T00:00:00Z",
+        }
+    )
+    out = prepare(cfg, progress=False)
+    vocab = pq.read_table(out / "vocab" / "creators.parquet").column("id").to_pylist()
+    train = pq.read_table(out / "tables" / "train.parquet").to_pylist()
+    test = pq.read_table(out / "tables" / "test.parquet").to_pylist()
+    fan1 = pq.read_table(out / "vocab" / "users.parquet").column("id").to_pylist().index("fan1")
+    cr2, cr3 = vocab.index("cr2"), vocab.index("cr3")
+    (pair,) = [p for p in train if p["user_idx"] == fan1 and p["creator_idx"] == cr2]
+    assert pair["weight"] == 1.0  # the follow's weight, not the later membership's 3.0
+    test_pairs = {(p["user_idx"], p["creator_idx"]) for p in test}
+    assert (fan1, cr3) in test_pairs and (fan1, cr2) not in test_pairs
