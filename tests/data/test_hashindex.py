@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from data.hashindex import HashIndex, fingerprint
 from data.vocab import Vocab
@@ -37,7 +38,9 @@ def test_fingerprints_are_deterministic_and_distinguish_ids():
     assert len(np.unique(a1)) == len(ids) and not np.array_equal(a1, a2)
 
 
-def test_vocab_index_of_follows_appends():
+@pytest.mark.parametrize("arrow_up_to", [100_000, 0], ids=["arrow-lookup", "fingerprint-index"])
+def test_vocab_index_of_follows_appends(arrow_up_to, monkeypatch):
+    monkeypatch.setattr("data.vocab._ARROW_LOOKUP_UP_TO", arrow_up_to)
     vocab = Vocab("users")
     assert vocab.index_of(pa.array(["a1", "<unk>"])).tolist() == [-1, 1]
     index = vocab.assign(pa.array(["a1", "b2", "a1"]), np.array([-1, -1, -1]))

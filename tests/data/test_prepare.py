@@ -21,7 +21,7 @@ def built(tmp_path_factory):
     return out
 
 
-def test_same_input_and_seed_give_identical_shards_and_checksums(built, tmp_path):
+def test_same_input_and_seed_give_identical_shards_and_checksums(built, tmp_path, monkeypatch):
     again = prepare(synthetic_config(tmp_path / "again"), progress=False)
     first, second = manifest.load(built)["files"], manifest.load(again)["files"]
     assert first == second
@@ -31,6 +31,12 @@ def test_same_input_and_seed_give_identical_shards_and_checksums(built, tmp_path
     # (small ones) must not change a byte.
     on_disk = prepare(synthetic_config(tmp_path / "disk", spill_above_rows=0), progress=False)
     assert manifest.load(on_disk)["files"] == first
+    # Large vocabularies are looked up through the fingerprint index instead of Arrow's hash
+    # kernels: same indices, same bytes.
+    monkeypatch.setattr("data.vocab._ARROW_LOOKUP_UP_TO", 0)
+    fingerprinted = prepare(synthetic_config(tmp_path / "fp"), progress=False)
+    assert manifest.load(fingerprinted)["files"] == first
+    monkeypatch.undo()
     other = prepare(synthetic_config(tmp_path / "other", **{"source.seed": 8}), progress=False)
     assert (
         manifest.load(other)["files"]["shards/train-00000.tar"] != first["shards/train-00000.tar"]
