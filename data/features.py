@@ -71,8 +71,18 @@ class Pairs:
         return Pairs(self.user[mask], self.creator[mask], self.ts[mask], self.weight[mask])
 
 
+def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Membership of `keys` in an ascending array: a binary search each, instead of np.isin's
+    sort of both arrays (measured 1.4 s of a 10 M-event prepare)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
 def positive_pairs(user, creator, ts, weight) -> Pairs:
-    """Collapse positive events into (user, creator) pairs: first time, largest weight."""
+    """Collapse positive events into (user, creator) pairs, in ascending key order: first
+    time, largest weight."""
     if len(user) == 0:
         e = np.zeros(0, np.int32)
         return Pairs(e, e, np.zeros(0, np.int64), np.zeros(0, np.float32))

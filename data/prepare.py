@@ -14,6 +14,7 @@ at the end: a crash leaves the previous dataset whole.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -55,6 +56,28 @@ class ReconcileError(RuntimeError):
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> Path:
     """Run the whole prepare job; return the published output folder."""
+    with _small_pages():
+        return _prepare(cfg, progress)
+
+
+@contextlib.contextmanager
+def _small_pages():
+    """Prepare churns through short-lived arrays of hundreds of MB; faulting them in as
+    transparent huge pages cost about 13% more CPU (measured on 10 M events). numpy's switch is
+    process-wide, so it is restored afterwards."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # another numpy layout: keep its default
+        yield
+        return
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
+
+
+def _prepare(cfg: PrepareConfig, progress: bool) -> Path:
     out = Path(cfg.output or f"artifacts/data/{cfg.name}")
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -278,7 +301,7 @@ class _Job:
         # Each side's pairs from that side's events only: a train pair's time and weight must
         # not reflect anything after the cut (a follow before it, a paid membership after).
         train, test = (self._pairs(cols, pos & (side == s)) for s in (0, 1))
-        test = test.select(~np.isin(test.key, train.key))  # engaged before the cut: not new
+        test = test.select(~features.contains(train.key, test.key))  # known before the cut
         if cfg.split.kind == "per_user":
             held_out = (
                 features.per_user_split(

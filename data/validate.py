@@ -81,6 +81,9 @@ class _Rejections:
         self.field = np.full(n, -1, dtype=np.int16)
 
     def mark(self, bad: pa.Array | np.ndarray, reason: str, field_index: int) -> None:
+        # Most checks flag nothing: test the bitmap before unpacking it into a numpy mask.
+        if not isinstance(bad, np.ndarray) and not pc.any(bad).as_py():
+            return
         bad = _to_bool(bad)
         fresh = bad & (self.reason < 0)
         self.reason[fresh] = _REASON_CODE[reason]

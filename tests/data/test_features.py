@@ -92,3 +92,11 @@ def test_per_user_split_holds_out_the_fraction_and_ignores_order(events):
         assert side[pairs.user == u].sum() == min(int(np.floor(n * 0.2 + 0.5)), n - 1)
     perm = np.random.default_rng(0).permutation(len(pairs))
     assert np.array_equal(features.per_user_split(pairs.select(perm), 0.2, 1, 5), side[perm])
+
+
+def test_contains_matches_isin():
+    rng = np.random.default_rng(1)
+    haystack = np.unique(rng.integers(0, 2**40, 5000).astype(np.uint64))
+    needles = np.concatenate([haystack[::7], rng.integers(0, 2**40, 500).astype(np.uint64)])
+    assert np.array_equal(features.contains(haystack, needles), np.isin(needles, haystack))
+    assert not features.contains(haystack[:0], needles).any()
