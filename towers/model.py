@@ -1,0 +1,157 @@
+"""The user tower and the creator tower: plain nn.Modules, no Lightning.
+
+Both map their inputs to L2-normalised vectors of `dim`; scores are dot products scaled by a
+learnable temperature (`logit_scale`, CLIP-style, stored as a log). Index 0 is padding and 1 is
+unknown in every vocabulary (data.schema), so 0s in histories and tag lists are masked out.
+
+`encode_users(...)` and `encode_creators(...)` are the public API that index and serving call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD = 0
+UNK = 1
+
+
+@dataclass
+class TowerConfig:
+    num_users: int
+    """User vocabulary size (data manifest `vocab.users.size`)."""
+    num_creators: int
+    num_categories: int = 2
+    num_tags: int = 2
+    dim: int = 64
+    """Output embedding size of both towers."""
+    hidden: int = 128
+    unknown_user_buckets: int = 1024
+    """Users beyond the trained vocabulary hash into this many shared rows, never a crash."""
+    pooling: str = "mean"
+    """History pooling: mean | attention."""
+    text_dim: int = 0
+    """Size of precomputed creator text embeddings (e.g. 384 for all-MiniLM-L6-v2); 0 = none."""
+    init_temperature: float = 0.07
+
+    def __post_init__(self):
+        if self.pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling={self.pooling!r}: use mean or attention")
+        if self.num_users < 2 or self.num_creators < 2:
+            raise ValueError("num_users and num_creators include the 2 reserved slots (>= 2)")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of x [B, N, D] where mask [B, N] is true; zeros for empty rows."""
+    weights = mask.unsqueeze(-1).to(x.dtype)  # [B, N, 1]
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class CreatorTower(nn.Module):
+    """Creator id embedding plus a content path (category, tags, popularity, text).
+
+    The content path alone must carry a creator never seen in training, so the id embedding is
+    added to it rather than concatenated, and unknown ids (index 1) contribute a shared row.
+    """
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.id_embedding = nn.Embedding(cfg.num_creators, cfg.hidden, padding_idx=PAD)
+        self.category = nn.Embedding(cfg.num_categories, cfg.hidden, padding_idx=PAD)
+        self.tags = nn.Embedding(cfg.num_tags, cfg.hidden, padding_idx=PAD)
+        self.text = nn.Linear(cfg.text_dim, cfg.hidden) if cfg.text_dim else None
+        content_in = 3 * cfg.hidden + 1
+        self.content = nn.Sequential(
+            nn.Linear(content_in, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden)
+        )
+        self.out = nn.Linear(cfg.hidden, cfg.dim)
+        nn.init.normal_(self.id_embedding.weight, std=0.02)
+
+    def forward(
+        self,
+        creator: torch.Tensor,  # [C] int64 vocabulary indices
+        category: torch.Tensor,  # [C] int64
+        tags: torch.Tensor,  # [C, T] int64, 0 = padding
+        popularity: torch.Tensor,  # [C] float, log1p(train count)
+        text: torch.Tensor | None = None,  # [C, text_dim] precomputed
+    ) -> torch.Tensor:
+        tag_vec = masked_mean(self.tags(tags), tags != PAD)  # [C, H]
+        text_vec = (
+            self.text(text)
+            if self.text is not None and text is not None
+            else (torch.zeros_like(tag_vec))
+        )
+        content = torch.cat(
+            [self.category(category), tag_vec, text_vec, popularity.unsqueeze(-1)], dim=-1
+        )  # [C, 3H + 1]
+        h = self.content(content) + self.id_embedding(creator)  # [C, H]
+        return F.normalize(self.out(h), dim=-1)  # [C, D]
+
+
+class UserTower(nn.Module):
+    """User id embedding (unknown users hash into shared buckets) plus the pooled history of
+    creators, embedded with the creator tower's id table so both towers share that space."""
+
+    def __init__(self, cfg: TowerConfig, creator_ids: nn.Embedding):
+        super().__init__()
+        self.cfg = cfg
+        self.id_embedding = nn.Embedding(
+            cfg.num_users + cfg.unknown_user_buckets, cfg.hidden, padding_idx=PAD
+        )
+        self.creator_ids = creator_ids  # shared with the creator tower
+        if cfg.pooling == "attention":
+            self.query = nn.Linear(cfg.hidden, cfg.hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim)
+        )
+        nn.init.normal_(self.id_embedding.weight, std=0.02)
+
+    def user_rows(self, user: torch.Tensor) -> torch.Tensor:
+        """Vocabulary index → embedding row. Indices past the vocabulary (users added after
+        training) and the unknown slot hash into the shared buckets instead of failing."""
+        n, buckets = self.cfg.num_users, self.cfg.unknown_user_buckets
+        unknown = (user >= n) | (user == UNK)
+        return torch.where(unknown, n + torch.remainder(user * 2654435761, buckets), user)
+
+    def pool(self, hist: torch.Tensor, mask: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Pool history embeddings hist [B, N, H] (mask [B, N]) into [B, H]."""
+        if self.cfg.pooling == "mean":
+            return masked_mean(hist, mask)
+        scores = (hist @ self.query(own).unsqueeze(-1)).squeeze(-1) / math.sqrt(hist.shape[-1])
+        scores = scores.masked_fill(~mask, float("-inf"))  # [B, N]
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # empty history → zeros
+        return (weights.unsqueeze(-1) * hist).sum(1)
+
+    def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        # user [B] int64, history [B, N] int64 creator indices (0 = padding)
+        own = self.id_embedding(self.user_rows(user))  # [B, H]
+        mask = history != PAD
+        pooled = self.pool(self.creator_ids(history), mask, own)  # [B, H]
+        return F.normalize(self.mlp(torch.cat([own, pooled], dim=-1)), dim=-1)  # [B, D]
+
+
+class TwoTower(nn.Module):
+    """Both towers and the learnable temperature."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.creator_tower = CreatorTower(cfg)
+        self.user_tower = UserTower(cfg, self.creator_tower.id_embedding)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    def encode_users(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """[B] user indices, [B, N] histories → [B, dim] unit vectors."""
+        return self.user_tower(user, history)
+
+    def encode_creators(self, creator, category, tags, popularity, text=None) -> torch.Tensor:
+        """Creator features → [C, dim] unit vectors (see CreatorTower.forward)."""
+        return self.creator_tower(creator, category, tags, popularity, text)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped as in CLIP so the temperature cannot collapse."""
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
