@@ -1,0 +1,127 @@
+"""The loss terms on small known cases, and 2 real processes against one."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import REPO
+from tests.training.ddp_loss_check import batch
+from training.loss import RetrievalLoss, StreamingFrequency, is_known_positive
+
+
+def _unit(x):
+    return F.normalize(x, dim=-1)
+
+
+def test_in_batch_softmax_equals_cross_entropy_on_the_diagonal():
+    u, c, users, creators, _ = batch()
+    creators = torch.arange(2, 10)  # distinct: no accidental hits
+    got = RetrievalLoss()(_unit(u), _unit(c), torch.tensor(5.0), users=users, creators=creators)[
+        "contrastive_loss"
+    ]
+    want = F.cross_entropy(5.0 * _unit(u) @ _unit(c).T, torch.arange(8))
+    torch.testing.assert_close(got, want)
+
+
+def test_logq_subtracts_log_probability_per_column():
+    u, c, users, _, log_q = batch()
+    creators = torch.arange(2, 10)
+    got = RetrievalLoss()(
+        _unit(u), _unit(c), torch.tensor(5.0), users=users, creators=creators, log_q=log_q
+    )["contrastive_loss"]
+    want = F.cross_entropy(5.0 * _unit(u) @ _unit(c).T - log_q[None, :], torch.arange(8))
+    torch.testing.assert_close(got, want)
+    off = RetrievalLoss(logq_correction=False)(
+        _unit(u), _unit(c), torch.tensor(5.0), users=users, creators=creators, log_q=log_q
+    )
+    assert not torch.allclose(off["contrastive_loss"], got)
+
+
+def test_accidental_hits_never_count_as_negatives():
+    u, c, users, _, _ = batch()
+    creators = torch.tensor([2, 3, 2, 4, 5, 6, 7, 8])  # rows 0 and 2 share a creator
+    keys = torch.tensor([int(users[1]) * 20 + 5])  # user of row 1 also follows creator 5
+    loss = RetrievalLoss()
+    logits = 5.0 * _unit(u) @ _unit(c).T
+    logits[0, 2] = logits[2, 0] = -1e9
+    same_user = (users == users[1]).nonzero().flatten()
+    logits[same_user[same_user != 4], 4] = -1e9  # every row of that user, never row 4's own
+    want = F.cross_entropy(logits, torch.arange(8))
+    got = loss(
+        _unit(u),
+        _unit(c),
+        torch.tensor(5.0),
+        users=users,
+        creators=creators,
+        positive_keys=keys,
+        num_creators=20,
+    )["contrastive_loss"]
+    torch.testing.assert_close(got, want)
+    mask = is_known_positive(users, creators, keys, 20)
+    assert mask[1, 4] and mask.sum() == (users == users[1]).sum()
+
+
+def test_mixed_negatives_add_columns_with_their_own_log_q():
+    u, c, users, _, log_q = batch()
+    creators = torch.arange(2, 10)
+    extra = _unit(torch.randn(3, 6))
+    extra_lq = torch.full((3,), -4.0)
+    got = RetrievalLoss()(
+        _unit(u),
+        _unit(c),
+        torch.tensor(5.0),
+        users=users,
+        creators=creators,
+        log_q=log_q,
+        extra_emb=extra,
+        extra_ids=torch.tensor([20, 21, 22]),
+        extra_log_q=extra_lq,
+    )["contrastive_loss"]
+    cand = torch.cat([_unit(c), extra])
+    want = F.cross_entropy(
+        5.0 * _unit(u) @ cand.T - torch.cat([log_q, extra_lq])[None, :], torch.arange(8)
+    )
+    torch.testing.assert_close(got, want)
+
+
+def test_streaming_frequency_ranks_frequent_creators_higher():
+    freq = StreamingFrequency(buckets=1024, alpha=0.1)
+    for step in range(400):
+        ids = torch.tensor([7] + ([9] if step % 4 == 0 else []) + ([11] if step % 20 == 0 else []))
+        freq.update(ids)
+    lq = freq.log_q(torch.tensor([7, 9, 11]))
+    assert lq[0] > lq[1] > lq[2]
+    torch.testing.assert_close(lq.exp(), torch.tensor([1.0, 0.25, 0.05]), atol=0.03, rtol=0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_over_the_global_batch(tmp_path):
+    out = tmp_path / "ddp.pt"
+    env = dict(os.environ, PYTHONPATH=str(REPO), PORT=str(_free_port()))
+    script = str(REPO / "tests" / "training" / "ddp_loss_check.py")
+    procs = [
+        subprocess.Popen([sys.executable, script, str(r), "2", str(out)], env=env) for r in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ddp = torch.load(out, weights_only=True)
+
+    u, c, users, creators, log_q = batch()
+    u, c = u.clone().requires_grad_(True), c.clone().requires_grad_(True)
+    loss = RetrievalLoss()(
+        _unit(u), _unit(c), torch.tensor(5.0), users=users, creators=creators, log_q=log_q
+    )["contrastive_loss"]
+    loss.backward()
+    torch.testing.assert_close(ddp["loss"], loss.detach())
+    g_u = torch.cat([part[:4] for part in ddp["grads"]])
+    g_c = torch.cat([part[4:] for part in ddp["grads"]])
+    torch.testing.assert_close(g_u, u.grad)
+    torch.testing.assert_close(g_c, c.grad)
