@@ -41,24 +41,35 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class EmbeddingScorer:
+    """Scores as dot products of user and creator vectors (towers, ALS, BPR)."""
+
+    def __init__(self, user_emb, creator_emb, device: torch.device | None = None):
+        self.device = device or default_device()
+        self.users = torch.as_tensor(user_emb, dtype=torch.float32)
+        self.creators = torch.as_tensor(creator_emb, dtype=torch.float32).to(self.device)
+        self.num_creators = self.creators.shape[0]
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        return self.users[torch.as_tensor(users)].to(self.device) @ self.creators.T  # [b, C]
+
+
 def top_k(
-    user_emb: torch.Tensor,  # [U, D]
-    creator_emb: torch.Tensor,  # [C, D]
+    scorer,
     exclude: Interactions,
     k: int,
     users: np.ndarray,
     max_scores: int = 1 << 26,
-    device: torch.device | None = None,
 ) -> np.ndarray:
     """[len(users), k] creator indices, best first, with each user's `exclude` row masked and
-    the reserved slots (0 = pad, 1 = unknown) never recommended."""
-    device = device or default_device()
-    creators = creator_emb.to(device)
-    chunk = max(1, max_scores // creators.shape[0])
+    the reserved slots (0 = pad, 1 = unknown) never recommended. `scorer(users)` returns the
+    [b, C] score block of a chunk of users (EmbeddingScorer, or a model's own, e.g. EASE^R)."""
+    chunk = max(1, max_scores // scorer.num_creators)
     out = np.empty((len(users), k), dtype=np.int64)
     for start in range(0, len(users), chunk):
         batch = users[start : start + chunk]
-        scores = user_emb[torch.as_tensor(batch)].to(device) @ creators.T  # [b, C]
+        scores = scorer(batch)  # [b, C]
+        device = scores.device
         scores[:, :2] = -torch.inf
         rows = np.repeat(np.arange(len(batch)), exclude.lengths()[batch])
         cols = np.concatenate([exclude.row(u) for u in batch]) if len(rows) else rows
@@ -107,16 +118,14 @@ def metrics(
 
 
 def evaluate(
-    user_emb: torch.Tensor,
-    creator_emb: torch.Tensor,
+    scorer,
     train: Interactions,
     test: Interactions,
     popularity: np.ndarray,
     k: int = 20,
-    device: torch.device | None = None,
     max_scores: int = 1 << 26,
 ) -> dict[str, float]:
     """Exact full-corpus evaluation of every user with at least one test creator."""
     users = np.flatnonzero(test.lengths() > 0)
-    recommended = top_k(user_emb, creator_emb, train, k, users, max_scores, device)
+    recommended = top_k(scorer, train, k, users, max_scores)
     return metrics(recommended, test, users, popularity)

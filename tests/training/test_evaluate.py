@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import Interactions, evaluate, metrics, top_k
+from training.evaluate import EmbeddingScorer, Interactions, evaluate, metrics, top_k
 
 
 @pytest.fixture
@@ -42,7 +42,9 @@ def brute_force(user_emb, creator_emb, train, test, popularity, k):
 
 @pytest.mark.parametrize("max_scores", [60, 7 * 60, 1 << 26])  # 1 user, 7 users, all at once
 def test_chunked_evaluation_matches_brute_force(world, max_scores):
-    got = evaluate(*world, k=10, max_scores=max_scores, device=torch.device("cpu"))
+    user_emb, creator_emb, train, test, popularity = world
+    scorer = EmbeddingScorer(user_emb, creator_emb, torch.device("cpu"))
+    got = evaluate(scorer, train, test, popularity, k=10, max_scores=max_scores)
     recall, ndcg = brute_force(*world, k=10)
     assert got["recall@10"] == pytest.approx(recall, abs=1e-12)
     assert got["ndcg@10"] == pytest.approx(ndcg, abs=1e-12)
@@ -52,7 +54,8 @@ def test_chunked_evaluation_matches_brute_force(world, max_scores):
 def test_train_creators_and_reserved_slots_are_never_recommended(world):
     user_emb, creator_emb, train, _, _ = world
     users = np.arange(2, 40)
-    recs = top_k(user_emb, creator_emb, train, 15, users, device=torch.device("cpu"))
+    scorer = EmbeddingScorer(user_emb, creator_emb, torch.device("cpu"))
+    recs = top_k(scorer, train, 15, users)
     for row, u in zip(recs, users, strict=True):
         assert not set(row.tolist()) & set(train.row(u).tolist())
         assert (row >= 2).all()
