@@ -140,10 +140,8 @@ class _Job:
         users = self._validated("users", self.source.users(), key="user_id")
         self.creators = creators
         self.users = users
-        self.known_creators = None
         if creators is not None:
             self.vocab["creators"].extend(creators.column("creator_id").combine_chunks())
-            self.known_creators = creators.column("creator_id").combine_chunks()
             self.vocab["categories"].extend(creators.column("category").combine_chunks())
             self.vocab["tags"].extend(pc.list_flatten(creators.column("tags")).combine_chunks())
         if users is not None:
@@ -198,7 +196,7 @@ class _Job:
                 now_ms=self.now_ms,
                 timestamps_required=self.source.has_timestamps,
                 vocab={"user_id": self.vocab["users"], "creator_id": self.vocab["creators"]},
-                closed=("creator_id",) if self.known_creators is not None else (),
+                closed=("creator_id",) if self.creators is not None else (),  # catalog given
             )
             self._quarantine(result.quarantined)
             spill = self._encode(result.accepted)

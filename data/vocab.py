@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from data.hashindex import HashIndex, fingerprint
 from data.io import write_parquet
 from data.schema import RESERVED, UNK_INDEX
+from data.validate import contiguous
 
 _ARROW_LOOKUP_UP_TO = 100_000
 
@@ -70,10 +71,8 @@ class Vocab:
 
     def lookup(self, values: pa.Array) -> np.ndarray:
         """Indices of `values` (int32); ids not in the vocabulary map to the unknown slot."""
-        encoded = _dictionary(values)
-        index = pc.fill_null(pc.index_in(encoded.dictionary, value_set=self.ids), UNK_INDEX)
-        out = pc.fill_null(pc.take(index, encoded.indices), UNK_INDEX)
-        return out.to_numpy(zero_copy_only=False).astype(np.int32)
+        index = self.index_of(values)
+        return np.where(index < 0, UNK_INDEX, index).astype(np.int32)
 
     def assign(self, values: pa.Array, index: np.ndarray) -> np.ndarray:
         """Complete a lookup: rows with index -1 hold ids not yet known, which are appended in
@@ -81,8 +80,7 @@ class Vocab:
         index = np.asarray(index, dtype=np.int32).copy()
         new = np.flatnonzero(index < 0)
         if len(new):
-            values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-            ids = values.take(pa.array(new))
+            ids = contiguous(values).take(pa.array(new))
             ids = ids.dictionary.take(ids.indices) if pa.types.is_dictionary(ids.type) else ids
             fresh = pc.unique(ids).cast(pa.string())  # first-appearance order
             start = len(self)
@@ -108,11 +106,3 @@ class Vocab:
     def load_or_new(cls, name: str, folder: Path | None) -> Vocab:
         path = folder / f"{name}.parquet" if folder else None
         return cls.load(name, path) if path and path.exists() else cls(name)
-
-
-def _dictionary(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    if pa.types.is_dictionary(values.type):
-        return values
-    return pc.dictionary_encode(values)
