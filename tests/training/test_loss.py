@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO
 from tests.training.ddp_loss_check import batch
-from training.loss import RetrievalLoss, StreamingFrequency, is_known_positive
+from training.loss import PositiveIndex, RetrievalLoss, StreamingFrequency, is_known_positive
 
 
 def _unit(x):
@@ -57,8 +57,7 @@ def test_accidental_hits_never_count_as_negatives():
         torch.tensor(5.0),
         users=users,
         creators=creators,
-        positive_keys=keys,
-        num_creators=20,
+        positives=PositiveIndex.from_keys(keys, 10, 20),
     )["contrastive_loss"]
     torch.testing.assert_close(got, want)
     mask = is_known_positive(users, creators, keys, 20)
@@ -125,3 +124,17 @@ def test_two_processes_equal_one_over_the_global_batch(tmp_path):
     g_c = torch.cat([part[4:] for part in ddp["grads"]])
     torch.testing.assert_close(g_u, u.grad)
     torch.testing.assert_close(g_c, c.grad)
+
+
+def test_positive_index_mask_equals_the_sorted_key_reference():
+    g = torch.Generator().manual_seed(3)
+    num_users, num_creators = 50, 40
+    keys = torch.unique(
+        torch.randint(0, num_users, (600,), generator=g) * num_creators
+        + torch.randint(0, num_creators, (600,), generator=g)
+    )
+    index = PositiveIndex.from_keys(keys, num_users, num_creators)
+    users = torch.randint(0, num_users, (64,), generator=g)
+    cands = torch.randint(0, num_creators, (90,), generator=g)  # with repeats
+    want = is_known_positive(users, cands, keys, num_creators)
+    assert want.any() and torch.equal(index.mask(users, cands), want)

@@ -1,0 +1,148 @@
+"""`python -m training fit` end to end on a tiny prepared dataset: metrics, the config beside
+the checkpoints, resuming after a kill, every shipped YAML, and 2 processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO
+from training.cli import main
+from training.data import TowerDataModule
+
+CONFIGS = sorted((REPO / "configs" / "train").glob("*.yaml"))
+
+
+def fit_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(REPO / "configs" / "train" / "synthetic_demo.yaml"),
+        "--data.data_dir", str(data),
+        "--data.records_per_batch", "2",
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
+        "--model.dim", "16",
+        "--model.hidden", "32",
+        "--model.uniform_negatives", "64",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_train_config_parses_and_builds(path, tiny_data, tmp_path):
+    cli = main(
+        ["--config", str(path), "--data.data_dir", str(tiny_data), "--trainer.logger", "false",
+         "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )  # fmt: skip
+    assert cli.model.hparams.num_creators == cli.datamodule.num_creators
+    assert cli.datamodule.batch_size % cli.datamodule.record_size == 0
+
+
+def test_fit_logs_full_corpus_metrics_and_saves_config_beside_checkpoints(tiny_data, tmp_path):
+    cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2")])
+    metrics = cli.trainer.callback_metrics
+    for name in ("val/recall@20", "val/ndcg@20", "val/coverage@20", "val/cold_recall@20"):
+        assert name in metrics, sorted(metrics)
+    assert 0.0 < float(metrics["val/recall@20"]) <= 1.0
+    assert float(metrics["train/contrastive_loss"]) > 0
+    ckpt_dir = Path(cli.trainer.checkpoint_callback.dirpath)
+    assert (ckpt_dir / "last.ckpt").exists()
+    saved = yaml.safe_load((ckpt_dir / "config.yaml").read_text())
+    assert saved["model"]["dim"] == 16 and saved["data"]["data_dir"] == str(tiny_data)
+    # W&B ran offline, wrote its run files, and got the evaluation table
+    tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/metrics_*.json"))
+    assert tables, list(tmp_path.rglob("*"))[:20]
+    table = json.loads(max(tables, key=lambda p: p.stat().st_mtime).read_text())
+    assert len(table["data"]) == 2 * 3  # 2 evaluations × K in (10, 20, 50)
+    assert "recall" in table["columns"] and "cold_recall" in table["columns"]
+    assert cli.trainer.global_step == 2 * cli.datamodule.train_batches_per_rank(1)
+
+
+def test_training_beats_popularity_on_the_tiny_dataset(tiny_data, tmp_path):
+    """The model learns something beyond popularity (the synthetic data has communities)."""
+    from training.evaluate import evaluate
+    from training.peers import fit_popularity, interaction_matrix
+
+    cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "4")])
+    dm = cli.datamodule
+    pop = evaluate(
+        fit_popularity(interaction_matrix(dm.train, dm.num_creators), torch.device("cpu")),
+        dm.train,
+        dm.test,
+        dm.popularity,
+    )
+    assert cli.model.last_metrics["recall@20"] > pop["recall@20"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "training", *args]
+
+
+def test_resume_after_a_kill_continues_from_the_last_checkpoint(tiny_data, tmp_path):
+    args = fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "6",
+                    "--checkpoint.every_n_train_steps", "5",
+                    "--checkpoint.dirpath", str(tmp_path / "ckpt"))  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(_cli("fit", *args), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    last = tmp_path / "ckpt" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert last.exists(), proc.stderr.read().decode()[-2000:]
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    result = subprocess.run(_cli("fit", *args, "--ckpt_path", "last"), cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert 0 < killed_at < final["global_step"]
+    assert final["epoch"] == 5  # 0-based: all 6 epochs done after the resume
+
+
+def _last_eval(folder: Path) -> dict:
+    lines = (folder / "evaluation.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def test_two_processes_train_and_evaluate_exactly_like_one(tiny_data, tmp_path):
+    """`--trainer.devices 2` (DDP, gloo on CPU) trains; evaluating its checkpoint on 2 ranks
+    gives the same metrics as on 1, because ranks merge exact sums."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    fit = subprocess.run(
+        _cli("fit", *fit_args(tiny_data, tmp_path / "fit", "--trainer.max_epochs", "1",
+                              "--checkpoint.dirpath", str(tmp_path / "ckpt"), *ddp)),
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    expected = TowerDataModule(str(tiny_data), records_per_batch=2).train_batches_per_rank(2)
+    assert state["global_step"] == expected  # each rank read half the shards
+
+    results = {}
+    for devices in ("1", "2"):
+        folder = tmp_path / f"val{devices}"
+        run = subprocess.run(
+            _cli("validate", *fit_args(tiny_data, folder, "--ckpt_path", str(ckpt),
+                                       "--trainer.accelerator", "cpu",
+                                       "--trainer.devices", devices,
+                                       "--trainer.logger", "false")),
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[devices] = _last_eval(folder)
+    assert results["1"]["evaluated_users"] == results["2"]["evaluated_users"] > 0
+    for key in ("recall@20", "ndcg@20", "coverage@20", "mrr@20"):
+        assert results["2"][key] == pytest.approx(results["1"][key], abs=1e-9), key

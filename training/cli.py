@@ -1,0 +1,109 @@
+"""`python -m training fit --config configs/train/<name>.yaml`: LightningCLI over the module and
+data module, every option overridable on the command line (`--model.lr 1e-3`,
+`--trainer.devices 2`, `--data.records_per_batch 4`).
+
+Decided here, once: precision (bf16 mixed on a GPU that supports it, fp32 elsewhere), the W&B
+logger (offline unless `--trainer.logger.offline false`), checkpointing (`last.ckpt` for resuming
+with `--ckpt_path last`) and the resolved config written beside the checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities import rank_zero_only
+
+from training.data import TowerDataModule
+from training.module import TwoTowerModule
+
+
+def default_precision() -> str:
+    """bf16 autocast where the GPU has bf16 units, full fp32 on CPU (bf16 matmuls on CPUs
+    without AMX run several times slower than fp32)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class SaveConfigBesideCheckpoints(SaveConfigCallback):
+    """Also writes the resolved config into the checkpoint folder, so every checkpoint can be
+    traced to the exact options that produced it."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        self._pending = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if getattr(self, "_pending", False):
+            self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer) -> None:
+        folder = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+        if folder is None:
+            return
+        os.makedirs(folder, exist_ok=True)
+        path = Path(folder) / self.config_filename
+        tmp = path.with_suffix(".tmp")
+        self.parser.save(self.config, tmp, overwrite=True, multifile=False)
+        os.replace(tmp, path)
+
+
+class TowerCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        for name in ("num_users", "num_creators", "num_categories", "num_tags"):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.link_arguments(
+            "data.user_attribute_buckets", "model.user_attribute_buckets", apply_on="parse"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:03d}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.precision": default_precision(),
+                "trainer.num_sanity_val_steps": 0,
+                "trainer.reload_dataloaders_every_n_epochs": 1,  # reshuffle shards each epoch
+                "trainer.default_root_dir": "artifacts/runs",
+                "trainer.logger": {
+                    "class_path": "pytorch_lightning.loggers.WandbLogger",
+                    "init_args": {
+                        "project": "towerline",
+                        "save_dir": "artifacts/runs",
+                        "offline": True,
+                    },
+                },
+            }
+        )
+
+    def after_fit(self) -> None:
+        finish_wandb()
+
+
+def finish_wandb() -> None:
+    """Close the W&B run so the next fit in this process starts its own (Lightning leaves it
+    open)."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def main(args: list[str] | None = None, run: bool = True) -> TowerCLI:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # The record stream's length is exact (balanced shards), so webdataset's notice is noise.
+    warnings.filterwarnings("ignore", message=r".*with_length\(\) only sets")
+    warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined")
+    return TowerCLI(
+        TwoTowerModule,
+        TowerDataModule,
+        save_config_callback=SaveConfigBesideCheckpoints,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,268 @@
+"""What training reads from a prepared dataset (`python -m data prepare`): the webdataset shards
+of pre-batched examples, and the tables of creator and user features and of the split.
+
+`TowerDataModule` is the LightningDataModule over the shards. One training batch is
+`records_per_batch` records (a record holds `record_size` examples, see data.shards), so the
+batch size is records_per_batch × record_size. Every shard holds the same number of records and
+the shard count is a multiple of 8, so every rank of a 1-, 2-, 4- or 8-process launch reads the
+same number of batches; the shard order is reshuffled each epoch from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from data import manifest as data_manifest
+from data.shards import FIELDS, record_dataset
+from training.evaluate import Interactions
+from training.loss import PositiveIndex
+
+PAD, UNK = 0, 1
+
+
+def attribute_buckets(values: list[list[str] | None], buckets: int, width: int) -> np.ndarray:
+    """User attribute strings ("country=DE", "plan=paid", ...) → [U, width] hashed bucket ids in
+    [2, buckets), 0 = none. crc32 is stable across processes and versions, so serving hashes a
+    request's attributes to the same rows training used."""
+    out = np.zeros((len(values), width), dtype=np.int64)
+    for i, row in enumerate(values):
+        for j, text in enumerate((row or [])[:width]):
+            out[i, j] = 2 + zlib.crc32(text.encode()) % (buckets - 2)
+    return out
+
+
+@dataclass
+class CreatorFeatures:
+    """Inputs of the creator tower for every creator, indexed by vocabulary index."""
+
+    creator: torch.Tensor  # [C] int64
+    category: torch.Tensor  # [C] int64
+    tags: torch.Tensor  # [C, T] int64, 0 = padding
+    popularity: torch.Tensor  # [C] float32, log1p(train interactions)
+
+    @classmethod
+    def from_table(cls, path: str | Path, max_tags: int) -> CreatorFeatures:
+        t = pq.read_table(path, columns=["creator_idx", "category_idx", "tag_idx", "train_count"])
+        n = int(t["creator_idx"].to_numpy().max()) + 1
+        idx = t["creator_idx"].to_numpy()
+        category = np.full(n, UNK, dtype=np.int64)
+        category[idx] = t["category_idx"].fill_null(UNK).to_numpy()
+        tags = np.zeros((n, max(max_tags, 1)), dtype=np.int64)
+        for row, tag_list in zip(idx, t["tag_idx"].to_pylist(), strict=True):
+            if tag_list:
+                tags[row, : min(len(tag_list), max_tags)] = tag_list[:max_tags]
+        counts = np.zeros(n, dtype=np.float32)
+        counts[idx] = t["train_count"].to_numpy()
+        return cls(
+            torch.arange(n),
+            torch.as_tensor(category),
+            torch.as_tensor(tags),
+            torch.as_tensor(np.log1p(counts)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.creator)
+
+    def to(self, device) -> CreatorFeatures:
+        return CreatorFeatures(*(getattr(self, f).to(device) for f in self._fields()))
+
+    def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keyword arguments of TwoTower.encode_creators for the creators in `index`."""
+        return {f: getattr(self, f)[index] for f in self._fields()}
+
+    @staticmethod
+    def _fields() -> tuple[str, ...]:
+        return ("creator", "category", "tags", "popularity")
+
+
+@dataclass
+class UserFeatures:
+    """What a request for a known user carries: the last N training creators and attributes."""
+
+    history: torch.Tensor  # [U, N] int64, 0 = padding, newest last
+    attributes: torch.Tensor  # [U, A] int64 hashed buckets, 0 = none
+
+    @classmethod
+    def from_table(cls, path: str | Path, attribute_buckets_: int, width: int) -> UserFeatures:
+        t = pq.read_table(path, columns=["user_idx", "history", "country", "attributes"])
+        idx = t["user_idx"].to_numpy()
+        n, hist = int(idx.max()) + 1, t["history"].combine_chunks()
+        history = np.zeros((n, hist.type.list_size), dtype=np.int64)
+        history[idx] = hist.flatten().to_numpy().reshape(len(idx), -1)
+        texts = [
+            ([f"country={c}"] if c else []) + list(a or [])
+            for c, a in zip(t["country"].to_pylist(), t["attributes"].to_pylist(), strict=True)
+        ]
+        attrs = np.zeros((n, width), dtype=np.int64)
+        attrs[idx] = attribute_buckets(texts, attribute_buckets_, width)
+        return cls(torch.as_tensor(history), torch.as_tensor(attrs))
+
+    def to(self, device) -> UserFeatures:
+        return UserFeatures(self.history.to(device), self.attributes.to(device))
+
+
+def load_split(folder: str | Path, num_users: int) -> tuple[Interactions, Interactions]:
+    """Train and test (user, creator) pairs of a prepared dataset, deduplicated, as CSR."""
+    tables = Path(folder) / "tables"
+    out = []
+    for name in ("train", "test"):
+        t = pq.read_table(tables / f"{name}.parquet", columns=["user_idx", "creator_idx"])
+        users, creators = t["user_idx"].to_numpy(), t["creator_idx"].to_numpy()
+        out.append(Interactions.from_pairs(users, creators, num_users))
+    return out[0], out[1]
+
+
+def positive_index(train: Interactions, num_creators: int) -> PositiveIndex:
+    """Every user's training creators, for accidental-hit masking."""
+    return PositiveIndex(
+        torch.as_tensor(train.indptr), torch.as_tensor(train.indices), num_creators
+    )
+
+
+def collate_records(records: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """k decoded records → one batch of k × record_size examples."""
+    batch = {f: torch.as_tensor(np.concatenate([r[f] for r in records])) for f in FIELDS}
+    batch["user"] = batch["user"].long()
+    batch["creator"] = batch["creator"].long()
+    batch["history"] = batch["history"].long()
+    return batch
+
+
+class TowerDataModule(pl.LightningDataModule):
+    """Shards for training; test users in chunks for full-corpus evaluation.
+
+    Args:
+        data_dir: a prepared dataset (the folder `python -m data prepare` wrote).
+        records_per_batch: records per training batch; batch size = this × record_size.
+        shuffle_records: records held in the shuffle buffer of each DataLoader worker.
+        num_workers: DataLoader workers per rank; they split the rank's shards.
+        eval_users_per_batch: test users scored per evaluation step.
+        max_eval_users: evaluate a fixed, seeded sample of this many test users (None = all).
+        user_attribute_buckets: hashed rows for user attribute strings.
+        max_user_attributes: attributes kept per user.
+        seed: shard and record shuffling.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        records_per_batch: int = 1,
+        shuffle_records: int = 16,
+        num_workers: int = 1,
+        eval_users_per_batch: int = 2048,
+        max_eval_users: int | None = None,
+        user_attribute_buckets: int = 4096,
+        max_user_attributes: int = 8,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if records_per_batch < 1:
+            raise ValueError(f"--data.records_per_batch={records_per_batch}: use 1 or more")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        if not (self.data_dir / "manifest.json").exists():
+            raise FileNotFoundError(
+                f"no prepared dataset at {self.data_dir} (manifest.json missing); run "
+                f"`python -m data prepare --config configs/data/<name>.yaml` first"
+            )
+        self.manifest = data_manifest.load(self.data_dir)
+        vocab, shards = self.manifest["vocab"], self.manifest["shards"]
+        self.num_users = int(vocab["users"]["size"])
+        self.num_creators = int(vocab["creators"]["size"])
+        self.num_categories = int(vocab["categories"]["size"])
+        self.num_tags = int(vocab["tags"]["size"])
+        self.record_size = int(shards["record_size"])
+        self.batch_size = records_per_batch * self.record_size
+        self.records_per_shard = int(shards["records_per_shard"])
+        self.num_shards = int(shards["count"])
+        self._loaded = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        h, tables = self.hparams, self.data_dir / "tables"
+        max_tags = int(self.manifest["config"]["features"].get("max_tags", 5))
+        self.creators = CreatorFeatures.from_table(tables / "creators.parquet", max_tags)
+        self.users = UserFeatures.from_table(
+            tables / "users.parquet", h.user_attribute_buckets, h.max_user_attributes
+        )
+        self.train, self.test = load_split(self.data_dir, self.num_users)
+        self.popularity = np.zeros(self.num_creators, dtype=np.int64)
+        self.popularity[: len(self.creators)] = np.expm1(self.creators.popularity.numpy()).round()
+        self.eval_users = np.flatnonzero(self.test.lengths() > 0)
+        if h.max_eval_users and h.max_eval_users < len(self.eval_users):
+            rng = np.random.default_rng(h.seed)
+            self.eval_users = np.sort(rng.choice(self.eval_users, h.max_eval_users, False))
+        self._loaded = True
+
+    def creator_names(self) -> list[str]:
+        """Display name per creator index (the id where a creator has no name)."""
+        if not hasattr(self, "_names"):
+            t = pq.read_table(
+                self.data_dir / "tables" / "creators.parquet",
+                columns=["creator_idx", "creator_id", "name"],
+            )
+            names = [""] * (int(t["creator_idx"].to_numpy().max()) + 1)
+            rows = zip(*(t[c].to_pylist() for c in t.column_names), strict=True)
+            for idx, creator_id, name in rows:
+                names[idx] = name or creator_id
+            self._names = names
+        return self._names
+
+    @property
+    def user_ids(self) -> list[str]:
+        if not hasattr(self, "_user_ids"):
+            t = pq.read_table(
+                self.data_dir / "tables" / "users.parquet", columns=["user_idx", "user_id"]
+            )
+            ids = [""] * (int(t["user_idx"].to_numpy().max()) + 1)
+            for idx, user_id in zip(
+                t["user_idx"].to_pylist(), t["user_id"].to_pylist(), strict=True
+            ):
+                ids[idx] = user_id
+            self._user_ids = ids
+        return self._user_ids
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def train_batches_per_rank(self, world_size: int) -> int:
+        workers = max(1, self.hparams.num_workers)
+        records = self.num_shards // world_size * self.records_per_shard
+        return records // workers // self.hparams.records_per_batch * workers
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        h = self.hparams
+        dataset = (
+            record_dataset(self.data_dir / "shards", rank, world, True, h.seed, epoch)
+            .shuffle(h.shuffle_records, seed=(h.seed, epoch, rank).__hash__())
+            .batched(h.records_per_batch, collation_fn=collate_records, partial=False)
+            .with_length(self.train_batches_per_rank(world))
+        )
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=h.num_workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Chunks of test-user indices; each rank takes a strided share (no padding, so the
+        merged sums are exact)."""
+        rank, world = self._rank()
+        users = self.eval_users[rank::world]
+        size = self.hparams.eval_users_per_batch
+        chunks = [torch.as_tensor(users[s : s + size]) for s in range(0, len(users), size)]
+        return DataLoader(chunks, batch_size=None, shuffle=False)

@@ -1,0 +1,307 @@
+"""The LightningModule: trains the two towers with the retrieval loss and evaluates them over
+the full creator corpus.
+
+Evaluation is exact and distributed: each rank scores its share of the test users against every
+creator (training creators excluded), keeps additive metric sums, and the sums are all-reduced, so
+1 or N processes give the same figures. The tables go to the logger (W&B: an evaluation table per
+epoch and a table of example recommendations).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from towers.model import TowerConfig, TwoTower
+from training.data import CreatorFeatures, UserFeatures, positive_index
+from training.evaluate import finalize, merge_sums, metric_sums, top_k
+from training.loss import RetrievalLoss, StreamingFrequency, gather_plain
+
+EVAL_COLUMNS = ("recall", "ndcg", "mrr", "hit_rate", "coverage", "avg_popularity", "cold_recall")
+
+
+@torch.no_grad()
+def encode_all_creators(model: TwoTower, creators: CreatorFeatures, chunk: int = 65536):
+    """[C, dim] unit vectors of every creator (rows 0 and 1 are the reserved slots)."""
+    out = [
+        model.encode_creators(**creators.select(torch.arange(s, min(s + chunk, len(creators)))))
+        for s in range(0, len(creators), chunk)
+    ]
+    return torch.cat(out).float()
+
+
+class TowerScorer:
+    """Scores of users against precomputed creator vectors, in the shape top_k expects."""
+
+    def __init__(self, model: TwoTower, users: UserFeatures, creator_emb: torch.Tensor):
+        self.model, self.users, self.creator_emb = model, users, creator_emb
+        self.num_creators = creator_emb.shape[0]
+
+    @torch.no_grad()
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        device = self.creator_emb.device
+        idx = torch.as_tensor(users, device=self.users.history.device)
+        emb = self.model.encode_users(
+            idx.to(device),
+            self.users.history[idx].to(device),
+            self.users.attributes[idx].to(device),
+        )
+        return emb.float() @ self.creator_emb.T  # [b, C]
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class TwoTowerModule(pl.LightningModule):
+    """Two towers trained with in-batch sampled softmax and optional logQ correction, uniform
+    negatives, cross-device negatives and accidental-hit masking.
+
+    Args:
+        num_users, num_creators, num_categories, num_tags, user_attribute_buckets: vocabulary
+            sizes, linked from the data module by the CLI.
+        dim, hidden, pooling, unknown_user_buckets, text_dim: see towers.model.TowerConfig.
+        temperature: initial softmax temperature; learn_temperature makes it a parameter.
+        logq_correction: subtract log q of each in-batch candidate (streaming frequency).
+        cross_device: gather candidates from every rank, with gradients.
+        mask_accidental_hits: a candidate that is one of the row's positives is not a negative;
+            mask_train_positives extends that to every training pair of the user.
+        uniform_negatives: extra creators drawn uniformly from the corpus per step (0 = off).
+        history_dropout: probability of dropping each history item in training.
+        lr, weight_decay, warmup_fraction, schedule: AdamW, linear warmup, cosine | constant.
+        eval_k: cut-offs of the evaluation (one ranking at the largest).
+        cold_threshold: creators with at most this many training interactions form the cold slice.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_creators: int,
+        num_categories: int = 2,
+        num_tags: int = 2,
+        user_attribute_buckets: int = 0,
+        dim: int = 64,
+        hidden: int = 128,
+        pooling: str = "mean",
+        unknown_user_buckets: int = 1024,
+        text_dim: int = 0,
+        temperature: float = 0.1,
+        learn_temperature: bool = False,
+        logq_correction: bool = True,
+        cross_device: bool = True,
+        mask_accidental_hits: bool = True,
+        mask_train_positives: bool = True,
+        uniform_negatives: int = 1024,
+        history_dropout: float = 0.0,
+        lr: float = 5e-3,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.02,
+        schedule: str = "cosine",
+        eval_k: list[int] | None = None,
+        cold_threshold: int = 5,
+    ):
+        super().__init__()
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"--model.schedule={schedule!r}: use cosine or constant")
+        if not 0.0 <= history_dropout < 1.0:
+            raise ValueError(f"--model.history_dropout={history_dropout}: use a value in [0, 1)")
+        self.save_hyperparameters()
+        self.eval_k = tuple(sorted(eval_k or [20]))
+        self.model = TwoTower(
+            TowerConfig(
+                num_users=num_users,
+                num_creators=num_creators,
+                num_categories=num_categories,
+                num_tags=num_tags,
+                dim=dim,
+                hidden=hidden,
+                unknown_user_buckets=unknown_user_buckets,
+                attribute_buckets=user_attribute_buckets,
+                pooling=pooling,
+                text_dim=text_dim,
+                init_temperature=temperature,
+                learn_temperature=learn_temperature,
+            )
+        )
+        self.frequency = StreamingFrequency()
+        self.loss = RetrievalLoss(logq_correction, cross_device, mask_accidental_hits)
+        self._eval_rows: list[list] = []
+
+    # -- data the steps need, moved to the module's device once --------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        dm.setup(stage)
+        self.creators = dm.creators
+        self.users = dm.users
+        self.positives = positive_index(dm.train, self.hparams.num_creators)
+        self.loss.rank, self.loss.world_size = self.trainer.global_rank, self.trainer.world_size
+
+    def on_fit_start(self) -> None:
+        self._to_device()
+
+    def on_validation_start(self) -> None:
+        self._to_device()
+
+    def _to_device(self) -> None:
+        self.creators = self.creators.to(self.device)
+        self.users = self.users.to(self.device)
+        self.positives = self.positives.to(self.device)
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        h = self.hparams
+        users, creators, history = batch["user"], batch["creator"], batch["history"]
+        if h.history_dropout:
+            drop = torch.rand(history.shape, device=history.device) < h.history_dropout
+            history = history.masked_fill(drop, 0)
+        user_emb = self.model.encode_users(users, history, self.users.attributes[users])  # [B, D]
+        creator_emb = self.model.encode_creators(**self.creators.select(creators))  # [B, D]
+        self.frequency.update(gather_plain(creators, self.trainer.world_size))
+        extra = {}
+        if h.uniform_negatives:
+            ids = torch.randint(2, h.num_creators, (h.uniform_negatives,), device=self.device)
+            q = math.log(h.uniform_negatives / (h.num_creators - 2))
+            extra = {
+                "extra_emb": self.model.encode_creators(**self.creators.select(ids)),
+                "extra_ids": ids,
+                "extra_log_q": torch.full((len(ids),), q, device=self.device),
+            }
+        terms = self.loss(
+            user_emb,
+            creator_emb,
+            self.model.scale(),
+            users=users,
+            creators=creators,
+            log_q=self.frequency.log_q(creators),
+            weight=batch["weight"].float(),
+            positives=self.positives if h.mask_train_positives else None,
+            **extra,
+        )
+        loss = sum(terms.values())
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True)
+        self.log("train/temperature", 1.0 / self.model.scale().detach())
+        return loss
+
+    def configure_optimizers(self):
+        h = self.hparams
+        fused = torch.cuda.is_available() or self.device.type == "cpu"
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=h.lr, weight_decay=h.weight_decay, fused=fused
+        )
+        if h.schedule == "constant":
+            return optimizer
+        total = self._total_steps()
+        warmup = max(1, int(h.warmup_fraction * total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, warmup, total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """Optimizer steps of the whole fit, from the balanced shard layout (Lightning's
+        estimated_stepping_batches would start the loader's workers inside the DDP setup)."""
+        t = self.trainer
+        per_epoch = t.datamodule.train_batches_per_rank(t.world_size)
+        limit = t.limit_train_batches
+        if isinstance(limit, int):
+            per_epoch = min(per_epoch, limit)
+        elif limit is not None:
+            per_epoch = int(per_epoch * limit)
+        per_epoch = max(1, per_epoch // t.accumulate_grad_batches)
+        total = per_epoch * t.max_epochs if t.max_epochs and t.max_epochs > 0 else None
+        if t.max_steps and t.max_steps > 0:
+            total = min(total or t.max_steps, t.max_steps)
+        if total is None:
+            raise ValueError("cosine schedule needs --trainer.max_epochs or --trainer.max_steps")
+        return total
+
+    # -- full-corpus evaluation -----------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._creator_emb = encode_all_creators(self.model, self.creators)
+        dm = self.trainer.datamodule
+        empty = np.zeros((0, max(self.eval_k)), dtype=np.int64)
+        self._sums = metric_sums(
+            empty, dm.test, empty[:, 0], dm.popularity, self.eval_k, self.hparams.cold_threshold
+        )
+        self._started = time.perf_counter()
+
+    def validation_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        dm = self.trainer.datamodule
+        users = users.cpu().numpy()
+        scorer = TowerScorer(self.model, self.users, self._creator_emb)
+        recommended = top_k(scorer, dm.train, max(self.eval_k), users)
+        block = metric_sums(
+            recommended, dm.test, users, dm.popularity, self.eval_k, self.hparams.cold_threshold
+        )
+        self._sums = merge_sums(self._sums, block)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self._examples = (users[:8], recommended[:8])
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._sums
+        if self.trainer.world_size > 1:
+            sums = {k: self._all_reduce(v) for k, v in sums.items()}
+        result = finalize(sums, self.eval_k)
+        result["eval_seconds"] = time.perf_counter() - self._started
+        if self.trainer.sanity_checking:
+            return
+        self.log_dict({f"val/{k}": float(v) for k, v in result.items()}, sync_dist=False)
+        self.last_metrics = result
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective
+        if self.trainer.is_global_zero:
+            self._log_tables(result)
+            self._append_json(result, folder)
+
+    def _append_json(self, result: dict, folder: Path) -> None:
+        """One line per evaluation in <log_dir>/evaluation.jsonl, for scripts and benchmarks."""
+        folder.mkdir(parents=True, exist_ok=True)
+        line = {"epoch": self.current_epoch, "step": self.global_step, **result}
+        with open(folder / "evaluation.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _all_reduce(self, value) -> np.ndarray:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        dist.all_reduce(t)  # float64 sums on CPU: gloo, and NCCL via the default group
+        return t.numpy()
+
+    def _log_tables(self, result: dict) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for k in self.eval_k:
+            self._eval_rows.append(
+                [self.current_epoch, self.global_step, k]
+                + [result[f"{c}@{k}"] for c in EVAL_COLUMNS]
+            )
+        for logger in self.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            logger.log_table(
+                "eval/metrics", columns=["epoch", "step", "k", *EVAL_COLUMNS], data=self._eval_rows
+            )
+            if getattr(self, "_examples", None) is not None:
+                logger.log_table("eval/examples", **self._example_table())
+
+    def _example_table(self) -> dict:
+        dm = self.trainer.datamodule
+        names = dm.creator_names()
+        users, recommended = self._examples
+        rows = []
+        for u, recs in zip(users, recommended, strict=True):
+            truth = set(dm.test.row(u).tolist())
+            history = [names[c] for c in dm.train.row(u)[:10]]
+            shown = [("✓ " if c in truth else "") + names[c] for c in recs[:10]]
+            rows.append([dm.user_ids[u], " · ".join(history), " · ".join(shown)])
+        return {
+            "columns": ["user", "history (first 10)", "top 10 (✓ = held-out hit)"],
+            "data": rows,
+        }
