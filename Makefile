@@ -22,6 +22,8 @@ env: $(VENV)/.installed
 demo: env
 	$(PY) -m data prepare --config configs/data/synthetic_demo.yaml --output $(ARTIFACTS)/data/synthetic_demo
 	$(PY) -m data manifest $(ARTIFACTS)/data/synthetic_demo
+	$(PY) -m training fit --config configs/train/synthetic_demo.yaml
+	@echo "evaluation (full corpus, one line per epoch):" && cat $(ARTIFACTS)/runs/synthetic_demo/evaluation.jsonl
 
 test: env
 	$(PY) -m ruff check .
