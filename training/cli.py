@@ -34,12 +34,8 @@ class SaveConfigBesideCheckpoints(SaveConfigCallback):
     """Also writes the resolved config into the checkpoint folder, so every checkpoint can be
     traced to the exact options that produced it."""
 
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        self._pending = True
-
     def on_train_start(self, trainer, pl_module) -> None:
-        if getattr(self, "_pending", False):
-            self._write(trainer)
+        self._write(trainer)  # the checkpoint folder is resolved by now
 
     @rank_zero_only
     def _write(self, trainer) -> None:

@@ -47,6 +47,7 @@ class CreatorFeatures:
     category: torch.Tensor  # [C] int64
     tags: torch.Tensor  # [C, T] int64, 0 = padding
     popularity: torch.Tensor  # [C] float32, log1p(train interactions)
+    train_count: np.ndarray  # [C] int64, exact counts (evaluation's popularity and cold slice)
 
     @classmethod
     def from_table(cls, path: str | Path, max_tags: int) -> CreatorFeatures:
@@ -59,20 +60,22 @@ class CreatorFeatures:
         for row, tag_list in zip(idx, t["tag_idx"].to_pylist(), strict=True):
             if tag_list:
                 tags[row, : min(len(tag_list), max_tags)] = tag_list[:max_tags]
-        counts = np.zeros(n, dtype=np.float32)
+        counts = np.zeros(n, dtype=np.int64)
         counts[idx] = t["train_count"].to_numpy()
         return cls(
             torch.arange(n),
             torch.as_tensor(category),
             torch.as_tensor(tags),
-            torch.as_tensor(np.log1p(counts)),
+            torch.as_tensor(np.log1p(counts).astype(np.float32)),
+            counts,
         )
 
     def __len__(self) -> int:
         return len(self.creator)
 
     def to(self, device) -> CreatorFeatures:
-        return CreatorFeatures(*(getattr(self, f).to(device) for f in self._fields()))
+        moved = (getattr(self, f).to(device) for f in self._fields())
+        return CreatorFeatures(*moved, train_count=self.train_count)
 
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keyword arguments of TwoTower.encode_creators for the creators in `index`."""
@@ -196,7 +199,7 @@ class TowerDataModule(pl.LightningDataModule):
         )
         self.train, self.test = load_split(self.data_dir, self.num_users)
         self.popularity = np.zeros(self.num_creators, dtype=np.int64)
-        self.popularity[: len(self.creators)] = np.expm1(self.creators.popularity.numpy()).round()
+        self.popularity[: len(self.creators)] = self.creators.train_count
         self.eval_users = np.flatnonzero(self.test.lengths() > 0)
         if h.max_eval_users and h.max_eval_users < len(self.eval_users):
             rng = np.random.default_rng(h.seed)
