@@ -34,6 +34,9 @@ class TowerConfig:
     """Users beyond the trained vocabulary hash into this many shared rows, never a crash."""
     pooling: str = "mean"
     """History pooling: mean | attention."""
+    combiner: str = "mlp"
+    """How the user tower joins id, history and attributes: mlp (concatenate → 2-layer MLP) or
+    linear (a weighted sum of linear maps, SimpleX-style; starts as ½·id + ½·history)."""
     text_dim: int = 0
     """Size of precomputed creator text embeddings (e.g. 384 for all-MiniLM-L6-v2); 0 = none."""
     attribute_buckets: int = 0
@@ -45,6 +48,8 @@ class TowerConfig:
     def __post_init__(self):
         if self.pooling not in ("mean", "attention"):
             raise ValueError(f"pooling={self.pooling!r}: use mean or attention")
+        if self.combiner not in ("mlp", "linear"):
+            raise ValueError(f"combiner={self.combiner!r}: use mlp or linear")
         if self.num_users < 2 or self.num_creators < 2:
             raise ValueError("num_users and num_creators include the 2 reserved slots (>= 2)")
 
@@ -115,9 +120,22 @@ class UserTower(nn.Module):
             else None
         )
         parts = 3 if self.attributes is not None else 2
-        self.mlp = nn.Sequential(
-            nn.Linear(parts * cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim)
-        )
+        if cfg.combiner == "mlp":
+            self.mlp = nn.Sequential(
+                nn.Linear(parts * cfg.hidden, cfg.hidden),
+                nn.GELU(),
+                nn.Linear(cfg.hidden, cfg.dim),
+            )
+        else:  # one linear map per part, summed; each starts as ½ × identity (or close to it)
+            self.linear = nn.ModuleList(
+                nn.Linear(cfg.hidden, cfg.dim, bias=False) for _ in range(parts)
+            )
+            for i, layer in enumerate(self.linear):
+                if i < 2:
+                    nn.init.eye_(layer.weight)
+                    layer.weight.data.mul_(0.5)
+                else:
+                    nn.init.normal_(layer.weight, std=0.02)
         nn.init.normal_(self.id_embedding.weight, std=0.02)
 
     def user_rows(self, user: torch.Tensor) -> torch.Tensor:
@@ -154,7 +172,10 @@ class UserTower(nn.Module):
             if attributes is None:
                 attributes = torch.zeros_like(history[:, :1])
             parts.append(masked_mean(self.attributes(attributes), attributes != PAD))  # [B, H]
-        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)  # [B, D]
+        if self.cfg.combiner == "mlp":
+            return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)  # [B, D]
+        out = sum(layer(x) for layer, x in zip(self.linear, parts, strict=True))  # [B, D]
+        return F.normalize(out, dim=-1)
 
 
 class TwoTower(nn.Module):

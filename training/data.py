@@ -1,11 +1,18 @@
 """What training reads from a prepared dataset (`python -m data prepare`): the webdataset shards
 of pre-batched examples, and the tables of creator and user features and of the split.
 
-`TowerDataModule` is the LightningDataModule over the shards. One training batch is
-`records_per_batch` records (a record holds `record_size` examples, see data.shards), so the
-batch size is records_per_batch × record_size. Every shard holds the same number of records and
-the shard count is a multiple of 8, so every rank of a 1-, 2-, 4- or 8-process launch reads the
-same number of batches; the shard order is reshuffled each epoch from (seed, epoch).
+`TowerDataModule` is the LightningDataModule over the shards. It samples training batches one of
+two ways (`sampling`):
+
+- `examples`: one batch is `records_per_batch` records (a record holds `record_size` (user,
+  creator, history) examples, see data.shards), so the batch size is records_per_batch ×
+  record_size. Every shard holds the same number of records and the shard count is a multiple of
+  8, so every rank of a 1-, 2-, 4- or 8-process launch reads the same number of batches; the
+  shard order is reshuffled each epoch from (seed, epoch).
+- `users`: one batch is `users_per_batch` training users; the module takes each user's serving
+  history as input and every one of the user's training creators as a positive, so a user is
+  encoded once per epoch instead of once per interaction (a multi-positive, listwise loss). The
+  users are reshuffled each epoch from (seed, epoch) and dealt evenly to the ranks.
 """
 
 from __future__ import annotations
@@ -144,7 +151,9 @@ class TowerDataModule(pl.LightningDataModule):
 
     Args:
         data_dir: a prepared dataset (the folder `python -m data prepare` wrote).
+        sampling: examples (shard records) | users (users with all their positives).
         records_per_batch: records per training batch; batch size = this × record_size.
+        users_per_batch: users per training batch when sampling = users.
         shuffle_records: records held in the shuffle buffer of each DataLoader worker.
         num_workers: DataLoader workers per rank; they split the rank's shards.
         eval_users_per_batch: test users scored per evaluation step.
@@ -157,7 +166,9 @@ class TowerDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str,
+        sampling: str = "examples",
         records_per_batch: int = 1,
+        users_per_batch: int = 512,
         shuffle_records: int = 16,
         num_workers: int = 1,
         eval_users_per_batch: int = 2048,
@@ -169,6 +180,10 @@ class TowerDataModule(pl.LightningDataModule):
         super().__init__()
         if records_per_batch < 1:
             raise ValueError(f"--data.records_per_batch={records_per_batch}: use 1 or more")
+        if users_per_batch < 1:
+            raise ValueError(f"--data.users_per_batch={users_per_batch}: use 1 or more")
+        if sampling not in ("examples", "users"):
+            raise ValueError(f"--data.sampling={sampling!r}: use examples or users")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         if not (self.data_dir / "manifest.json").exists():
@@ -200,6 +215,7 @@ class TowerDataModule(pl.LightningDataModule):
         self.train, self.test = load_split(self.data_dir, self.num_users)
         self.popularity = np.zeros(self.num_creators, dtype=np.int64)
         self.popularity[: len(self.creators)] = self.creators.train_count
+        self.train_users = np.flatnonzero(self.train.lengths() > 0)
         self.eval_users = np.flatnonzero(self.test.lengths() > 0)
         if h.max_eval_users and h.max_eval_users < len(self.eval_users):
             rng = np.random.default_rng(h.seed)
@@ -239,14 +255,27 @@ class TowerDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
     def train_batches_per_rank(self, world_size: int) -> int:
+        if self.hparams.sampling == "users":
+            return -(-self._users_per_rank(world_size) // self.hparams.users_per_batch)
         workers = max(1, self.hparams.num_workers)
         records = self.num_shards // world_size * self.records_per_shard
         return records // workers // self.hparams.records_per_batch * workers
+
+    def _users_per_rank(self, world_size: int) -> int:
+        """Training users each rank takes per epoch: an equal share (the remainder of the
+        division sits out that epoch, a different few each epoch), whole batches only if
+        there is at least one."""
+        self.setup()
+        share = len(self.train_users) // world_size
+        per_batch = self.hparams.users_per_batch
+        return share // per_batch * per_batch if share >= per_batch else share
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
         epoch = self.trainer.current_epoch if self.trainer else 0
         h = self.hparams
+        if h.sampling == "users":
+            return self._user_batches(rank, world, epoch)
         dataset = (
             record_dataset(self.data_dir / "shards", rank, world, True, h.seed, epoch)
             .shuffle(h.shuffle_records, seed=(h.seed, epoch, rank).__hash__())
@@ -260,6 +289,16 @@ class TowerDataModule(pl.LightningDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _user_batches(self, rank: int, world: int, epoch: int) -> DataLoader:
+        """This rank's share of the training users, shuffled from (seed, epoch), in batches of
+        {"user": [users_per_batch] int64}."""
+        order = np.random.default_rng((self.hparams.seed, epoch)).permutation(self.train_users)
+        take = self._users_per_rank(world)
+        mine = order[rank * take : (rank + 1) * take]
+        size = max(1, min(self.hparams.users_per_batch, len(mine)))
+        batches = [{"user": torch.as_tensor(mine[s : s + size])} for s in range(0, len(mine), size)]
+        return DataLoader(batches, batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         """Chunks of test-user indices; each rank takes a strided share (no padding, so the

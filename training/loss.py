@@ -101,8 +101,8 @@ class PositiveIndex:
     def to(self, device) -> PositiveIndex:
         return PositiveIndex(self.indptr.to(device), self.indices.to(device), self.num_creators)
 
-    def mask(self, users: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
-        """[B, C] bool: cand_ids[j] is a training creator of users[i]."""
+    def pairs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training pair of the batch users: (row in `users`, creator), both [P]."""
         known = users < len(self.indptr) - 1  # users added after training have no pairs
         clamped = torch.where(known, users, 0)
         start = self.indptr[clamped]
@@ -111,7 +111,11 @@ class PositiveIndex:
         offset = torch.arange(len(row), device=users.device) - torch.repeat_interleave(
             torch.cumsum(lengths, 0) - lengths, lengths
         )
-        creator = self.indices[start[row] + offset]  # [P] the batch users' creators
+        return row, self.indices[start[row] + offset]
+
+    def mask(self, users: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
+        """[B, C] bool: cand_ids[j] is a training creator of users[i]."""
+        row, creator = self.pairs(users)  # [P] the batch users' creators
         uniq, inverse = torch.unique(cand_ids, return_inverse=True)  # [Q], [C]
         slot = torch.full((self.num_creators,), -1, dtype=torch.long, device=users.device)
         slot[uniq] = torch.arange(len(uniq), device=users.device)
@@ -178,3 +182,30 @@ class RetrievalLoss(nn.Module):
         else:
             loss = per_row.mean()
         return {"contrastive_loss": loss}
+
+
+def multi_positive_softmax(
+    logits: torch.Tensor,  # [B, C] scaled (and logQ-corrected) scores of B users
+    rows: torch.Tensor,  # [T] the user row of each positive
+    cols: torch.Tensor,  # [T] the candidate column of each positive
+    negatives: torch.Tensor | None = None,  # [B, C] bool, False where a column is not a negative
+) -> torch.Tensor:
+    """Listwise loss of users with several positives each: for every positive, the softmax
+    cross-entropy of its column against the row's negatives, averaged over each user's positives
+    and then over users (so a heavy user counts once, as in a per-user mean).
+
+    With `negatives`, a positive competes only with the true negatives of its row (its user's
+    other positives are masked, accidental hits); without, with every other column (the
+    multinomial likelihood of Mult-VAE).
+    """
+    pos = logits[rows, cols]  # [T]
+    if negatives is None:
+        nll = torch.logsumexp(logits, dim=1)[rows] - pos
+    else:
+        neg_lse = torch.logsumexp(logits.masked_fill(~negatives, NEG_INF), dim=1)  # [B]
+        nll = torch.logaddexp(pos, neg_lse[rows]) - pos
+    b = logits.shape[0]
+    counts = torch.bincount(rows, minlength=b).to(logits.dtype)  # [B]
+    per_user = torch.zeros(b, dtype=logits.dtype, device=logits.device).index_add_(0, rows, nll)
+    has = counts > 0
+    return (per_user[has] / counts[has]).mean()

@@ -22,7 +22,13 @@ import torch.distributed as dist
 from towers.model import TowerConfig, TwoTower
 from training.data import CreatorFeatures, UserFeatures, positive_index
 from training.evaluate import finalize, merge_sums, metric_sums, top_k
-from training.loss import RetrievalLoss, StreamingFrequency, gather_plain
+from training.loss import (
+    NEG_INF,
+    RetrievalLoss,
+    StreamingFrequency,
+    gather_plain,
+    multi_positive_softmax,
+)
 
 EVAL_COLUMNS = ("recall", "ndcg", "mrr", "hit_rate", "coverage", "avg_popularity", "cold_recall")
 
@@ -70,13 +76,17 @@ class TwoTowerModule(pl.LightningModule):
     Args:
         num_users, num_creators, num_categories, num_tags, user_attribute_buckets: vocabulary
             sizes, linked from the data module by the CLI.
-        dim, hidden, pooling, unknown_user_buckets, text_dim: see towers.model.TowerConfig.
+        dim, hidden, pooling, combiner, unknown_user_buckets, text_dim: see
+            towers.model.TowerConfig.
         temperature: initial softmax temperature; learn_temperature makes it a parameter.
         logq_correction: subtract log q of each in-batch candidate (streaming frequency).
         cross_device: gather candidates from every rank, with gradients.
         mask_accidental_hits: a candidate that is one of the row's positives is not a negative;
             mask_train_positives extends that to every training pair of the user.
         uniform_negatives: extra creators drawn uniformly from the corpus per step (0 = off).
+        full_corpus_softmax: with user batches (`--data.sampling users`), score every creator
+            as a candidate (exact softmax, no sampling bias) instead of the batch's positives
+            plus uniform negatives; for catalogs whose users × creators logits fit a step.
         history_dropout: probability of dropping each history item in training.
         lr, weight_decay, warmup_fraction, schedule: AdamW, linear warmup, cosine | constant.
         eval_k: cut-offs of the evaluation (one ranking at the largest).
@@ -93,6 +103,7 @@ class TwoTowerModule(pl.LightningModule):
         dim: int = 64,
         hidden: int = 128,
         pooling: str = "mean",
+        combiner: str = "mlp",
         unknown_user_buckets: int = 1024,
         text_dim: int = 0,
         temperature: float = 0.1,
@@ -102,6 +113,7 @@ class TwoTowerModule(pl.LightningModule):
         mask_accidental_hits: bool = True,
         mask_train_positives: bool = True,
         uniform_negatives: int = 1024,
+        full_corpus_softmax: bool = False,
         history_dropout: float = 0.0,
         lr: float = 5e-3,
         weight_decay: float = 0.0,
@@ -128,6 +140,7 @@ class TwoTowerModule(pl.LightningModule):
                 unknown_user_buckets=unknown_user_buckets,
                 attribute_buckets=user_attribute_buckets,
                 pooling=pooling,
+                combiner=combiner,
                 text_dim=text_dim,
                 init_temperature=temperature,
                 learn_temperature=learn_temperature,
@@ -158,23 +171,35 @@ class TwoTowerModule(pl.LightningModule):
         self.positives = self.positives.to(self.device)
 
     # -- training -------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def _drop_history(self, history: torch.Tensor) -> torch.Tensor:
+        if not self.hparams.history_dropout:
+            return history
+        drop = torch.rand(history.shape, device=history.device) < self.hparams.history_dropout
+        return history.masked_fill(drop, 0)
+
+    def _uniform_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform negatives from the corpus (reserved slots excluded) and their log q."""
         h = self.hparams
-        users, creators, history = batch["user"], batch["creator"], batch["history"]
-        if h.history_dropout:
-            drop = torch.rand(history.shape, device=history.device) < h.history_dropout
-            history = history.masked_fill(drop, 0)
+        ids = torch.randint(2, h.num_creators, (h.uniform_negatives,), device=self.device)
+        q = math.log(h.uniform_negatives / (h.num_creators - 2))
+        return ids, torch.full((len(ids),), q, device=self.device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if "creator" not in batch:
+            return self._user_step(batch["user"])
+        h = self.hparams
+        users, creators = batch["user"], batch["creator"]
+        history = self._drop_history(batch["history"])
         user_emb = self.model.encode_users(users, history, self.users.attributes[users])  # [B, D]
         creator_emb = self.model.encode_creators(**self.creators.select(creators))  # [B, D]
         self.frequency.update(gather_plain(creators, self.trainer.world_size))
         extra = {}
         if h.uniform_negatives:
-            ids = torch.randint(2, h.num_creators, (h.uniform_negatives,), device=self.device)
-            q = math.log(h.uniform_negatives / (h.num_creators - 2))
+            ids, log_q = self._uniform_ids()
             extra = {
                 "extra_emb": self.model.encode_creators(**self.creators.select(ids)),
                 "extra_ids": ids,
-                "extra_log_q": torch.full((len(ids),), q, device=self.device),
+                "extra_log_q": log_q,
             }
         terms = self.loss(
             user_emb,
@@ -189,6 +214,40 @@ class TwoTowerModule(pl.LightningModule):
         )
         loss = sum(terms.values())
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True)
+        self.log("train/temperature", 1.0 / self.model.scale().detach())
+        return loss
+
+    def _user_step(self, users: torch.Tensor) -> torch.Tensor:
+        """A batch of users, each with its serving history as input and all of its training
+        creators as positives (`multi_positive_softmax`). The candidates are every creator
+        (`full_corpus_softmax`) or the batch's positives (logQ from the streaming frequency)
+        plus uniform negatives; each user's own training creators are never its negatives when
+        accidental hits are masked. Example weights do not apply here: a pair is a positive."""
+        h = self.hparams
+        history = self._drop_history(self.users.history[users])
+        user_emb = self.model.encode_users(users, history, self.users.attributes[users])  # [B, D]
+        rows, targets = self.positives.pairs(users)  # [T], [T]
+        if h.full_corpus_softmax:
+            cand_ids = self.creators.creator  # [C]
+            cols, log_q = targets, None
+        else:
+            self.frequency.update(gather_plain(targets, self.trainer.world_size))
+            cand_ids, log_q = targets, self.frequency.log_q(targets)
+            if h.uniform_negatives:
+                ids, uniform_q = self._uniform_ids()
+                cand_ids, log_q = torch.cat([targets, ids]), torch.cat([log_q, uniform_q])
+            cols = torch.arange(len(targets), device=self.device)
+        cand_emb = self.model.encode_creators(**self.creators.select(cand_ids))  # [C', D]
+        logits = self.model.scale() * user_emb @ cand_emb.T  # [B, C']
+        if h.logq_correction and log_q is not None:
+            logits = logits - log_q[None, :]
+        valid = (cand_ids >= 2)[None, :]  # never the reserved slots
+        if h.mask_accidental_hits:
+            negatives = valid & ~self.positives.mask(users, cand_ids)
+        else:
+            logits, negatives = logits.masked_fill(~valid, NEG_INF), None
+        loss = multi_positive_softmax(logits, rows, cols, negatives)
+        self.log("train/contrastive_loss", loss, prog_bar=True)
         self.log("train/temperature", 1.0 / self.model.scale().detach())
         return loss
 

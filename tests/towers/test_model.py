@@ -108,3 +108,22 @@ def test_history_shares_the_creator_id_space_and_gradients_reach_everything():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="pooling='max'"):
         TowerConfig(num_users=10, num_creators=10, pooling="max")
+
+
+def test_linear_combiner_starts_as_half_id_plus_half_history():
+    """combiner=linear (SimpleX-style): with hidden == dim the user vector starts as
+    normalize(½·id + ½·mean(history)), and attributes start near zero."""
+    model = TwoTower(TowerConfig(num_users=20, num_creators=30, dim=8, hidden=8, combiner="linear"))
+    tower = model.user_tower
+    user, history = torch.tensor([3, 4]), torch.tensor([[0, 5, 6], [7, 0, 0]])
+    own = tower.id_embedding(user)
+    pooled = masked_mean(tower.creator_ids(history), history != 0)
+    want = torch.nn.functional.normalize(0.5 * own + 0.5 * pooled, dim=-1)
+    torch.testing.assert_close(model.encode_users(user, history), want)
+    with_attrs = TwoTower(
+        TowerConfig(20, 30, dim=8, hidden=8, combiner="linear", attribute_buckets=16)
+    )
+    out = with_attrs.encode_users(user, history, torch.tensor([[2, 3], [0, 0]]))
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+    with pytest.raises(ValueError, match="combiner='deep'"):
+        TowerConfig(num_users=10, num_creators=10, combiner="deep")

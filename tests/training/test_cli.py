@@ -66,12 +66,26 @@ def test_fit_logs_full_corpus_metrics_and_saves_config_beside_checkpoints(tiny_d
     assert cli.trainer.global_step == 2 * cli.datamodule.train_batches_per_rank(1)
 
 
-def test_training_beats_popularity_on_the_tiny_dataset(tiny_data, tmp_path):
-    """The model learns something beyond popularity (the synthetic data has communities)."""
+USER_SAMPLING = ["--data.sampling", "users", "--data.users_per_batch", "64"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        [*USER_SAMPLING, "--model.full_corpus_softmax", "true", "--model.combiner", "linear"],
+        [*USER_SAMPLING, "--model.full_corpus_softmax", "false"],
+    ],
+    ids=["examples", "users-full-corpus-linear", "users-sampled"],
+)
+def test_training_beats_popularity_on_the_tiny_dataset(tiny_data, tmp_path, extra):
+    """The model learns something beyond popularity (the synthetic data has communities), from
+    shard examples and from user batches (every positive of a user at once)."""
     from training.evaluate import evaluate
     from training.peers import fit_popularity, interaction_matrix
 
-    cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "4")])
+    cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "4", *extra)])
+    assert cli.trainer.global_step == 4 * cli.datamodule.train_batches_per_rank(1)
     dm = cli.datamodule
     pop = evaluate(
         fit_popularity(interaction_matrix(dm.train, dm.num_creators), torch.device("cpu")),
@@ -146,3 +160,22 @@ def test_two_processes_train_and_evaluate_exactly_like_one(tiny_data, tmp_path):
     assert results["1"]["evaluated_users"] == results["2"]["evaluated_users"] > 0
     for key in ("recall@20", "ndcg@20", "coverage@20", "mrr@20"):
         assert results["2"][key] == pytest.approx(results["1"][key], abs=1e-9), key
+
+
+def test_user_batches_deal_equal_disjoint_shares_to_the_ranks(tiny_data):
+    """sampling=users: every rank gets the same number of batches of distinct users, reshuffled
+    per epoch; together they cover all training users but the remainder of the division."""
+    dm = TowerDataModule(str(tiny_data), sampling="users", users_per_batch=50)
+    dm.setup()
+    shares = {}
+    for epoch in (0, 1):
+        ranks = [
+            torch.cat([b["user"] for b in dm._user_batches(r, 2, epoch)]).tolist() for r in (0, 1)
+        ]
+        assert len(ranks[0]) == len(ranks[1]) and not set(ranks[0]) & set(ranks[1])
+        assert len(list(dm._user_batches(0, 2, epoch))) == dm.train_batches_per_rank(2)
+        every = set(ranks[0]) | set(ranks[1])
+        assert every <= set(dm.train_users.tolist())
+        assert len(dm.train_users) - len(every) < 2 * 50
+        shares[epoch] = ranks[0]
+    assert shares[0] != shares[1]

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO
 from tests.training.ddp_loss_check import batch
-from training.loss import PositiveIndex, RetrievalLoss, StreamingFrequency, is_known_positive
+from training.loss import (
+    PositiveIndex,
+    RetrievalLoss,
+    StreamingFrequency,
+    is_known_positive,
+    multi_positive_softmax,
+)
 
 
 def _unit(x):
@@ -138,3 +144,40 @@ def test_positive_index_mask_equals_the_sorted_key_reference():
     cands = torch.randint(0, num_creators, (90,), generator=g)  # with repeats
     want = is_known_positive(users, cands, keys, num_creators)
     assert want.any() and torch.equal(index.mask(users, cands), want)
+
+
+def test_positive_index_pairs_lists_every_training_creator_of_each_row():
+    keys = torch.tensor([2 * 10 + 3, 2 * 10 + 7, 4 * 10 + 5])  # user 2: {3, 7}, user 4: {5}
+    index = PositiveIndex.from_keys(keys, num_users=6, num_creators=10)
+    rows, creators = index.pairs(torch.tensor([4, 3, 2, 99]))  # 3 has none, 99 is unknown
+    assert sorted(zip(rows.tolist(), creators.tolist(), strict=True)) == [(0, 5), (2, 3), (2, 7)]
+
+
+def _listwise_reference(logits, rows, cols, negatives):
+    """One positive at a time, per-user mean, then mean over users with positives."""
+    per_user: dict[int, list[torch.Tensor]] = {}
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        if negatives is None:
+            nll = torch.logsumexp(logits[r], 0) - logits[r, c]
+        else:
+            row = torch.cat([logits[r, c : c + 1], logits[r][negatives[r]]])
+            nll = torch.logsumexp(row, 0) - logits[r, c]
+        per_user.setdefault(r, []).append(nll)
+    return torch.stack([torch.stack(v).mean() for v in per_user.values()]).mean()
+
+
+def test_multi_positive_softmax_against_one_positive_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 9, generator=g)
+    rows = torch.tensor([0, 0, 0, 2, 3, 3])  # row 1 has no positive: it must not count
+    cols = torch.tensor([1, 4, 5, 0, 8, 2])
+    negatives = torch.ones(4, 9, dtype=torch.bool)
+    negatives[rows, cols] = False  # a user's own positives are never its negatives
+    negatives[:, 7] = False  # e.g. a reserved slot
+    for mask in (None, negatives):
+        got = multi_positive_softmax(logits, rows, cols, mask)
+        torch.testing.assert_close(got, _listwise_reference(logits, rows, cols, mask))
+    # masking the other positives lowers the loss: they no longer compete
+    assert multi_positive_softmax(logits, rows, cols, negatives) < multi_positive_softmax(
+        logits, rows, cols
+    )
