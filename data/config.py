@@ -73,12 +73,25 @@ class EventsConfig:
 class FeaturesConfig:
     history_length: int = 20
     """Creators in each example's user history (the last N before the example's time)."""
+    user_history_length: int | None = None
+    """Creators kept per user in the user table: the history a request (and user-batch
+    training) sees. None = history_length. Longer than history_length costs the table, not
+    the shards."""
     max_tags: int = 5
     """Tags kept per creator in the feature table."""
 
     def __post_init__(self):
         if self.history_length < 1:
             raise ConfigError(f"features.history_length={self.history_length} must be >= 1")
+        if self.user_history_length is not None and self.user_history_length < 1:
+            raise ConfigError(
+                f"features.user_history_length={self.user_history_length} must be >= 1 "
+                f"(or left out to use history_length)"
+            )
+
+    @property
+    def user_history(self) -> int:
+        return self.user_history_length or self.history_length
 
 
 @dataclass

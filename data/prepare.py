@@ -253,8 +253,7 @@ class _Job:
         self.shard_spill = _Spill(self._spill_dir("shards"), example_schema, n_shards)
         self.shard_counts = np.zeros(n_shards, dtype=np.int64)
         n_users = len(self.vocab["users"])
-        hist_len = cfg.features.history_length
-        self.user_history = np.zeros((n_users, hist_len), dtype=np.int32)  # [U, N]
+        self.user_history = np.zeros((n_users, cfg.features.user_history), np.int32)  # [U, N]
         self.user_train = np.zeros(n_users, dtype=np.int32)
         self.user_test = np.zeros(n_users, dtype=np.int32)
         self.creator_train = np.zeros(len(self.vocab["creators"]), dtype=np.int64)
@@ -312,7 +311,7 @@ class _Job:
         train = features.sort_for_history(train, temporal, cfg.split.seed)
         hist = features.histories(train.user, train.creator, cfg.features.history_length, temporal)
         users, last, n_train = features.last_n_per_user(
-            train.user, train.creator, cfg.features.history_length
+            train.user, train.creator, cfg.features.user_history
         )
         self.user_history[users] = last
         self.user_train[users] = n_train

@@ -95,14 +95,22 @@ class CreatorFeatures:
 
 @dataclass
 class UserFeatures:
-    """What a request for a known user carries: the last N training creators and attributes."""
+    """What a request for a known user carries: the last N training creators and attributes.
+
+    A user with no training pairs (one who only appears in the test period, or who signed up
+    after training) has an id row training never touched: `inputs` encodes such a user as the
+    unknown user (UNK), whose row learns "nothing known yet" (see the module's cold_user_rate).
+    """
 
     history: torch.Tensor  # [U, N] int64, 0 = padding, newest last
     attributes: torch.Tensor  # [U, A] int64 hashed buckets, 0 = none
+    trained: torch.Tensor  # [U] bool, the user has training pairs
 
     @classmethod
     def from_table(cls, path: str | Path, attribute_buckets_: int, width: int) -> UserFeatures:
-        t = pq.read_table(path, columns=["user_idx", "history", "country", "attributes"])
+        t = pq.read_table(
+            path, columns=["user_idx", "history", "country", "attributes", "train_count"]
+        )
         idx = t["user_idx"].to_numpy()
         n, hist = int(idx.max()) + 1, t["history"].combine_chunks()
         history = np.zeros((n, hist.type.list_size), dtype=np.int64)
@@ -113,10 +121,23 @@ class UserFeatures:
         ]
         attrs = np.zeros((n, width), dtype=np.int64)
         attrs[idx] = attribute_buckets(texts, attribute_buckets_, width)
-        return cls(torch.as_tensor(history), torch.as_tensor(attrs))
+        trained = np.zeros(n, dtype=bool)
+        trained[idx] = t["train_count"].to_numpy() > 0
+        return cls(torch.as_tensor(history), torch.as_tensor(attrs), torch.as_tensor(trained))
 
     def to(self, device) -> UserFeatures:
-        return UserFeatures(self.history.to(device), self.attributes.to(device))
+        return UserFeatures(
+            *(getattr(self, f).to(device) for f in ("history", "attributes", "trained"))
+        )
+
+    def inputs(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keyword arguments of TwoTower.encode_users for vocabulary indices `users`; users
+        without training pairs become UNK."""
+        return {
+            "user": torch.where(self.trained[users], users, UNK),
+            "history": self.history[users],
+            "attributes": self.attributes[users],
+        }
 
 
 def load_split(folder: str | Path, num_users: int) -> tuple[Interactions, Interactions]:

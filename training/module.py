@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from towers.model import TowerConfig, TwoTower
-from training.data import CreatorFeatures, UserFeatures, positive_index
+from training.data import UNK, CreatorFeatures, UserFeatures, positive_index
 from training.evaluate import finalize, merge_sums, metric_sums, top_k
 from training.loss import (
     NEG_INF,
@@ -54,11 +54,8 @@ class TowerScorer:
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         device = self.creator_emb.device
         idx = torch.as_tensor(users, device=self.users.history.device)
-        emb = self.model.encode_users(
-            idx.to(device),
-            self.users.history[idx].to(device),
-            self.users.attributes[idx].to(device),
-        )
+        inputs = {k: v.to(device) for k, v in self.users.inputs(idx).items()}
+        emb = self.model.encode_users(**inputs)
         return emb.float() @ self.creator_emb.T  # [b, C]
 
 
@@ -88,6 +85,8 @@ class TwoTowerModule(pl.LightningModule):
             as a candidate (exact softmax, no sampling bias) instead of the batch's positives
             plus uniform negatives; for catalogs whose users × creators logits fit a step.
         history_dropout: probability of dropping each history item in training.
+        cold_user_rate: probability of showing a training row as an unknown user (UNK id, empty
+            history); evaluation and serving encode users without training pairs that way.
         lr, weight_decay, warmup_fraction, schedule: AdamW, linear warmup, cosine | constant.
         eval_k: cut-offs of the evaluation (one ranking at the largest).
         cold_threshold: creators with at most this many training interactions form the cold slice.
@@ -115,6 +114,7 @@ class TwoTowerModule(pl.LightningModule):
         uniform_negatives: int = 1024,
         full_corpus_softmax: bool = False,
         history_dropout: float = 0.0,
+        cold_user_rate: float = 0.0,
         lr: float = 5e-3,
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.02,
@@ -127,6 +127,8 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"--model.schedule={schedule!r}: use cosine or constant")
         if not 0.0 <= history_dropout < 1.0:
             raise ValueError(f"--model.history_dropout={history_dropout}: use a value in [0, 1)")
+        if not 0.0 <= cold_user_rate < 1.0:
+            raise ValueError(f"--model.cold_user_rate={cold_user_rate}: use a value in [0, 1)")
         self.save_hyperparameters()
         self.eval_k = tuple(sorted(eval_k or [20]))
         self.model = TwoTower(
@@ -177,6 +179,15 @@ class TwoTowerModule(pl.LightningModule):
         drop = torch.rand(history.shape, device=history.device) < self.hparams.history_dropout
         return history.masked_fill(drop, 0)
 
+    def _cold_users(self, users: torch.Tensor, history: torch.Tensor):
+        """With probability cold_user_rate a row is shown as a user we know nothing about (UNK,
+        empty history), so the UNK row learns what to recommend to one (popular creators)."""
+        rate = self.hparams.cold_user_rate
+        if not rate:
+            return users, history
+        cold = torch.rand(len(users), device=users.device) < rate
+        return torch.where(cold, UNK, users), history.masked_fill(cold[:, None], 0)
+
     def _uniform_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform negatives from the corpus (reserved slots excluded) and their log q."""
         h = self.hparams
@@ -189,8 +200,8 @@ class TwoTowerModule(pl.LightningModule):
             return self._user_step(batch["user"])
         h = self.hparams
         users, creators = batch["user"], batch["creator"]
-        history = self._drop_history(batch["history"])
-        user_emb = self.model.encode_users(users, history, self.users.attributes[users])  # [B, D]
+        user_ids, history = self._cold_users(users, self._drop_history(batch["history"]))
+        user_emb = self.model.encode_users(user_ids, history, self.users.attributes[users])
         creator_emb = self.model.encode_creators(**self.creators.select(creators))  # [B, D]
         self.frequency.update(gather_plain(creators, self.trainer.world_size))
         extra = {}
@@ -224,8 +235,8 @@ class TwoTowerModule(pl.LightningModule):
         plus uniform negatives; each user's own training creators are never its negatives when
         accidental hits are masked. Example weights do not apply here: a pair is a positive."""
         h = self.hparams
-        history = self._drop_history(self.users.history[users])
-        user_emb = self.model.encode_users(users, history, self.users.attributes[users])  # [B, D]
+        user_ids, history = self._cold_users(users, self._drop_history(self.users.history[users]))
+        user_emb = self.model.encode_users(user_ids, history, self.users.attributes[users])
         rows, targets = self.positives.pairs(users)  # [T], [T]
         if h.full_corpus_softmax:
             cand_ids = self.creators.creator  # [C]

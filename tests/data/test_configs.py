@@ -68,4 +68,6 @@ def test_unknown_keys_and_bad_values_name_the_field(tmp_path):
         config.load(bad, ["shards={recordsize: 3}"])
     with pytest.raises(config.ConfigError, match=r"events\.positive names unknown event types"):
         config.load(bad, ["shards.num_shards=8", "events.positive={subscribe: 1}"])
+    with pytest.raises(config.ConfigError, match=r"features.user_history_length=0 must be >= 1"):
+        config.load(bad, ["shards.num_shards=8", "features.user_history_length=0"])
     assert Path(bad).exists()

@@ -196,3 +196,21 @@ def test_train_pairs_never_see_events_after_the_cut(tmp_path):
     assert pair["weight"] == 1.0  # the follow's weight, not the later membership's 3.0
     test_pairs = {(p["user_idx"], p["creator_idx"]) for p in test}
     assert (fan1, cr3) in test_pairs and (fan1, cr2) not in test_pairs
+
+
+def test_user_table_history_can_be_longer_than_the_example_history(built, tmp_path):
+    """features.user_history_length widens what a request sees without widening the shards:
+    the last 8 creators of the wide table equal the default table's 8."""
+    wide = prepare(
+        synthetic_config(tmp_path / "wide", **{"features.user_history_length": 20}),
+        progress=False,
+    )
+    narrow_t = pq.read_table(built / "tables" / "users.parquet", columns=["user_idx", "history"])
+    wide_t = pq.read_table(wide / "tables" / "users.parquet", columns=["user_idx", "history"])
+    narrow = np.stack(narrow_t["history"].to_numpy(zero_copy_only=False))
+    long = np.stack(wide_t["history"].to_numpy(zero_copy_only=False))
+    assert narrow.shape[1] == 8 and long.shape[1] == 20
+    np.testing.assert_array_equal(long[:, -8:], narrow)
+    assert (long[:, :-8] > 0).any()  # some users have more than 8 training creators
+    record = next(iter_records(wide / "shards"))
+    assert record["history"].shape[1] == 8

@@ -71,10 +71,27 @@ def test_users_beyond_the_vocabulary_hash_into_shared_buckets_never_crash():
     assert torch.isfinite(out).all()
 
 
+def _trained_content(model: TwoTower) -> TwoTower:
+    """The content branch starts at zero (see CreatorTower); give it weights as training would."""
+    torch.nn.init.normal_(model.creator_tower.content[-1].weight, std=0.5)
+    return model
+
+
+def test_a_fresh_creator_vector_is_its_id_embedding():
+    """At initialisation the content branch is zero and the output map the identity, so both
+    towers start in the id space (what made Gowalla train: see CreatorTower)."""
+    model = TwoTower(
+        TowerConfig(num_users=10, num_creators=30, num_categories=6, num_tags=12, dim=8, hidden=8)
+    )
+    feats = _creators()
+    want = torch.nn.functional.normalize(model.creator_tower.id_embedding(feats["creator"]), dim=-1)
+    torch.testing.assert_close(model.encode_creators(**feats), want)
+
+
 def test_a_cold_creator_gets_a_content_embedding_close_to_its_twin():
     """Two creators with identical content, one with an untrained (unknown) id: their vectors
     come from the content path, so they are close; a creator with other content is farther."""
-    model = _model()
+    model = _trained_content(_model())
     feats = dict(
         category=torch.tensor([3, 3, 5]),
         tags=torch.tensor([[4, 5], [4, 5], [9, 10]]),
@@ -85,7 +102,7 @@ def test_a_cold_creator_gets_a_content_embedding_close_to_its_twin():
 
 
 def test_text_path_is_used_when_configured():
-    model = _model(text_dim=8)
+    model = _trained_content(_model(text_dim=8))
     feats = _creators(text_dim=8)
     a = model.encode_creators(**feats)
     feats["text"] = feats["text"] + 1.0

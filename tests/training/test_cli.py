@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -179,3 +180,29 @@ def test_user_batches_deal_equal_disjoint_shares_to_the_ranks(tiny_data):
         assert len(dm.train_users) - len(every) < 2 * 50
         shares[epoch] = ranks[0]
     assert shares[0] != shares[1]
+
+
+def test_users_without_training_pairs_are_scored_as_the_unknown_user(tiny_data, tmp_path):
+    """A test-period-only user's id row was never trained: evaluation (and serving) encodes it
+    as UNK (the row cold_user_rate trains) plus its attributes."""
+    from training.data import UNK
+    from training.module import TowerScorer, encode_all_creators
+
+    cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2", *USER_SAMPLING,
+                                 "--model.cold_user_rate", "0.2")])  # fmt: skip
+    dm, model = cli.datamodule, cli.model.model.eval()
+    cold = np.flatnonzero(~dm.users.trained.numpy())
+    cold = cold[cold >= 2][:3]
+    assert len(cold) >= 2, "the tiny time split should have test-only users"
+    assert dm.users.inputs(torch.as_tensor(cold))["user"].tolist() == [UNK] * len(cold)
+    creators = encode_all_creators(model, dm.creators)
+    scores = TowerScorer(model, dm.users, creators)(cold)
+    with torch.no_grad():  # the UNK row plus what the user does carry: its attributes
+        unk = torch.full((len(cold),), UNK)
+        want = model.encode_users(unk, dm.users.history[cold], dm.users.attributes[cold])
+    assert not dm.users.history[cold].any()
+    torch.testing.assert_close(scores, want @ creators.T)
+    from training.module import TwoTowerModule
+
+    with pytest.raises(ValueError, match=r"cold_user_rate=1\.5"):
+        TwoTowerModule(num_users=10, num_creators=10, cold_user_rate=1.5)
