@@ -44,13 +44,13 @@ GRIDS = {
     "popularity": [{}],
     "als": [
         {"factors": f, "regularization": r, "alpha": a}
-        for f, r, a in itertools.product((128, 256), (0.01, 1.0, 10.0), (1.0, 10.0))
+        for f, r, a in itertools.product((64, 128, 256), (1.0, 10.0, 30.0, 100.0), (1.0, 10.0))
     ],
     "bpr": [
         {"factors": f, "learning_rate": lr, "iterations": 200}
         for f, lr in itertools.product((64, 128), (0.01, 0.05))
     ],
-    "ease": [{"lam": lam} for lam in (100.0, 500.0, 2000.0)],
+    "ease": [{"lam": lam} for lam in (200.0, 1000.0)],
 }
 
 
