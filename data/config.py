@@ -79,6 +79,11 @@ class FeaturesConfig:
     the shards."""
     max_tags: int = 5
     """Tags kept per creator in the feature table."""
+    text_encoder: str | None = None
+    """Embed each creator's text (name, category, tags, description) into
+    tables/creator_text.npy for the creator tower: all-MiniLM-L6-v2 (bundled, offline) or a
+    local sentence-transformers folder. None = no text features."""
+    text_batch_size: int = 256
 
     def __post_init__(self):
         if self.history_length < 1:

@@ -79,6 +79,7 @@ def build(job) -> dict:
                 "ts": "int64 [R] ms since epoch, -1 = no time",
             },
         },
+        "text_features": job.text_info,
         "timings": {k: round(v, 3) for k, v in job.timings.items()},
         "events_per_second": round(rows_in / job.timings["total_s"]) if rows_in else None,
     }

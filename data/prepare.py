@@ -33,6 +33,7 @@ from data.features import NO_TIME
 from data.io import ParquetAppender, publish_dir, write_parquet
 from data.schema import EVENT_TYPES, QUARANTINE, SOURCE_ROW_COLUMN, SPLIT_COLUMN
 from data.shards import SHARD_PATTERN, records_per_shard, write_shard
+from data.text import write_text_features
 from data.validate import contiguous, rejects_table, validate
 from data.vocab import Vocab
 
@@ -102,6 +103,7 @@ class _Job:
         self.now_ms = _reference_ms(cfg.reference_time)
         self.counts: Counter = Counter()
         self.timings: dict[str, float] = {}
+        self.text_info: dict | None = None
         positive = cfg.events.positive
         self.event_weight = np.array([positive.get(e, 0.0) for e in EVENT_TYPES], np.float32)
         self.is_positive = np.array([e in positive for e in EVENT_TYPES])
@@ -111,6 +113,7 @@ class _Job:
 
     def run(self, previous: Path) -> None:
         old_vocab = previous / "vocab" if (previous / "vocab").exists() else None
+        self.previous = previous if (previous / "manifest.json").exists() else None
         self.vocab = {name: Vocab.load_or_new(name, old_vocab) for name in VOCABS}
         self.previous_sizes = {k: len(v) for k, v in self.vocab.items()} if old_vocab else None
         for phase, step in (
@@ -119,6 +122,7 @@ class _Job:
             ("buckets", self._buckets),
             ("shards", self._shards),
             ("tables", self._tables),
+            ("text", self._text),
         ):
             wall, cpu = time.perf_counter(), time.process_time()
             step()
@@ -415,6 +419,13 @@ class _Job:
         write_parquet(tables / "users.parquet", self._user_table())
         for name, vocab in self.vocab.items():
             vocab.save(self.dir / "vocab" / f"{name}.parquet")
+
+    def _text(self) -> None:
+        name = self.cfg.features.text_encoder
+        if name:
+            self.text_info = write_text_features(
+                self.dir, name, self.previous, self.cfg.features.text_batch_size, self.progress
+            )
 
     def _creator_table(self) -> pa.Table:
         vocab = self.vocab["creators"]

@@ -51,7 +51,7 @@ class SaveConfigBesideCheckpoints(SaveConfigCallback):
 
 class TowerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        for name in ("num_users", "num_creators", "num_categories", "num_tags"):
+        for name in ("num_users", "num_creators", "num_categories", "num_tags", "text_dim"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.link_arguments(
             "data.user_attribute_buckets", "model.user_attribute_buckets", apply_on="parse"

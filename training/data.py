@@ -55,9 +55,13 @@ class CreatorFeatures:
     tags: torch.Tensor  # [C, T] int64, 0 = padding
     popularity: torch.Tensor  # [C] float32, log1p(train interactions)
     train_count: np.ndarray  # [C] int64, exact counts (evaluation's popularity and cold slice)
+    text: torch.Tensor | None = None  # [C, text_dim] float32 sentence vectors (data.text)
 
     @classmethod
-    def from_table(cls, path: str | Path, max_tags: int) -> CreatorFeatures:
+    def from_table(
+        cls, path: str | Path, max_tags: int, text: str | Path | None = None
+    ) -> CreatorFeatures:
+        """The creators table of a prepared dataset; `text` is its creator_text.npy, if any."""
         t = pq.read_table(path, columns=["creator_idx", "category_idx", "tag_idx", "train_count"])
         n = int(t["creator_idx"].to_numpy().max()) + 1
         idx = t["creator_idx"].to_numpy()
@@ -69,28 +73,34 @@ class CreatorFeatures:
                 tags[row, : min(len(tag_list), max_tags)] = tag_list[:max_tags]
         counts = np.zeros(n, dtype=np.int64)
         counts[idx] = t["train_count"].to_numpy()
+        vectors = None
+        if text is not None:
+            vectors = torch.as_tensor(np.load(text, allow_pickle=False).astype(np.float32))
+            if len(vectors) != n:
+                raise ValueError(f"{text}: {len(vectors)} rows for {n} creators; re-run prepare")
         return cls(
             torch.arange(n),
             torch.as_tensor(category),
             torch.as_tensor(tags),
             torch.as_tensor(np.log1p(counts).astype(np.float32)),
             counts,
+            vectors,
         )
 
     def __len__(self) -> int:
         return len(self.creator)
 
     def to(self, device) -> CreatorFeatures:
-        moved = (getattr(self, f).to(device) for f in self._fields())
-        return CreatorFeatures(*moved, train_count=self.train_count)
+        moved = {f: getattr(self, f).to(device) for f in self._fields()}
+        return CreatorFeatures(**moved, train_count=self.train_count)
 
     def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keyword arguments of TwoTower.encode_creators for the creators in `index`."""
         return {f: getattr(self, f)[index] for f in self._fields()}
 
-    @staticmethod
-    def _fields() -> tuple[str, ...]:
-        return ("creator", "category", "tags", "popularity")
+    def _fields(self) -> tuple[str, ...]:
+        base = ("creator", "category", "tags", "popularity")
+        return base if self.text is None else (*base, "text")
 
 
 @dataclass
@@ -218,6 +228,7 @@ class TowerDataModule(pl.LightningDataModule):
         self.num_creators = int(vocab["creators"]["size"])
         self.num_categories = int(vocab["categories"]["size"])
         self.num_tags = int(vocab["tags"]["size"])
+        self.text_dim = int((self.manifest.get("text_features") or {}).get("dim", 0))
         self.record_size = int(shards["record_size"])
         self.batch_size = records_per_batch * self.record_size
         self.records_per_shard = int(shards["records_per_shard"])
@@ -229,7 +240,10 @@ class TowerDataModule(pl.LightningDataModule):
             return
         h, tables = self.hparams, self.data_dir / "tables"
         max_tags = int(self.manifest["config"]["features"].get("max_tags", 5))
-        self.creators = CreatorFeatures.from_table(tables / "creators.parquet", max_tags)
+        text = self.manifest.get("text_features")
+        self.creators = CreatorFeatures.from_table(
+            tables / "creators.parquet", max_tags, self.data_dir / text["file"] if text else None
+        )
         self.users = UserFeatures.from_table(
             tables / "users.parquet", h.user_attribute_buckets, h.max_user_attributes
         )

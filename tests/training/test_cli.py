@@ -208,3 +208,27 @@ def test_users_without_training_pairs_are_scored_as_the_unknown_user(tiny_data, 
 
     with pytest.raises(ValueError, match=r"cold_user_rate=1\.5"):
         TwoTowerModule(num_users=10, num_creators=10, cold_user_rate=1.5)
+
+
+def test_creator_text_reaches_the_creator_tower(tiny_text_data, tmp_path):
+    """A dataset prepared with text vectors links text_dim into the model; a creator training
+    never saw (id = UNK) is then placed by its text, so two such creators differ."""
+    from training.data import UNK
+
+    cli = main(["fit", *fit_args(tiny_text_data, tmp_path, "--trainer.max_epochs", "1")])
+    dm, model = cli.datamodule, cli.model.model.eval()
+    assert cli.model.hparams.text_dim == 384 == dm.creators.text.shape[1]
+    assert model.creator_tower.text is not None
+    rows = torch.arange(2, 6)
+    inputs = dm.creators.select(rows)
+    with torch.no_grad():
+        unseen = model.encode_creators(**{**inputs, "creator": torch.full_like(rows, UNK)})
+        no_text = model.encode_creators(
+            **{
+                **inputs,
+                "creator": torch.full_like(rows, UNK),
+                "text": torch.zeros_like(inputs["text"]),
+            }
+        )
+    assert not torch.allclose(unseen, no_text, atol=1e-4)
+    assert torch.cdist(unseen, unseen).triu(1).max() > 1e-3
