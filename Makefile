@@ -23,6 +23,7 @@ demo: env
 	$(PY) -m data prepare --config configs/data/synthetic_demo.yaml --output $(ARTIFACTS)/data/synthetic_demo
 	$(PY) -m data manifest $(ARTIFACTS)/data/synthetic_demo
 	$(PY) -m training fit --config configs/train/synthetic_demo.yaml
+	$(PY) -m index rebuild --config configs/index/synthetic_demo.yaml
 	@echo "evaluation (full corpus, one line per epoch):" && cat $(ARTIFACTS)/runs/synthetic_demo/evaluation.jsonl
 
 test: env

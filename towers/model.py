@@ -97,11 +97,13 @@ class CreatorTower(nn.Module):
         text: torch.Tensor | None = None,  # [C, text_dim] precomputed
     ) -> torch.Tensor:
         tag_vec = masked_mean(self.tags(tags), tags != PAD)  # [C, H]
-        text_vec = (
-            self.text(text)
-            if self.text is not None and text is not None
-            else (torch.zeros_like(tag_vec))
-        )
+        if self.text is not None and text is None:
+            raise ValueError(
+                f"this creator tower was trained with text vectors (text_dim="
+                f"{self.text.in_features}): pass text= (the dataset's creator_text.npy rows; "
+                f"zeros for a creator without text)"
+            )
+        text_vec = self.text(text) if self.text is not None else torch.zeros_like(tag_vec)
         content = torch.cat(
             [self.category(category), tag_vec, text_vec, popularity.unsqueeze(-1)], dim=-1
         )  # [C, 3H + 1]

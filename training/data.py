@@ -87,6 +87,19 @@ class CreatorFeatures:
             vectors,
         )
 
+    @classmethod
+    def from_dataset(cls, data_dir: str | Path) -> CreatorFeatures:
+        """The creator features of a prepared dataset, as its manifest says it was prepared
+        (tags kept, text vectors if any)."""
+        data_dir = Path(data_dir)
+        m = data_manifest.load(data_dir)
+        text = m.get("text_features")
+        return cls.from_table(
+            data_dir / "tables" / "creators.parquet",
+            int(m["config"]["features"].get("max_tags", 5)),
+            data_dir / text["file"] if text else None,
+        )
+
     def __len__(self) -> int:
         return len(self.creator)
 
@@ -239,11 +252,7 @@ class TowerDataModule(pl.LightningDataModule):
         if self._loaded:
             return
         h, tables = self.hparams, self.data_dir / "tables"
-        max_tags = int(self.manifest["config"]["features"].get("max_tags", 5))
-        text = self.manifest.get("text_features")
-        self.creators = CreatorFeatures.from_table(
-            tables / "creators.parquet", max_tags, self.data_dir / text["file"] if text else None
-        )
+        self.creators = CreatorFeatures.from_dataset(self.data_dir)
         self.users = UserFeatures.from_table(
             tables / "users.parquet", h.user_attribute_buckets, h.max_user_attributes
         )

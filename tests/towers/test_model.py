@@ -107,6 +107,9 @@ def test_text_path_is_used_when_configured():
     a = model.encode_creators(**feats)
     feats["text"] = feats["text"] + 1.0
     assert not torch.allclose(a, model.encode_creators(**feats))
+    feats["text"] = None  # a caller that forgot the text input is told, not given zeros
+    with pytest.raises(ValueError, match=r"text_dim=8.*pass text="):
+        model.encode_creators(**feats)
 
 
 def test_history_shares_the_creator_id_space_and_gradients_reach_everything():

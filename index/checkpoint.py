@@ -1,0 +1,122 @@
+"""The towers of a trained checkpoint, without Lightning or pickle, and the model version.
+
+A Lightning checkpoint holds the module's weights under `model.` and its constructor arguments
+in `hyper_parameters`; that is enough to rebuild `towers.model.TwoTower` exactly as
+`training.module.TwoTowerModule` built it. The model version is a hash of the weights alone, so
+two checkpoints with the same weights (a copy, a re-save) are the same model, and serving can
+compute it from the checkpoint it loads and compare it with the index's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from index.errors import MissingInputError
+from towers.model import TowerConfig, TwoTower
+
+log = logging.getLogger(__name__)
+
+PREFIX = "model."
+LAST = "last.ckpt"
+
+# Checkpoint hyper-parameter → TowerConfig field, where the names differ (TwoTowerModule.__init__).
+_RENAMED = {"user_attribute_buckets": "attribute_buckets", "temperature": "init_temperature"}
+_TOWER_FIELDS = (
+    "num_users", "num_creators", "num_categories", "num_tags", "dim", "hidden",
+    "unknown_user_buckets", "pooling", "combiner", "text_dim", "attribute_buckets",
+    "init_temperature", "learn_temperature",
+)  # fmt: skip
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's towers (in eval mode) and what was recorded about how they were trained."""
+
+    model: TwoTower
+    config: TowerConfig
+    path: Path
+    version: str
+    """sha256 of the tower weights (see model_version)."""
+    data_hparams: dict
+    """The data module's arguments: data_dir, user_attribute_buckets, max_user_attributes, ..."""
+    epoch: int | None = None
+    global_step: int | None = None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the newest `last.ckpt` anywhere under a folder (a training
+    run's checkpoints land in `<save_dir>/<project>/<run id>/checkpoints/`, the run id random)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.rglob(LAST), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+        raise MissingInputError(
+            f"no {LAST} under checkpoint folder {path}; train first (`python -m training fit "
+            f"--config configs/train/<name>.yaml`) or set checkpoint to a .ckpt file"
+        )
+    raise MissingInputError(
+        f"checkpoint {path} not found; train first (`python -m training fit ...`) or set "
+        f"`checkpoint` (--set checkpoint=PATH) to a .ckpt file or a run folder"
+    )
+
+
+def model_version(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tower weights in sorted key order: name, dtype, shape and bytes of each.
+    Anything outside the towers (the loss's streaming frequency) is not part of the model."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        if not key.startswith(PREFIX):
+            continue
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tower_config(hparams: dict) -> TowerConfig:
+    """TowerConfig from a checkpoint's hyper_parameters, mapped as TwoTowerModule maps them."""
+    values = {_RENAMED.get(k, k): v for k, v in hparams.items() if not k.startswith("_")}
+    missing = [k for k in ("num_users", "num_creators") if k not in values]
+    if missing:
+        raise ValueError(
+            f"checkpoint hyper_parameters lack {missing}; is it a TwoTowerModule checkpoint "
+            f"from `python -m training fit`? keys: {sorted(hparams)}"
+        )
+    return TowerConfig(**{k: values[k] for k in _TOWER_FIELDS if k in values})
+
+
+def load(path: str | Path) -> TrainedModel:
+    """The towers of a checkpoint file or run folder, weights checked key by key."""
+    path = resolve_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "hyper_parameters"):
+        if key not in ckpt:
+            raise ValueError(f"{path} has no {key!r}: not a Lightning checkpoint of the towers")
+    cfg = tower_config(ckpt["hyper_parameters"])
+    model = TwoTower(cfg)
+    weights = {
+        k.removeprefix(PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)
+    }
+    model.load_state_dict(weights, strict=True)  # a missing or extra tensor is a wrong model
+    model.eval()
+    data_hparams = {
+        k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if k[:1] != "_"
+    }
+    log.info("loaded %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step"))
+    return TrainedModel(
+        model=model,
+        config=cfg,
+        path=path,
+        version=model_version(ckpt["state_dict"]),
+        data_hparams=data_hparams,
+        epoch=ckpt.get("epoch"),
+        global_step=ckpt.get("global_step"),
+    )

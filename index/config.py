@@ -1,0 +1,138 @@
+"""Typed configuration of `python -m index rebuild`, loaded from `configs/index/*.yaml`.
+
+Every field is overridable on the command line with `--set field=value` (value parsed as YAML),
+as in `python -m data prepare`; errors name the field to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data.config import ConfigError, apply_overrides
+from index.build import DEFAULT_FACTORY, METRICS
+from index.tune import K_FACTOR, NPROBE
+
+
+@dataclass
+class IndexConfig:
+    name: str
+    checkpoint: str
+    """A .ckpt file, or a training run folder: the newest `last.ckpt` anywhere under it."""
+    store: str
+    """Root of the versioned store: `versions/<version>/` folders and the `current` pointer."""
+    data: str | None = None
+    """The creator catalog, a prepared dataset folder; None = the dataset the checkpoint was
+    trained on (its recorded data_dir). A later prepare of that dataset (vocab_from) adds
+    creators the towers encode from content alone."""
+    factory: str = DEFAULT_FACTORY
+    """faiss factory string; `{nlist}` and `{m}` are filled in from the corpus (index.build)."""
+    metric: str = "inner_product"
+    """Must be the metric the embeddings were trained for (inner_product); anything else is
+    refused."""
+    nlist: int | None = None
+    """IVF cells for `{nlist}`; None = the power of two nearest 2·sqrt(creators)."""
+    pq_m: int | None = None
+    """Product-quantizer codes per vector for `{m}`; None = dim / 2."""
+    k: int = 10
+    """Recall is measured at this cut-off (recall@k against exact search)."""
+    recall_target: float = 0.95
+    """Tuning picks the fastest setting whose recall@k reaches this."""
+    recall_floor: float = 0.90
+    """A build whose best recall@k is below this is not published (exit code 4)."""
+    tuning_users: int = 2000
+    """Real users (a seeded sample with training pairs) whose vectors are the tuning queries."""
+    nprobe: list[int] = field(default_factory=lambda: list(NPROBE))
+    """IVF cells visited per query: the values the sweep tries."""
+    k_factor: list[int] = field(default_factory=lambda: list(K_FACTOR))
+    """Re-rank depth (candidates = k_factor × k) values the sweep tries, for a `RFlat` stage."""
+    repeats: int = 2
+    """Timed runs per setting; the fastest counts (the first pays for cold caches)."""
+    keep: int = 3
+    """Versions kept in the store, newest first; the current one is never removed."""
+    incremental: bool = True
+    """With the same model and only creators appended to the catalog, add them to a copy of the
+    current index (no IVF retraining) instead of building from scratch."""
+    incremental_max_fraction: float = 0.25
+    """Above this many new creators per indexed creator, rebuild instead: the IVF cells were
+    trained without them and would drift out of balance."""
+    use_gpu: bool | None = None
+    """None = use a GPU when faiss sees one."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric={self.metric!r} is not one of {sorted(METRICS)}")
+        if not 0.0 < self.recall_floor <= self.recall_target <= 1.0:
+            raise ConfigError(
+                f"recall_floor={self.recall_floor}, recall_target={self.recall_target}: need "
+                f"0 < recall_floor <= recall_target <= 1"
+            )
+        for name in ("k", "tuning_users", "keep", "repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("nprobe", "k_factor"):
+            values = getattr(self, name)
+            if not values or min(values) < 1:
+                raise ConfigError(f"{name}={values} must be a non-empty list of values >= 1")
+        if self.incremental_max_fraction <= 0:
+            raise ConfigError(
+                f"incremental_max_fraction={self.incremental_max_fraction} must be > 0 "
+                f"(or set incremental: false)"
+            )
+        if not self.factory.strip():
+            raise ConfigError(f"factory={self.factory!r} is empty; default: {DEFAULT_FACTORY}")
+
+
+# What a built index depends on besides the model and the catalog: a change to any of these
+# makes the current version stale. Paths, retention and the device do not change the artifact.
+BUILD_FIELDS = (
+    "factory", "metric", "nlist", "pq_m", "k", "recall_target", "recall_floor",
+    "tuning_users", "nprobe", "k_factor", "seed",
+)  # fmt: skip
+
+
+def build_settings(cfg: IndexConfig) -> dict:
+    return {name: getattr(cfg, name) for name in BUILD_FIELDS}
+
+
+def settings_sha256(cfg: IndexConfig) -> str:
+    return hashlib.sha256(json.dumps(build_settings(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def from_dict(raw: dict[str, Any]) -> IndexConfig:
+    known = {f.name for f in dataclasses.fields(IndexConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
+    missing = [k for k in ("name", "checkpoint", "store") if raw.get(k) in (None, "")]
+    if missing:
+        raise ConfigError(f"an index config needs {missing} (--set {missing[0]}=...)")
+    try:
+        return IndexConfig(**raw)
+    except TypeError as e:
+        raise ConfigError(f"bad index config: {e}") from e
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> IndexConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config {path} not found; shipped configs are in configs/index/")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_dict(cfg: IndexConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: IndexConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,259 @@
+"""`python -m index export`: every creator's embedding and id, with a manifest serving can trust.
+
+An export folder:
+
+    embeddings.npy     float32 [N, d] unit vectors, row i is creators.parquet row i
+    creators.parquet   creator_idx (vocabulary index), creator_id
+    queries.npy        float32 [Q, d] real user vectors (a seeded sample), for tuning and benchmarks
+    query_users.npy    int64 [Q] their vocabulary indices
+    probes.npz         fixed probe creators and users: their tower inputs and vectors
+    manifest.json      model version, embedding-space fingerprint, metric, norms, checksums
+
+The fingerprint hashes the probes' vectors rounded to 5 decimals: it names the embedding space
+(which towers, which weights). Rounding can flip on other hardware, so serving should check its
+own user tower with `check_probes` (a tolerance) rather than by recomputing the hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from data.io import atomic_path, checksums, publish_dir, write_json, write_parquet
+from data.manifest import provenance
+from index import catalog as cat
+from index.checkpoint import TrainedModel
+from index.errors import IntegrityError, MissingInputError, ValidationError
+
+log = logging.getLogger(__name__)
+
+KIND = "towerline.creator_embeddings"
+METRIC = "inner_product"
+"""What the towers were trained with: dot products of unit vectors (towers.model)."""
+PROBES = 8
+DECIMALS = 5
+NORM_TOLERANCE = 1e-3
+
+
+@dataclass
+class Embeddings:
+    """An export folder loaded: xb [N, d] with row → creator, and real user queries xq."""
+
+    xb: np.ndarray
+    creator_idx: np.ndarray
+    creator_id: np.ndarray
+    xq: np.ndarray
+    manifest: dict
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def norm_check(x: np.ndarray) -> dict:
+    """Smallest and largest L2 norm and the NaN/inf count: unit vectors or not."""
+    finite = np.isfinite(x).all(axis=1)
+    norms = np.linalg.norm(x[finite], axis=1) if finite.any() else np.zeros(1)
+    return {
+        "min_norm": float(norms.min()),
+        "max_norm": float(norms.max()),
+        "nonfinite_rows": int((~finite).sum()),
+    }
+
+
+def fingerprint(*vectors: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for v in vectors:
+        h.update((np.round(v.astype(np.float64), DECIMALS) + 0.0).astype(np.float32).tobytes())
+    return h.hexdigest()
+
+
+def probe_inputs(trained: TrainedModel, users: cat.UserFeatures, catalog: cat.Catalog) -> dict:
+    """The first PROBES creators and trained users, by index: fixed for a dataset, whatever the
+    config, so two exports of one model share the fingerprint."""
+    pool = cat.sample_users(users, len(users.trained), seed=0)[:PROBES]
+    inputs = cat.user_inputs(users, pool, trained.config)
+    return {
+        "creator_idx": catalog.creator_idx[:PROBES],
+        "user_idx": pool,
+        **{k: v.numpy() for k, v in inputs.items()},
+    }
+
+
+def write_export(
+    trained: TrainedModel, catalog: cat.Catalog, folder: Path, queries: int, seed: int
+) -> dict:
+    """Encode every creator and a sample of users into `folder` (created); returns the
+    manifest, also written as manifest.json with the checksum of every file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    xb = cat.encode_creators(trained.model, catalog, trained.config)  # [N, d]
+    users = cat.load_users(catalog.data_dir, trained.data_hparams, trained.config)
+    query_users = cat.sample_users(users, queries, seed)
+    xq = cat.encode_users(trained.model, cat.user_inputs(users, query_users, trained.config))
+    probes = probe_inputs(trained, users, catalog)
+    tensors = {k: torch.as_tensor(probes[k]) for k in ("user", "history", "attributes")}
+    probes["user_vectors"] = cat.encode_users(trained.model, tensors)
+    probes["creator_vectors"] = xb[: len(probes["creator_idx"])]
+    save_npy(folder / "embeddings.npy", xb)
+    save_npy(folder / "queries.npy", xq)
+    save_npy(folder / "query_users.npy", query_users)
+    write_creators(folder / "creators.parquet", catalog.creator_idx, catalog.creator_id)
+    with atomic_path(folder / "probes.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **probes)
+    manifest = describe(trained, catalog, xb, xq, probes, seed)
+    write_json(folder / "manifest.json", {**manifest, "files": checksums(folder)})
+    log.info("exported %d creators × %d (%s)", *xb.shape, folder)
+    return manifest
+
+
+def write_creators(path: Path, creator_idx: np.ndarray, creator_id: np.ndarray) -> None:
+    table = pa.table(
+        {
+            "creator_idx": pa.array(creator_idx.astype(np.int64)),
+            "creator_id": pa.array(creator_id.astype(str).tolist(), pa.string()),
+        }
+    )
+    write_parquet(path, table)
+
+
+def describe(trained, catalog, xb, xq, probes, seed) -> dict:
+    return {
+        "kind": KIND,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_by": {**provenance(), "torch": torch.__version__, "faiss": _version("faiss")},
+        "model": {
+            "version": trained.version,
+            "checkpoint": str(trained.path),
+            "epoch": trained.epoch,
+            "global_step": trained.global_step,
+            "towers": vars(trained.config),
+        },
+        "catalog": {
+            "data_dir": str(catalog.data_dir),
+            "creators_sha256": catalog.sha256,
+            "creators": len(catalog),
+            "vocabulary": len(catalog.features),
+            "content_path_only": int((catalog.creator_idx >= trained.config.num_creators).sum()),
+        },
+        "metric": METRIC,
+        "normalized": True,
+        "dim": int(xb.shape[1]),
+        "count": int(xb.shape[0]),
+        "norms": norm_check(xb),
+        "queries": {"count": len(xq), "seed": seed, "norms": norm_check(xq)},
+        "fingerprint": {
+            "sha256": fingerprint(probes["creator_vectors"], probes["user_vectors"]),
+            "decimals": DECIMALS,
+            "probe_creators": probes["creator_idx"].tolist(),
+            "probe_users": probes["user_idx"].tolist(),
+        },
+    }
+
+
+def _version(package: str) -> str | None:
+    for name in (package, f"{package}-cpu", f"{package}-gpu-cu12"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def validate(manifest: dict, expected_count: int | None = None) -> None:
+    """Fit to index: no NaN or inf, unit norms, and (when given) one row per catalog creator."""
+    norms, count = manifest["norms"], manifest["count"]
+    if norms["nonfinite_rows"]:
+        raise ValidationError(
+            f"{norms['nonfinite_rows']} of {count} creator vectors are NaN or inf; the "
+            f"checkpoint {manifest['model']['checkpoint']} is broken: retrain or pick another"
+        )
+    if abs(norms["min_norm"] - 1) > NORM_TOLERANCE or abs(norms["max_norm"] - 1) > NORM_TOLERANCE:
+        raise ValidationError(
+            f"creator vector norms span [{norms['min_norm']:.4f}, {norms['max_norm']:.4f}], "
+            f"not 1 ± {NORM_TOLERANCE}: inner product would not be cosine; check the towers"
+        )
+    if expected_count is not None and count != expected_count:
+        raise ValidationError(
+            f"{count} vectors for a catalog of {expected_count} creators; re-export"
+        )
+
+
+def load_embeddings(folder: str | Path, verify: bool = True) -> Embeddings:
+    """An export folder (or an index version folder, a superset of one), checksums verified."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.exists():
+        raise MissingInputError(f"{path} not found: is {folder} an export or index version?")
+    manifest = json.loads(path.read_text())
+    if verify:
+        verify_files(folder, manifest)
+    table = pq.read_table(folder / "creators.parquet")
+    xb = np.load(folder / "embeddings.npy", allow_pickle=False)
+    xq = np.load(folder / "queries.npy", allow_pickle=False)
+    return Embeddings(
+        xb=xb,
+        creator_idx=table["creator_idx"].to_numpy(),
+        creator_id=np.asarray(table["creator_id"].to_pylist(), dtype=str),
+        xq=xq,
+        manifest=manifest,
+    )
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists with its size and sha256."""
+    expected = manifest.get("files") or {}
+    actual = checksums(folder)
+    for name, want in sorted(expected.items()):
+        got = actual.get(name)
+        if got == want:
+            continue
+        what = "missing" if got is None else (
+            f"{got['bytes']} bytes, sha256 {got['sha256'][:12]}… where the manifest has "
+            f"{want['bytes']} bytes, {want['sha256'][:12]}…"
+        )  # fmt: skip
+        raise IntegrityError(
+            f"{folder / name} is {what}: the file is corrupted or truncated; rebuild "
+            f"(`python -m index rebuild --config ...`) or point the store at an older version"
+        )
+
+
+def export_to(trained: TrainedModel, catalog: cat.Catalog, output: Path, **kw) -> dict:
+    """write_export into a staging folder beside `output`, swapped in only when complete."""
+    output = Path(output)
+    staging = output.with_name(f".{output.name}.staging.{os.getpid()}")
+    try:
+        manifest = write_export(trained, catalog, staging, **kw)
+        publish_dir(staging, output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def check_probes(probes: str | Path, encode_users, atol: float = 1e-4) -> float:
+    """Run a user tower (`encode_users(user, history, attributes) -> [P, d]`, e.g. the serving
+    model) on the export's probe inputs; raise unless it reproduces the probe vectors, so an
+    index is never queried from a different embedding space. Returns the largest difference."""
+    with np.load(probes, allow_pickle=False) as p:
+        got = np.asarray(encode_users(p["user"], p["history"], p["attributes"]), np.float32)
+        want = p["user_vectors"]
+    diff = float(np.abs(got - want).max()) if len(want) else 0.0
+    if got.shape != want.shape or diff > atol:
+        raise IntegrityError(
+            f"the user tower gives probe vectors {got.shape} differing by {diff:.2e} (> {atol}) "
+            f"from the index's {want.shape}: it is not the model the index was built for"
+        )
+    return diff
