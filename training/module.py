@@ -162,6 +162,7 @@ class TwoTowerModule(pl.LightningModule):
         self.loss.rank, self.loss.world_size = self.trainer.global_rank, self.trainer.world_size
 
     def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
         self._to_device()
 
     def on_validation_start(self) -> None:
@@ -323,6 +324,8 @@ class TwoTowerModule(pl.LightningModule):
             sums = {k: self._all_reduce(v) for k, v in sums.items()}
         result = finalize(sums, self.eval_k)
         result["eval_seconds"] = time.perf_counter() - self._started
+        if hasattr(self, "_fit_started"):  # wall time of this fit so far, evaluations included
+            result["fit_seconds"] = time.perf_counter() - self._fit_started
         if self.trainer.sanity_checking:
             return
         self.log_dict({f"val/{k}": float(v) for k, v in result.items()}, sync_dist=False)

@@ -65,6 +65,10 @@ def test_fit_logs_full_corpus_metrics_and_saves_config_beside_checkpoints(tiny_d
     assert len(table["data"]) == 2 * 3  # 2 evaluations × K in (10, 20, 50)
     assert "recall" in table["columns"] and "cold_recall" in table["columns"]
     assert cli.trainer.global_step == 2 * cli.datamodule.train_batches_per_rank(1)
+    # one line per evaluation in evaluation.jsonl, with the fit's wall time so far
+    lines = next(tmp_path.rglob("evaluation.jsonl")).read_text().splitlines()
+    seconds = [json.loads(line)["fit_seconds"] for line in lines]
+    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
 
 
 USER_SAMPLING = ["--data.sampling", "users", "--data.users_per_batch", "64"]
