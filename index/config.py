@@ -37,7 +37,7 @@ class IndexConfig:
     """Must be the metric the embeddings were trained for (inner_product); anything else is
     refused."""
     nlist: int | None = None
-    """IVF cells for `{nlist}`; None = the power of two nearest 2·sqrt(creators)."""
+    """IVF cells for `{nlist}`; None = the power of two nearest 4·sqrt(creators)."""
     pq_m: int | None = None
     """Product-quantizer codes per vector for `{m}`; None = dim / 2."""
     k: int = 10

@@ -32,8 +32,8 @@ def exact(xb, xq, k):
 
 
 def test_default_nlist_follows_the_corpus_size():
-    assert build.default_nlist(1_000_000) == 2048
-    assert build.default_nlist(40_981) == 512
+    assert build.default_nlist(1_000_000) == 4096
+    assert build.default_nlist(40_981) == 1024
     assert build.default_nlist(300) == 4  # capped: k-means needs ~39 points a cell
     assert build.default_nlist(10) == 1
     assert build.resolve_factory(build.DEFAULT_FACTORY, 300, 16) == "IVF4,PQ8x4fs,RFlat"
