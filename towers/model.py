@@ -171,7 +171,9 @@ class UserTower(nn.Module):
         attributes: torch.Tensor | None = None,  # [B, A] int64 hashed buckets, 0 = none
     ) -> torch.Tensor:
         own = self.id_embedding(self.user_rows(user))  # [B, H]
-        if self.cfg.pooling == "mean":  # one fused gather-and-mean, ~10x cheaper than gathering
+        if self.cfg.pooling == "mean" and not torch.onnx.is_in_onnx_export():
+            # one fused gather-and-mean, ~10x cheaper than gathering; ONNX has no
+            # embedding_bag with padding, so an export takes the equivalent gather + masked mean
             pooled = F.embedding_bag(
                 history, self.creator_ids.weight, mode="mean", padding_idx=PAD
             )  # [B, H]
