@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
+TRITON_VENV ?= .venv-triton
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test lint env bench clean
+.PHONY: demo stop test lint env triton-env bench clean
 
 # torch first, pinned: on machines without a GPU that version resolves to a local CPU wheel; a
 # bare `torch` requirement with nothing installed would pull a multi-GB CUDA build.
@@ -19,14 +20,30 @@ $(VENV)/.installed: pyproject.toml
 
 env: $(VENV)/.installed
 
-demo: env
+# The local Triton server's own environment (serving/triton-requirements.txt says why it is
+# separate); serving finds it at $(TRITON_VENV) or TOWERLINE_TRITON_ENV.
+$(TRITON_VENV)/.installed: serving/triton-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -r serving/triton-requirements.txt
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
+demo: env triton-env
 	$(PY) -m data prepare --config configs/data/synthetic_demo.yaml --output $(ARTIFACTS)/data/synthetic_demo
 	$(PY) -m data manifest $(ARTIFACTS)/data/synthetic_demo
 	$(PY) -m training fit --config configs/train/synthetic_demo.yaml
 	$(PY) -m index rebuild --config configs/index/synthetic_demo.yaml
 	@echo "evaluation (full corpus, one line per epoch):" && cat $(ARTIFACTS)/runs/synthetic_demo/evaluation.jsonl
+	$(PY) -m serving up --config configs/serving/synthetic_demo.yaml --detach
+	$(PY) -m serving try --config configs/serving/synthetic_demo.yaml
 
-test: env
+# stops the service (and its Triton server) that `make demo` left running
+stop: env
+	$(PY) -m serving down --config configs/serving/synthetic_demo.yaml
+
+test: env triton-env
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(if $(SLOW),,-m "not slow and not gpu")
 
