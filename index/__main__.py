@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except Exception as e:  # the rebuild job reports its own; these are config and input errors
-        code = errors.exit_code(e)
-        if code == errors.BUILD_FAILED:
-            logging.getLogger("index").exception("%s failed", args.command)
-        print(f"index {args.command}: FAILED (exit {code}) {type(e).__name__}: {e}")
-        return code
+        return errors.report("index", args.command, e)
 
 
 if __name__ == "__main__":

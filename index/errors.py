@@ -57,3 +57,15 @@ def exit_code(error: BaseException) -> int:
     if isinstance(error, ConfigError):
         return BAD_CONFIG
     return getattr(error, "exit_code", BUILD_FAILED)
+
+
+def report(stage: str, command: str, error: BaseException) -> int:
+    """A command's failure as one line on stdout (what a scheduler's log shows), the traceback
+    logged only for unexpected errors; returns the exit code."""
+    import logging
+
+    code = exit_code(error)
+    if code == BUILD_FAILED:
+        logging.getLogger(stage).exception("%s failed", command)
+    print(f"{stage} {command}: FAILED (exit {code}) {type(error).__name__}: {error}")
+    return code

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from data.io import write_bytes
 from index import build, catalog, checkpoint, export, store, tune
@@ -43,6 +44,9 @@ from index.errors import (
 log = logging.getLogger(__name__)
 
 VECTOR_ATOL = 1e-5  # existing creators' vectors re-encoded by the same model on the same catalog
+USER_TOWER = "user_tower.onnx"
+"""The version's user tower as ONNX: serving runs it (Triton or in-process) so every answer comes
+from the tower the index was built for."""
 
 
 @dataclass
@@ -116,6 +120,8 @@ def stale_reason(current: dict | None, inputs: Inputs) -> str | None:
     """Why the current version must be replaced, or None if it was built from these inputs."""
     if current is None:
         return "no current version"
+    if "user_tower" not in current:
+        return f"{current['version']} has no exported user tower (serving needs {USER_TOWER})"
     was, now = current.get("inputs", {}), inputs.record
     if was.get("id") == now["id"]:
         return None
@@ -212,6 +218,7 @@ def build_version(
         inputs.trained, inputs.catalog, folder, queries=cfg.tuning_users, seed=cfg.seed
     )
     export.validate(exported, expected_count=len(inputs.catalog))
+    tower = export_user_tower(inputs, folder / USER_TOWER)
     metric = build.check_metric(cfg.metric, exported["metric"])
     emb = export.load_embeddings(folder, verify=False)
     use_gpu = build.HAS_GPU if cfg.use_gpu is None else cfg.use_gpu
@@ -236,7 +243,28 @@ def build_version(
         "index": record,
         "tuning": tuning,
         "search_params": tuning["chosen"]["params"],
+        "user_tower": tower,
         "config": to_dict(cfg),
+    }
+
+
+def export_user_tower(inputs: Inputs, path: Path) -> dict:
+    """The user tower as ONNX beside the index (parity with torch checked by the export), with
+    the request inputs it expects: history length and attribute hashing as training used."""
+    from serving.export import export_user_tower as to_onnx  # onnx loads only for a build
+
+    users = pq.read_schema(inputs.catalog.data_dir / catalog.USERS)
+    hp, cfg = inputs.trained.data_hparams, inputs.trained.config
+    history_len = users.field("history").type.list_size
+    width = int(hp.get("max_user_attributes", 8))
+    described = to_onnx(inputs.trained, path, history_len=history_len, attribute_width=width)
+    buckets = int(hp.get("user_attribute_buckets", cfg.attribute_buckets or 4096))
+    return {
+        **described,
+        "file": USER_TOWER,
+        "history_len": history_len,
+        "attribute_width": width,
+        "attribute_buckets": max(buckets, 3),
     }
 
 

@@ -29,28 +29,33 @@ def tiny_data(tiny_text_data) -> Path:
     return tiny_text_data
 
 
-@pytest.fixture(scope="package")
-def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
-    """last.ckpt of 2 epochs of 16-dim towers on tiny_data (a few seconds)."""
+def train_tiny(data: Path, out: Path, epochs: int = 2, seed: int = 0) -> Path:
+    """last.ckpt of `epochs` epochs of 16-dim towers on `data` (a few seconds)."""
     from training.cli import main
 
-    out = tmp_path_factory.mktemp("index-run")
     main([
         "fit",
         "--config", str(REPO / "configs" / "train" / "synthetic_demo.yaml"),
-        "--data.data_dir", str(tiny_data),
+        "--seed_everything", str(seed),
+        "--data.data_dir", str(data),
         "--data.records_per_batch", "2",
         "--trainer.logger", "false",
         "--trainer.default_root_dir", str(out),
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        "--trainer.max_epochs", "2",
+        "--trainer.max_epochs", str(epochs),
         "--model.dim", "16",
         "--model.hidden", "32",
         "--model.uniform_negatives", "64",
         "--checkpoint.dirpath", str(out / "checkpoints"),
     ])  # fmt: skip
     return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="package")
+def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
+    """last.ckpt of 2 epochs of 16-dim towers on tiny_data (a few seconds)."""
+    return train_tiny(tiny_data, tmp_path_factory.mktemp("index-run"))
 
 
 def index_config(store: Path, checkpoint: Path, data: Path, **fields):
