@@ -1,0 +1,67 @@
+"""`python -m serving try`: a few real fans' answers from a running service, with creator names —
+what `make demo` prints to show the whole path works."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from serving.config import ServingConfig
+
+
+def post(url: str, body: dict, timeout: float = 5.0) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def sample_fans(data_dir: Path, n: int, seed: int = 0) -> list[str]:
+    """n fans with training history, seeded."""
+    t = pq.read_table(data_dir / "tables" / "users.parquet", columns=["user_id", "train_count"])
+    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, min(n, len(ids)), replace=False).tolist())
+
+
+def creator_names(data_dir: Path) -> dict[str, str]:
+    t = pq.read_table(data_dir / "tables" / "creators.parquet", columns=["creator_id", "name"])
+    return {
+        c: (n or "")
+        for c, n in zip(t["creator_id"].to_pylist(), t["name"].to_pylist(), strict=True)
+    }
+
+
+def try_service(cfg: ServingConfig, users: int, k: int) -> int:
+    from index import store
+
+    url = f"http://{cfg.host}:{cfg.port}"
+    manifest = store.read_manifest(Path(cfg.index))
+    data_dir = Path(cfg.data or manifest["catalog"]["data_dir"])
+    names = creator_names(data_dir)
+    fans = [*sample_fans(data_dir, users), "a-fan-who-just-signed-up"]
+    try:
+        for fan in fans:
+            r = post(f"{url}/recommend", {"user_id": fan, "k": k})
+            flag = "cold start: popular creators" if r["cold_start"] else r["source"]
+            if r["degraded"]:
+                flag += f", degraded: {r['degraded']}"
+            print(f"{fan} ({flag}; {r['took_ms']:.1f} ms)")
+            for item in r["items"]:
+                name = names.get(item["creator_id"], "")
+                print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}")
+        print(f"model {r['model_version'][:12]}, index {r['index_version']}")
+    except urllib.error.URLError as e:
+        print(f"no service at {url}: {e}; start it with `python -m serving up --config ...`")
+        return 1
+    print(
+        f"\nThe service is running. Point a browser at {url}/docs (OpenAPI: {url}/openapi.json, "
+        f"metrics: {url}/metrics).\nStop it with `python -m serving down --config <config>`."
+    )
+    return 0

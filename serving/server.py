@@ -1,0 +1,323 @@
+"""`python -m serving up`: the feature store, the user tower (Triton or in-process) and the HTTP
+service, wired from one config; `--detach` leaves them running in the background for `make demo`.
+
+The user tower of every index version is served as a version of one Triton model, `user_tower`,
+numbered by the index version's sequence (`v00012-…` → 12): the service asks Triton for exactly
+the version its bundle was built for, so each answer names one consistent model/index pair. A
+new index version is added to the repository, loaded next to the served one, checked against
+the index's probe vectors, and only then swapped in; the old version is unloaded a little later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from serving.config import ServingConfig
+from serving.recommender import ONNX_FILE, Recommender, version_number
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "user_tower"
+
+
+class InProcessTowers:
+    """Each version's ONNX tower run by onnxruntime inside the service process."""
+
+    name = "onnxruntime (in-process)"
+
+    def __init__(self, threads: int = 1):
+        self.threads = threads
+
+    def __call__(self, folder: Path, version: str):
+        from serving.export import OnnxEncoder
+
+        encoder = OnnxEncoder(folder / ONNX_FILE, threads=self.threads)
+        return encoder.encode, tuple(encoder.inputs), self.name, None
+
+
+class TritonTowers:
+    """Each version's tower as a version of the Triton model `user_tower` (local repository)."""
+
+    def __init__(self, repository: Path, url: str, settings, server=None):
+        from serving.client import UserTowerClient
+
+        self.repository = Path(repository)
+        self.settings = settings
+        self.url = url
+        self.server = server  # a serving.triton.TritonServer we started, or None (external)
+        self.client = UserTowerClient(
+            url, protocol=settings.protocol, model_name=MODEL_NAME, timeout_s=settings.timeout_s,
+            max_batch_size=settings.max_batch_size,
+        )  # fmt: skip
+        self._lock = threading.Lock()
+        self.name = f"triton {settings.protocol}://{url}"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.repository / "local" / MODEL_NAME
+
+    def add(self, onnx: Path, number: int) -> None:
+        """Put version `number` in both repositories (written on first use)."""
+        from serving import triton
+
+        s = self.settings
+        if not (self.model_dir / "config.pbtxt").exists():
+            triton.write_repositories(
+                onnx, self.repository, version=number, max_batch_size=s.max_batch_size,
+                dynamic_batching=s.dynamic_batching, max_queue_delay_us=s.max_queue_delay_us,
+                instances=s.instances,
+            )  # fmt: skip
+            return
+        for kind in ("local", "production"):
+            triton.add_version(self.repository / kind / MODEL_NAME, onnx, number)
+
+    def load(self) -> None:
+        """Explicit model control: (re)load `user_tower` with every version in the repository
+        (Triton keeps the served versions answering while it loads)."""
+        if self.server is not None:
+            self.server.load_model(MODEL_NAME)
+            return
+        if self.settings.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        with contextlib.closing(tc.InferenceServerClient(self.url)) as client:
+            client.load_model(MODEL_NAME)
+
+    def __call__(self, folder: Path, version: str):
+        from serving import triton
+
+        number = version_number(version)
+        with self._lock:
+            self.add(folder / ONNX_FILE, number)
+            self.load()
+        deadline = time.monotonic() + 60
+        while not self.client.ready(str(number)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Triton did not make {MODEL_NAME} version {number} ready")
+            time.sleep(0.1)
+
+        def encode(inputs):
+            return self.client.encode(inputs, model_version=str(number))
+
+        def release():
+            with self._lock:
+                for kind in ("local", "production"):
+                    triton.remove_version(self.repository / kind / MODEL_NAME, number)
+                self.load()
+
+        inputs = self.client.inputs
+        return encode, tuple(inputs), f"{self.name} {MODEL_NAME}/{number}", release
+
+
+def features_store(cfg: ServingConfig):
+    """Open the configured feature store, materialising a missing folder from the dataset."""
+    from serving import features
+
+    spec = cfg.features
+    if "://" not in spec and not Path(spec).exists():
+        data = cfg.data or _index_data_dir(cfg)
+        spec_buckets = _attribute_spec(cfg)
+        log.info("materialising features from %s into %s", data, spec)
+        features.materialise(data, spec, **spec_buckets)
+    return features.open_store(spec)
+
+
+def _current_manifest(cfg: ServingConfig) -> dict:
+    from index import store
+
+    return store.read_manifest(Path(cfg.index))
+
+
+def _index_data_dir(cfg: ServingConfig) -> str:
+    return _current_manifest(cfg)["catalog"]["data_dir"]
+
+
+def _attribute_spec(cfg: ServingConfig) -> dict:
+    tower = _current_manifest(cfg).get("user_tower", {})
+    return {
+        "attribute_buckets": int(tower.get("attribute_buckets", 4096)),
+        "attribute_width": int(tower.get("attribute_width", 8)),
+    }
+
+
+@contextlib.contextmanager
+def towers(cfg: ServingConfig):
+    """The tower provider for the config, with a local Triton server when one is needed."""
+    if cfg.encoder == "onnx":
+        yield InProcessTowers()
+        return
+    s = cfg.triton
+    repository = Path(s.repository)
+    if s.url:
+        yield TritonTowers(repository, s.url, s)  # its repository must be `repository`/local
+        return
+    from serving import triton
+
+    # the repositories are derived from the index store: start from nothing, so a version left
+    # by an earlier run is never loaded
+    shutil.rmtree(repository, ignore_errors=True)
+    (repository / "local").mkdir(parents=True, exist_ok=True)
+    with triton.TritonServer(
+        repository / "local",
+        http_port=s.http_port or None,
+        grpc_port=s.grpc_port or None,
+        metrics_port=s.metrics_port or None,
+        models=[],
+    ) as server:
+        url = server.grpc_url if s.protocol == "grpc" else server.http_url
+        log.info("Triton ready: gRPC %s, HTTP %s", server.grpc_url, server.http_url)
+        yield TritonTowers(repository, url, s, server)
+
+
+def check_features(recommender: Recommender) -> None:
+    """The feature store must hash attributes and cut histories as the model's training did."""
+    bundle, store = recommender.bundle, recommender.features
+    want = bundle.attribute_spec()
+    have = store.manifest
+    for key in ("attribute_buckets", "attribute_width", "history_len"):
+        if key in want and key in have and int(want[key]) != int(have[key]):
+            raise ValueError(
+                f"feature store {store.version}: {key}={have[key]} but the model of "
+                f"{bundle.index_version} was trained with {want[key]}; re-run "
+                f"`python -m serving materialise` with the model's settings"
+            )
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far (the bundle: a million-entry id map, the index) out of the
+    garbage collector's sight: a full collection otherwise walks it all, a pause of hundreds of
+    milliseconds that lands on whichever requests are in flight."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def up(cfg: ServingConfig) -> int:
+    """Run everything in the foreground until SIGINT/SIGTERM."""
+    import faiss
+    import uvicorn
+
+    from serving.app import create_app
+
+    faiss.omp_set_num_threads(cfg.search_threads)
+    store = features_store(cfg)
+    with towers(cfg) as provider:
+        recommender = Recommender(cfg.index, store, provider, verify=cfg.verify)
+        recommender.refresh()
+        check_features(recommender)
+        freeze_heap()
+        recommender.on_swap.append(lambda _bundle: freeze_heap())
+        b = recommender.bundle
+        log.info(
+            "serving %s (model %s) with %s on http://%s:%d",
+            b.index_version, b.model_version[:12], b.encoder_name, cfg.host, cfg.port,
+        )  # fmt: skip
+        app = create_app(
+            recommender, poll_seconds=cfg.poll_seconds or None, max_batch=cfg.max_batch
+        )
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    store.close()
+    return 0
+
+
+# -- background mode (make demo) ---------------------------------------------------------------
+
+
+def run_dir(cfg: ServingConfig) -> Path:
+    return Path(cfg.run_dir) if cfg.run_dir else Path("artifacts") / "serving" / cfg.name
+
+
+def detach(config_path: str, overrides: list[str], cfg: ServingConfig, wait_s: float) -> int:
+    """Start `up` in its own session, logging to a file; return once /readyz says ready."""
+    folder = run_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    if _alive(folder / "service.pid"):
+        print(f"already running (pid {(folder / 'service.pid').read_text().strip()}); "
+              f"stop it with `python -m serving down --config {config_path}`")  # fmt: skip
+        return 0
+    cmd = [sys.executable, "-m", "serving", "up", "--config", config_path]
+    for item in overrides:
+        cmd += ["--set", item]
+    log_path = folder / "service.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd()
+        )
+    (folder / "service.pid").write_text(f"{proc.pid}\n")
+    url = f"http://{cfg.host}:{cfg.port}"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"the service exited with {proc.returncode}; see {log_path}")
+            print(_tail(log_path))
+            return 1
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/readyz", timeout=1) as r,
+        ):
+            info = json.loads(r.read())
+            print(
+                f"service ready at {url} (pid {proc.pid}): {info['index_version']}, "
+                f"model {info['model_version'][:12]}, {info['encoder']}; log {log_path}"
+            )
+            return 0
+        time.sleep(0.5)
+    print(f"the service was not ready within {wait_s:.0f} s; see {log_path}")
+    return 1
+
+
+def down(cfg: ServingConfig, wait_s: float = 20.0) -> int:
+    pid_file = run_dir(cfg) / "service.pid"
+    if not _alive(pid_file):
+        print("not running")
+        pid_file.unlink(missing_ok=True)
+        return 0
+    pid = int(pid_file.read_text())
+    os.killpg(pid, signal.SIGTERM)  # the service and its Triton server share the session
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    print(f"stopped (pid {pid})")
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours counts as gone
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return status != "Z"
+    return True
+
+
+def _alive(pid_file: Path) -> bool:
+    if not pid_file.exists():
+        return False
+    with contextlib.suppress(ValueError):
+        return _pid_alive(int(pid_file.read_text()))
+    return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""

@@ -1,0 +1,86 @@
+"""`python -m serving up --detach | try | down` (as `make demo` runs them); the shipped configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from data.config import ConfigError
+from serving import config
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "serving").glob("*.yaml")))
+def test_every_shipped_serving_config_loads(path):
+    cfg = config.load(path)
+    assert cfg.name == path.stem
+    assert cfg.encoder in config.ENCODERS
+
+
+def test_a_bad_serving_config_names_the_field():
+    path = REPO / "configs" / "serving" / "synthetic_demo.yaml"
+    with pytest.raises(ConfigError, match="colour"):
+        config.load(path, ["colour=blue"])
+    with pytest.raises(ConfigError, match="encoder"):
+        config.load(path, ["encoder=tensorflow"])
+    with pytest.raises(ConfigError, match="grpc_prot"):
+        config.load(path, ["triton.grpc_prot=1"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
+    """The demo's path: materialise on first start, Triton + service in the background, real
+    answers through `try`, and `down` leaves no process behind."""
+    store = tmp_path / "store"
+    shutil.copytree(published.store, store)
+    port = _free_port()
+    sets = [
+        f"index={store}", f"features={tmp_path / 'features'}", f"port={port}",
+        f"run_dir={tmp_path / 'run'}", f"triton.repository={tmp_path / 'triton'}",
+    ]  # fmt: skip
+    args = ["--config", str(REPO / "configs" / "serving" / "synthetic_demo.yaml")]
+    for s in sets:
+        args += ["--set", s]
+
+    def serving(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "serving", *command, *args],
+            cwd=REPO, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+
+    up = serving("up", "--detach")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "service ready" in up.stdout and "triton" in up.stdout
+        assert (tmp_path / "features" / "manifest.json").exists()  # materialised on first start
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            ready = json.loads(r.read())
+        assert ready["ready"] and "user_tower/1" in ready["encoder"]
+        tried = serving("try", "--users", "2")
+        assert tried.returncode == 0, tried.stdout + tried.stderr
+        assert tried.stdout.count("(model;") == 2
+        assert "cold start: popular creators" in tried.stdout
+        assert f"http://127.0.0.1:{port}/docs" in tried.stdout
+        again = serving("up", "--detach")
+        assert again.returncode == 0 and "already running" in again.stdout
+        pid = int((tmp_path / "run" / "service.pid").read_text())
+    finally:
+        down = serving("down")
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    leftover = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", f"processes left in the service's session: {leftover}"
+    assert not os.path.exists(tmp_path / "run" / "service.pid")
