@@ -76,48 +76,48 @@ class RecommendResponse(BaseModel):
 class Batcher:
     """Collects the requests that arrive while a batch is being answered into the next batch.
 
-    Lives on the event loop (no locks): `submit` queues a request and, if no batch is running,
-    starts the drain task; the drain hands each batch to `answer_many` on one worker thread.
+    Lives on the event loop (no locks): `submit` queues a request and starts a drain task when
+    fewer than `workers` are running; each drain hands batches to `answer_many` on its own worker
+    thread. Two workers let one batch look up features and search while the other waits on
+    Triton (those calls release the GIL).
     """
 
-    def __init__(self, answer_many, max_batch: int = 64):
+    def __init__(self, answer_many, max_batch: int = 64, workers: int = 2):
         self.answer_many = answer_many
         self.max_batch = max_batch
+        self.workers = workers
         self.pending: list[tuple[tuple, asyncio.Future]] = []
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="recommend")
-        self.draining = False
-        self.task: asyncio.Task | None = None
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="recommend")
+        self.tasks: set[asyncio.Task] = set()  # referenced: not garbage-collected mid-drain
 
     async def submit(self, request: tuple):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((request, future))
-        if not self.draining:
-            self.draining = True
-            self.task = loop.create_task(self._drain())  # referenced: not garbage-collected
+        if len(self.tasks) < self.workers:
+            task = loop.create_task(self._drain())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while self.pending:
-                batch = self.pending[: self.max_batch]
-                del self.pending[: self.max_batch]
-                try:
-                    results = await loop.run_in_executor(
-                        self.executor, self.answer_many, [r for r, _ in batch]
-                    )
-                except Exception as e:
-                    log.exception("a batch of %d requests failed", len(batch))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(e)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():  # the client may have gone away
-                        future.set_result(result)
-        finally:
-            self.draining = False
+        while self.pending:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self.answer_many, [r for r, _ in batch]
+                )
+            except Exception as e:
+                log.exception("a batch of %d requests failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # the client may have gone away
+                    future.set_result(result)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -175,14 +175,18 @@ def _response(answer: Answer, bundle: Bundle, started: float, **who) -> Recommen
 
 
 def create_app(
-    recommender: Recommender, poll_seconds: float | None = 2.0, max_batch: int = 64
+    recommender: Recommender,
+    poll_seconds: float | None = 2.0,
+    max_batch: int = 64,
+    batch_workers: int = 2,
 ) -> FastAPI:
     """The service around a recommender. With `poll_seconds`, a background thread checks the
     index store's `current` pointer and swaps in newly published versions. `max_batch` caps how
-    many requests are answered together (1 = one at a time)."""
+    many requests are answered together (1 = one at a time), `batch_workers` how many batches
+    run at once."""
     metrics = Metrics()
     stop = threading.Event()
-    batcher = Batcher(recommender.recommend_many, max_batch)
+    batcher = Batcher(recommender.recommend_many, max_batch, batch_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -61,6 +61,9 @@ class ServingConfig:
     max_batch: int = 64
     """Requests answered together at most (those that arrive while a batch is answered form the
     next one); 1 = one request at a time."""
+    batch_workers: int = 2
+    """Batches answered at once: with 2, one batch looks up features and searches while the
+    other waits on Triton."""
     search_threads: int = 1
     """faiss OpenMP threads for the service's searches (batches are small: 1 avoids threads
     spinning against Triton and the HTTP loop on a small machine)."""
@@ -76,10 +79,9 @@ class ServingConfig:
             raise ConfigError(f"encoder={self.encoder!r}: use one of {ENCODERS}")
         if self.triton.protocol not in ("grpc", "http"):
             raise ConfigError(f"triton.protocol={self.triton.protocol!r}: use grpc or http")
-        if self.max_batch < 1 or self.search_threads < 1:
-            raise ConfigError(
-                f"max_batch={self.max_batch}, search_threads={self.search_threads}: both >= 1"
-            )
+        for name in ("max_batch", "batch_workers", "search_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port={self.port} is not a TCP port")
 

@@ -226,7 +226,10 @@ def up(cfg: ServingConfig) -> int:
             b.index_version, b.model_version[:12], b.encoder_name, cfg.host, cfg.port,
         )  # fmt: skip
         app = create_app(
-            recommender, poll_seconds=cfg.poll_seconds or None, max_batch=cfg.max_batch
+            recommender,
+            poll_seconds=cfg.poll_seconds or None,
+            max_batch=cfg.max_batch,
+            batch_workers=cfg.batch_workers,
         )
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     store.close()

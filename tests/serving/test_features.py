@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving import features as F
+from serving.redis_store import RedisStore
 from tests.serving import redis_server as rs
 
 BACKENDS = ["embedded", "redis_store"]
@@ -70,8 +71,8 @@ def redis():
 
 @pytest.fixture(scope="module")
 def redis_store(redis, store_dir):
-    F.RedisStore.load(store_dir, redis.url, namespace="main")
-    store = F.RedisStore(redis.url, namespace="main", timeout=1.0)
+    RedisStore.load(store_dir, redis.url, namespace="main")
+    store = RedisStore(redis.url, namespace="main", timeout=1.0)
     yield store
     store.close()
 
@@ -264,12 +265,12 @@ def test_version_switch_under_concurrent_lookups(redis, dataset, store_dir, user
     expected = {s.version: s for s in map(F.EmbeddedStore.open, folders)}
     assert len(expected) == 3
     ns, ids = "switch", list(users)
-    F.RedisStore.load(folders[0], redis.url, namespace=ns)
+    RedisStore.load(folders[0], redis.url, namespace=ns)
     stop, seen, errors = threading.Event(), Counter(), []
 
     def read(seed: int) -> None:
         # A long timeout: this test is about atomicity, and the machine is busy.
-        store = F.RedisStore(redis.url, namespace=ns, timeout=5.0)
+        store = RedisStore(redis.url, namespace=ns, timeout=5.0)
         rng = np.random.default_rng(seed)
         try:
             while not stop.is_set():
@@ -287,7 +288,7 @@ def test_version_switch_under_concurrent_lookups(redis, dataset, store_dir, user
     for t in readers:
         t.start()
     results = [
-        F.RedisStore.load(folder, redis.url, namespace=ns, batch=100)
+        RedisStore.load(folder, redis.url, namespace=ns, batch=100)
         for folder in [*folders[1:], *folders, folders[1]]  # b c a b c b
     ]
     time.sleep(0.05)
@@ -313,8 +314,8 @@ def test_a_dead_or_hung_redis_fails_fast(store_dir, users):
         pytest.skip(rs.MISSING_REASON)
     ids = list(users)[:8]
     with rs.redis_server() as server:
-        F.RedisStore.load(store_dir, server.url)
-        store = F.RedisStore(server.url, timeout=0.05)
+        RedisStore.load(store_dir, server.url)
+        store = RedisStore(server.url, timeout=0.05)
         assert store.lookup(ids).known.all() and store.ping()
         server.pause()  # accepts connections, answers nothing
         start = time.perf_counter()
@@ -329,7 +330,7 @@ def test_a_dead_or_hung_redis_fails_fast(store_dir, users):
         with pytest.raises(F.FeatureStoreUnavailable, match="Connection"):
             store.lookup(ids)
         with pytest.raises(F.FeatureStoreUnavailable, match=r"Redis at redis://127\.0\.0\.1"):
-            F.RedisStore(server.url)
+            RedisStore(server.url)
         assert time.perf_counter() - start < 0.5
         store.close()
     assert server.process.poll() is not None  # nothing left running
@@ -337,13 +338,13 @@ def test_a_dead_or_hung_redis_fails_fast(store_dir, users):
 
 def test_an_empty_redis_is_unavailable_with_what_to_do(redis):
     with pytest.raises(F.FeatureStoreUnavailable, match=r"nothing loaded.*serving materialise"):
-        F.RedisStore(redis.url, namespace="empty")
+        RedisStore(redis.url, namespace="empty")
 
 
 def test_open_store_picks_the_backend(store_dir, redis_store, redis):
     embedded = F.open_store(str(store_dir))
     remote = F.open_store(redis.url, namespace="main")
-    assert isinstance(embedded, F.EmbeddedStore) and isinstance(remote, F.RedisStore)
+    assert isinstance(embedded, F.EmbeddedStore) and isinstance(remote, RedisStore)
     assert isinstance(embedded, F.FeatureStore) and isinstance(remote, F.FeatureStore)
     assert embedded.version == remote.version
     embedded.close()

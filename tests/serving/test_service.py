@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 
 from index import store as index_store
 from serving.app import create_app
-from serving.features import EmbeddedStore, RedisStore, materialise
+from serving.features import EmbeddedStore, materialise
 from serving.recommender import Recommender
+from serving.redis_store import RedisStore
 from serving.server import InProcessTowers, TritonTowers
 from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
 
