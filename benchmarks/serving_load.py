@@ -1,0 +1,340 @@
+"""Load on the /recommend service over loopback, with a 1 M-creator index (issue 5).
+
+    python benchmarks/serving_load.py [--seconds 10] [--concurrency 1 2 4 8 16 32 64]
+
+Builds what is missing first (`configs/{data,train,index}/synthetic_1m_creators.yaml`: prepare
+1 M creators, train one epoch, build and publish the index — ~5 min on 2 cores), materialises the
+feature store, then for each way of running the user tower —
+
+    triton          the service → Triton (Python backend, dynamic batching on) over gRPC
+    triton-nobatch  the same with Triton's dynamic batching off
+    onnx            the service with onnxruntime in-process (no Triton)
+
+— starts `python -m serving up` and drives it with wrk (Debian's `wrk`, one thread, N
+connections = N requests in flight, random known fans, k=20) for `--seconds` per level.
+Separately it drives Triton alone with single-user requests at rising concurrency, dynamic
+batching on and off (a Python gRPC load generator: the service's own view of Triton).
+
+Writes artifacts/bench/serving/{results.json,latency.png} and prints a table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+NAME = "synthetic_1m_creators"
+PY = sys.executable
+
+# wrk's report, as one JSON line after RESULT (both scripts below end with it)
+DONE_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
+    '"max_us":%d,"socket_errors":%d,"non2xx":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+WRK_SCRIPT = (
+    r"""
+local users = {}
+for line in io.lines(os.getenv("TOWERLINE_USERS")) do users[#users + 1] = line end
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+local k = os.getenv("TOWERLINE_K") or "20"
+request = function()
+  local body = '{"user_id":"' .. users[math.random(#users)] .. '","k":' .. k .. '}'
+  return wrk.format("POST", "/recommend", {["Content-Type"] = "application/json"}, body)
+end
+"""
+    + DONE_LUA
+)
+
+
+def sh(*cmd: str) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def ensure_index() -> None:
+    """Prepare, train and index the 1 M-creator catalog unless already there."""
+    from index import store
+
+    data = REPO / "artifacts" / "data" / NAME
+    if not (data / "manifest.json").exists():
+        sh(PY, "-m", "data", "prepare", "--config", f"configs/data/{NAME}.yaml")
+    if not list((REPO / "artifacts" / "runs" / NAME).rglob("last.ckpt")):
+        sh(PY, "-m", "training", "fit", "--config", f"configs/train/{NAME}.yaml")
+    root = REPO / "artifacts" / "index" / NAME
+    current = store.current_version(root) if root.exists() else None
+    if current is None or "user_tower" not in store.read_manifest(root):
+        sh(PY, "-m", "index", "rebuild", "--config", f"configs/index/{NAME}.yaml")
+
+
+def known_users(n: int = 20000) -> Path:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(
+        REPO / "artifacts" / "data" / NAME / "tables" / "users.parquet",
+        columns=["user_id", "train_count"],
+    )
+    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
+    ids = np.random.default_rng(0).choice(ids, min(n, len(ids)), replace=False)
+    path = REPO / "artifacts" / "bench" / "serving" / "users.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+class Service:
+    """`python -m serving up` in a subprocess (with its own Triton when encoder=triton)."""
+
+    def __init__(self, port: int, sets: list[str]):
+        self.port, self.sets = port, sets
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = REPO / "artifacts" / "bench" / "serving" / f"service-{port}.log"
+
+    def __enter__(self):
+        cmd = [PY, "-m", "serving", "--quiet", "up", "--config", f"configs/serving/{NAME}.yaml",
+               "--set", f"port={self.port}", "--set", "poll_seconds=0"]  # fmt: skip
+        for s in self.sets:
+            cmd += ["--set", s]
+        self.out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
+                    self.info = json.loads(r.read())
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"service not ready; see {self.log}")
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, 15)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+        self.out.close()
+
+
+def wrk(url: str, users: Path, connections: int, seconds: float) -> dict:
+    return wrk_raw(url, WRK_SCRIPT, {"TOWERLINE_USERS": str(users)}, connections, seconds)
+
+
+def wrk_raw(url: str, script: str, env: dict, connections: int, seconds: float) -> dict:
+    """wrk, one thread, `connections` requests in flight; the script's done() prints RESULT."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    env = {**os.environ, **env}
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+         "--timeout", "5s", "-s", f.name, url],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout  # fmt: skip
+    os.unlink(f.name)
+    m = re.search(r"RESULT (\{.*\})", out)
+    if not m:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    r = json.loads(m.group(1))
+    return {
+        "in_flight": connections,
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1e3,
+        "p90_ms": r["p90_us"] / 1e3,
+        "p99_ms": r["p99_us"] / 1e3,
+        "max_ms": r["max_us"] / 1e3,
+        "requests": r["requests"],
+        "errors": r["socket_errors"] + r["non2xx"],
+    }
+
+
+def warm(url: str, users: Path) -> None:
+    wrk(url, users, 4, 3)
+
+
+def service_run(mode: str, sets: list[str], users, levels, seconds, port) -> dict:
+    with Service(port, sets) as svc:
+        warm(svc.url, users)
+        rows = []
+        for c in levels:
+            row = wrk(svc.url, users, c, seconds)
+            rows.append(row)
+            print(
+                f"  {mode:<15} in flight {c:>3}: {row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f}"
+                f" ms  p99 {row['p99_ms']:6.2f} ms  errors {row['errors']}",
+                flush=True,
+            )
+        return {"mode": mode, "encoder": svc.info.get("encoder"), "levels": rows,
+                "index_version": svc.info.get("index_version")}  # fmt: skip
+
+
+TRITON_SCRIPT = (
+    r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("TOWERLINE_BODY")
+"""
+    + DONE_LUA
+)
+
+
+def triton_direct(levels, seconds: int) -> dict:
+    """Single-user inference requests straight to Triton's HTTP endpoint (KServe v2 JSON) from
+    wrk, dynamic batching on vs off, same export: what Triton's batching itself buys."""
+    from index import store
+    from serving import triton
+    from serving.export import signature
+
+    root = REPO / "artifacts" / "index" / NAME
+    folder = store.versions_dir(root) / store.current_version(root)
+    names = list(signature(folder / "user_tower.onnx")["inputs"])
+    with np.load(folder / "probes.npz", allow_pickle=False) as p:
+        one = {k: p[k][:1] for k in names}
+    body = {
+        "inputs": [
+            {
+                "name": k,
+                "shape": [1, 1] if k == "user" else list(v.shape),
+                "datatype": "INT64",
+                "data": v.ravel().tolist(),
+            }
+            for k, v in one.items()
+        ],
+        "outputs": [{"name": "embedding"}],
+    }
+    out = {}
+    for batching in (True, False):
+        repo = Path(tempfile.mkdtemp(prefix="triton-bench-"))
+        triton.write_repositories(folder / "user_tower.onnx", repo, dynamic_batching=batching)
+        with triton.TritonServer(repo / "local", models=["user_tower"]) as server:
+            url = f"http://{server.http_url}/v2/models/user_tower/infer"
+            rows = []
+            wrk_raw(url, TRITON_SCRIPT, {"TOWERLINE_BODY": json.dumps(body)}, 4, 2)  # warm
+            for c in levels:
+                rows.append(wrk_raw(url, TRITON_SCRIPT, {"TOWERLINE_BODY": json.dumps(body)}, c,
+                                    seconds))  # fmt: skip
+                r = rows[-1]
+                print(
+                    f"  triton alone, batching {'on' if batching else 'off':<3} in flight "
+                    f"{c:>3}: {r['rps']:8.0f} inf/s  p50 {r['p50_ms']:6.2f} ms  p99 "
+                    f"{r['p99_ms']:6.2f} ms  errors {r['errors']}",
+                    flush=True,
+                )
+        out["dynamic_batching" if batching else "no_batching"] = rows
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, color in zip(results["service"], ("C0", "C1", "C2"), strict=False):
+        x = [r["in_flight"] for r in run["levels"]]
+        a.plot(x, [r["p99_ms"] for r in run["levels"]], marker="o", color=color,
+               label=f"{run['mode']} p99")  # fmt: skip
+        a.plot(x, [r["p50_ms"] for r in run["levels"]], ls="--", alpha=0.6, color=color,
+               label=f"{run['mode']} p50")  # fmt: skip
+        b.plot(x, [r["rps"] for r in run["levels"]], marker="o", color=color, label=run["mode"])
+    for name, rows in (results.get("triton_direct") or {}).items():
+        b.plot([r["in_flight"] for r in rows], [r["rps"] for r in rows], ls=":", marker=".",
+               color="grey" if name == "no_batching" else "black",
+               label=f"Triton alone, {name.replace('_', ' ')} (inf/s)")  # fmt: skip
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("requests in flight")
+        ax.grid(alpha=0.3)
+    a.set_ylabel("latency (ms)")
+    a.axhline(10, color="grey", lw=0.8)
+    a.axhline(25, color="grey", lw=0.8)
+    b.set_ylabel("requests/s (inferences/s for Triton alone)")
+    b.set_yscale("log")
+    b.axhline(1000, color="grey", lw=0.8)
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.suptitle(f"/recommend on loopback, {results['creators']:,} creators ({results['machine']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--modes", nargs="+", default=["triton", "triton-nobatch", "onnx"])
+    ap.add_argument("--no-direct", action="store_true", help="skip Triton-only load")
+    ap.add_argument("--port", type=int, default=18080)
+    ap.add_argument("--out", default="artifacts/bench/serving")
+    ap.add_argument("--replot", action="store_true", help="redraw the plot of the last run")
+    args = ap.parse_args()
+    if args.replot:
+        out = REPO / args.out
+        plot(json.loads((out / "results.json").read_text()), out / "latency.png")
+        return
+    from index import store
+
+    ensure_index()
+    users = known_users()
+    manifest = store.read_manifest(REPO / "artifacts" / "index" / NAME)
+    sets = {
+        "triton": ["encoder=triton", "triton.dynamic_batching=true"],
+        "triton-nobatch": ["encoder=triton", "triton.dynamic_batching=false"],
+        "onnx": ["encoder=onnx"],
+    }
+    results = {
+        "creators": manifest["count"],
+        "index_version": manifest["version"],
+        "factory": manifest["index"]["factory"],
+        "machine": f"{os.cpu_count()} cores, no GPU" if not _gpu() else "GPU",
+        "seconds_per_level": args.seconds,
+        "service": [],
+    }
+    for i, mode in enumerate(args.modes):
+        print(f"{mode}:", flush=True)
+        results["service"].append(
+            service_run(mode, sets[mode], users, args.concurrency, args.seconds, args.port + i)
+        )
+    if not args.no_direct:
+        print("Triton alone:", flush=True)
+        results["triton_direct"] = triton_direct(args.concurrency, args.seconds)
+    out = REPO / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "latency.png")
+    print(f"wrote {out / 'results.json'} and {out / 'latency.png'}")
+
+
+def _gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
