@@ -62,6 +62,7 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
         return 1
     print(
         f"\nThe service is running. Point a browser at {url}/docs (OpenAPI: {url}/openapi.json, "
-        f"metrics: {url}/metrics).\nStop it with `python -m serving down --config <config>`."
+        f"metrics: {url}/metrics).\nStop it with `make stop` (or `python -m serving down --config "
+        f"<config>`)."
     )
     return 0
