@@ -140,11 +140,22 @@ def encode_creators(
     return torch.cat(out).numpy() if out else np.zeros((0, dim), dtype=np.float32)
 
 
+def user_hashing(data_hparams: dict, cfg: TowerConfig) -> tuple[int, int]:
+    """(attribute buckets, attributes per user): how the training data module hashed user
+    attributes, which serving must repeat (the ONNX export, the feature store)."""
+    buckets = int(data_hparams.get("user_attribute_buckets", cfg.attribute_buckets or 4096))
+    return max(buckets, 3), int(data_hparams.get("max_user_attributes", 8))
+
+
+def history_length(data_dir: str | Path) -> int:
+    """The users table's history list size: the N every request's history is padded to."""
+    return int(pq.read_schema(require_dataset(data_dir) / USERS).field("history").type.list_size)
+
+
 def load_users(data_dir: Path, data_hparams: dict, cfg: TowerConfig) -> UserFeatures:
     """The users table as the training data module read it (same attribute hashing)."""
-    buckets = int(data_hparams.get("user_attribute_buckets", cfg.attribute_buckets or 4096))
-    width = int(data_hparams.get("max_user_attributes", 8))
-    return UserFeatures.from_table(require_dataset(data_dir) / USERS, max(buckets, 3), width)
+    buckets, width = user_hashing(data_hparams, cfg)
+    return UserFeatures.from_table(require_dataset(data_dir) / USERS, buckets, width)
 
 
 def sample_users(users: UserFeatures, n: int, seed: int) -> np.ndarray:

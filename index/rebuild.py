@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from data.io import write_bytes
 from index import build, catalog, checkpoint, export, store, tune
@@ -253,18 +252,15 @@ def export_user_tower(inputs: Inputs, path: Path) -> dict:
     the request inputs it expects: history length and attribute hashing as training used."""
     from serving.export import export_user_tower as to_onnx  # onnx loads only for a build
 
-    users = pq.read_schema(inputs.catalog.data_dir / catalog.USERS)
-    hp, cfg = inputs.trained.data_hparams, inputs.trained.config
-    history_len = users.field("history").type.list_size
-    width = int(hp.get("max_user_attributes", 8))
+    history_len = catalog.history_length(inputs.catalog.data_dir)
+    buckets, width = catalog.user_hashing(inputs.trained.data_hparams, inputs.trained.config)
     described = to_onnx(inputs.trained, path, history_len=history_len, attribute_width=width)
-    buckets = int(hp.get("user_attribute_buckets", cfg.attribute_buckets or 4096))
     return {
         **described,
         "file": USER_TOWER,
         "history_len": history_len,
         "attribute_width": width,
-        "attribute_buckets": max(buckets, 3),
+        "attribute_buckets": buckets,
     }
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from data.io import atomic_path, sha256_file, write_json
+from index.catalog import history_length, user_hashing
 from index.checkpoint import TrainedModel
 from towers.model import PAD, UNK
 
@@ -293,16 +294,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def history_length(data_dir: str | Path) -> int:
-    """The users table's history list size: the N every request's history is padded to."""
-    import pyarrow.parquet as pq
-
-    from index.catalog import USERS, require_dataset
-
-    field = pq.read_schema(require_dataset(data_dir) / USERS).field("history")
-    return int(field.type.list_size)
-
-
 def export_from_checkpoint(
     checkpoint: str | Path, output_dir: str | Path, data: str | Path | None = None, opset: int = 17
 ) -> dict:
@@ -316,7 +307,7 @@ def export_from_checkpoint(
         raise MissingInputError(
             f"checkpoint {trained.path} records no data_dir; name the dataset with --data DIR"
         )
-    width = int(trained.data_hparams.get("max_user_attributes", DEFAULT_ATTRIBUTE_WIDTH))
+    _, width = user_hashing(trained.data_hparams, trained.config)
     output_dir = Path(output_dir)
     m = export_user_tower(trained, output_dir / ONNX_FILE, history_length(data), width, opset)
     m["data_dir"] = str(data)

@@ -99,9 +99,11 @@ class FeatureStore(Protocol):
     def close(self) -> None: ...
 
 
-def check_hashing(manifest: dict, attribute_buckets: int, attribute_width: int) -> None:
-    """Refuse a store whose attributes were hashed for another model (see
-    index.catalog.load_users for the model's values)."""
+def check_hashing(
+    manifest: dict, attribute_buckets: int, attribute_width: int, history_len: int | None = None
+) -> None:
+    """Refuse a store whose attributes were hashed, or histories cut, for another model (see
+    index.catalog.user_hashing and history_length for the model's values)."""
     have = (manifest["attribute_buckets"], manifest["attribute_width"])
     if have != (attribute_buckets, attribute_width):
         raise FeatureStoreError(
@@ -109,6 +111,12 @@ def check_hashing(manifest: dict, attribute_buckets: int, attribute_width: int) 
             f"× {have[1]}, the model into {attribute_buckets} × {attribute_width}; re-run "
             f"`python -m serving materialise --attribute-buckets {attribute_buckets} "
             f"--attribute-width {attribute_width}`"
+        )
+    if history_len is not None and manifest["history_len"] != history_len:
+        raise FeatureStoreError(
+            f"feature store {manifest['version']} keeps histories of {manifest['history_len']} "
+            f"creators, the model takes {history_len}; re-run `python -m serving materialise` "
+            f"from the dataset the model was trained on"
         )
 
 

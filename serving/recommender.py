@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from index import store as index_store
 from index.errors import IntegrityError, MissingInputError
 from index.export import check_probes
+from serving.features import check_hashing
 from towers.model import PAD, UNK
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,6 @@ class Bundle:
     def versions(self) -> dict:
         return {"model_version": self.model_version, "index_version": self.index_version}
 
-    def attribute_spec(self) -> dict:
-        return self.index.manifest.get("user_tower", {})
-
 
 def version_number(version: str) -> int:
     """`v00012-…` → 12: the Triton model version that serves an index version's tower."""
@@ -103,20 +101,33 @@ def popularity(manifest: dict, creator_idx: np.ndarray) -> tuple[np.ndarray, np.
     counts = np.zeros(len(creator_idx), dtype=np.int64)
     if path.exists():
         t = pq.read_table(path, columns=["creator_idx", "train_count"])
-        by_idx = dict(zip(t["creator_idx"].to_numpy(), t["train_count"].to_numpy(), strict=True))
-        counts = np.array([by_idx.get(int(i), 0) for i in creator_idx], dtype=np.int64)
+        idx = t["creator_idx"].to_numpy().astype(np.int64)
+        by_idx = np.zeros(max(int(idx.max(initial=0)), int(creator_idx.max(initial=0))) + 1)
+        by_idx[idx] = t["train_count"].to_numpy()
+        counts = by_idx[creator_idx].astype(np.int64)
     else:
         log.warning("no %s: cold-start answers fall back to index order", path)
     return np.lexsort((np.arange(len(counts)), -counts)).astype(np.int64), counts
 
 
 def load_bundle(
-    root: Path, version: str | None, prepare_encoder: Callable[[Path, str], tuple], verify=True
+    root: Path,
+    version: str | None,
+    prepare_encoder: Callable[[Path, str], tuple],
+    verify=True,
+    features=None,
 ) -> Bundle:
-    """Load an index version and its user tower; refuse unless the tower reproduces the index's
-    probe vectors (same embedding space). `prepare_encoder(folder, version)` → (encode, inputs,
-    name, release)."""
+    """Load an index version and its user tower; refuse unless `features` (a feature store)
+    hashes users as the version's tower expects and the tower reproduces the index's probe
+    vectors (same embedding space). `prepare_encoder(folder, version)` → (encode, inputs, name,
+    release)."""
     index = index_store.load(root, version=version, verify=verify)
+    tower = index.manifest.get("user_tower")
+    if features is not None and tower:
+        check_hashing(
+            features.manifest, tower["attribute_buckets"], tower["attribute_width"],
+            tower["history_len"],
+        )  # fmt: skip
     folder = index.folder
     if not (folder / ONNX_FILE).exists():
         raise MissingInputError(
@@ -209,7 +220,9 @@ class Recommender:
             if old is not None and old.index_version == current:
                 return False
             try:
-                new = load_bundle(self.index_root, current, self.prepare_encoder, self.verify)
+                new = load_bundle(
+                    self.index_root, current, self.prepare_encoder, self.verify, self.features
+                )
             except Exception as e:
                 self.last_refresh_error = f"{current}: {type(e).__name__}: {e}"
                 if old is None:
@@ -325,54 +338,54 @@ class Recommender:
         return set(pos[hit].tolist())
 
     @classmethod
+    def search(
+        cls, b: Bundle, q: np.ndarray, k: int, banned: set[int]
+    ) -> tuple[list[str], list[float]]:
+        """Top k creators not in `banned` for one query vector (see search_many)."""
+        return cls.search_many(b, np.reshape(q, (1, -1)), [k], [banned])[0]
+
+    @classmethod
     def search_many(
         cls, b: Bundle, q: np.ndarray, ks: Sequence[int], banned: Sequence[set[int]]
     ) -> list[tuple[list[str], list[float]]]:
-        """`search` for a batch of queries: one ANN call over-fetching for the most demanding
-        request; a request still short afterwards is searched again on its own."""
+        """Top k creators not in `banned`, per query: one ANN call over-fetching for the most
+        demanding request; a request still short goes on alone, fetching twice as many each
+        time, and falls back to exact scores when the index cannot return enough (few cells
+        probed)."""
         n = len(b.index.creator_idx)
+        q = np.ascontiguousarray(q, dtype=np.float32)
         fetch = min(n, max(int(k * OVERFETCH) + len(x) for k, x in zip(ks, banned, strict=True)))
-        D, I = b.index.index.search(np.ascontiguousarray(q, dtype=np.float32), fetch)  # noqa: E741
+        D, I = b.index.index.search(q, fetch)  # noqa: E741  faiss rows
         out = []
         for row, (k, ban) in enumerate(zip(ks, banned, strict=True)):
-            want = min(k, n - len(ban))
-            keep = [
-                (int(i), float(d))
-                for i, d in zip(I[row], D[row], strict=True)
-                if i >= 0 and int(i) not in ban
-            ][: max(want, 0)]
-            if len(keep) < want:
-                out.append(cls.search(b, q[row], k, ban))
-            else:
-                out.append(([str(b.index.creator_id[i]) for i, _ in keep], [d for _, d in keep]))
+            want = max(min(k, n - len(ban)), 0)
+            keep = cls._unbanned(I[row], D[row], ban, want)
+            grown, ids = fetch, I[row]
+            while len(keep) < want:
+                if grown >= n or (ids < 0).any():  # the probed cells are exhausted
+                    keep = cls._exact(b, q[row], want, ban)
+                    break
+                grown = min(n, grown * 2)
+                D1, I1 = b.index.index.search(q[row : row + 1], grown)
+                ids = I1[0]
+                keep = cls._unbanned(ids, D1[0], ban, want)
+            out.append(([str(b.index.creator_id[i]) for i, _ in keep], [d for _, d in keep]))
         return out
 
     @staticmethod
-    def search(b: Bundle, q: np.ndarray, k: int, banned: set[int]) -> tuple[list[str], list[float]]:
-        """Top k creators not in `banned`: over-fetch from the ANN index, grow while short, and
-        fall back to exact scores when the index cannot return enough (few cells probed)."""
-        n = len(b.index.creator_idx)
-        want = min(k, n - len(banned))
-        if want <= 0:
-            return [], []
-        fetch = min(n, int(k * OVERFETCH) + len(banned))
-        q = np.ascontiguousarray(q, dtype=np.float32).reshape(1, -1)
-        while True:
-            D, I = b.index.index.search(q, fetch)  # noqa: E741  faiss rows
-            keep = [(int(i), float(d)) for i, d in zip(I[0], D[0], strict=True) if i >= 0]
-            keep = [(i, d) for i, d in keep if i not in banned][:want]
-            if len(keep) == want:
-                break
-            if fetch >= n or (I[0] < 0).any():  # the probed cells are exhausted: exact backstop
-                scores = np.asarray(b.embeddings @ q[0], dtype=np.float32)
-                if banned:
-                    scores[list(banned)] = -np.inf
-                top = np.argpartition(-scores, want - 1)[:want]
-                top = top[np.argsort(-scores[top], kind="stable")]
-                keep = [(int(i), float(scores[i])) for i in top]
-                break
-            fetch = min(n, fetch * 2)
-        return [str(b.index.creator_id[i]) for i, _ in keep], [d for _, d in keep]
+    def _unbanned(ids: np.ndarray, scores: np.ndarray, banned: set[int], want: int) -> list:
+        """The first `want` (row, score) pairs of one ANN answer that are real and allowed."""
+        rows = ((int(i), float(d)) for i, d in zip(ids, scores, strict=True) if i >= 0)
+        return [(i, d) for i, d in rows if i not in banned][:want]
+
+    @staticmethod
+    def _exact(b: Bundle, q: np.ndarray, want: int, banned: set[int]) -> list:
+        scores = np.asarray(b.embeddings @ q, dtype=np.float32)
+        if banned:
+            scores[list(banned)] = -np.inf
+        top = np.argpartition(-scores, want - 1)[:want]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(i), float(scores[i])) for i in top]
 
     @staticmethod
     def _popular(b: Bundle, k: int, banned: set[int], cold_start=False, degraded=None) -> Answer:

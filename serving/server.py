@@ -123,34 +123,23 @@ class TritonTowers:
 
 
 def features_store(cfg: ServingConfig):
-    """Open the configured feature store, materialising a missing folder from the dataset."""
+    """Open the configured feature store, materialising a missing folder from the dataset the
+    current index was built from, hashed as its user tower expects."""
+    from index import store
     from serving import features
 
     spec = cfg.features
     if "://" not in spec and not Path(spec).exists():
-        data = cfg.data or _index_data_dir(cfg)
-        spec_buckets = _attribute_spec(cfg)
+        manifest = store.read_manifest(Path(cfg.index))
+        tower = manifest.get("user_tower", {})
+        data = cfg.data or manifest["catalog"]["data_dir"]
         log.info("materialising features from %s into %s", data, spec)
-        features.materialise(data, spec, **spec_buckets)
+        features.materialise(
+            data, spec,
+            attribute_buckets=int(tower.get("attribute_buckets", 4096)),
+            attribute_width=int(tower.get("attribute_width", 8)),
+        )  # fmt: skip
     return features.open_store(spec)
-
-
-def _current_manifest(cfg: ServingConfig) -> dict:
-    from index import store
-
-    return store.read_manifest(Path(cfg.index))
-
-
-def _index_data_dir(cfg: ServingConfig) -> str:
-    return _current_manifest(cfg)["catalog"]["data_dir"]
-
-
-def _attribute_spec(cfg: ServingConfig) -> dict:
-    tower = _current_manifest(cfg).get("user_tower", {})
-    return {
-        "attribute_buckets": int(tower.get("attribute_buckets", 4096)),
-        "attribute_width": int(tower.get("attribute_width", 8)),
-    }
 
 
 @contextlib.contextmanager
@@ -182,20 +171,6 @@ def towers(cfg: ServingConfig):
         yield TritonTowers(repository, url, s, server)
 
 
-def check_features(recommender: Recommender) -> None:
-    """The feature store must hash attributes and cut histories as the model's training did."""
-    bundle, store = recommender.bundle, recommender.features
-    want = bundle.attribute_spec()
-    have = store.manifest
-    for key in ("attribute_buckets", "attribute_width", "history_len"):
-        if key in want and key in have and int(want[key]) != int(have[key]):
-            raise ValueError(
-                f"feature store {store.version}: {key}={have[key]} but the model of "
-                f"{bundle.index_version} was trained with {want[key]}; re-run "
-                f"`python -m serving materialise` with the model's settings"
-            )
-
-
 def freeze_heap() -> None:
     """Move everything loaded so far (the bundle: a million-entry id map, the index) out of the
     garbage collector's sight: a full collection otherwise walks it all, a pause of hundreds of
@@ -217,7 +192,6 @@ def up(cfg: ServingConfig) -> int:
     with towers(cfg) as provider:
         recommender = Recommender(cfg.index, store, provider, verify=cfg.verify)
         recommender.refresh()
-        check_features(recommender)
         freeze_heap()
         recommender.on_swap.append(lambda _bundle: freeze_heap())
         b = recommender.bundle
