@@ -86,14 +86,10 @@ def ensure_index() -> None:
 
 
 def known_users(n: int = 20000) -> Path:
-    import pyarrow.parquet as pq
+    """A file of n random fans with history (a seeded sample), one id per line, for wrk."""
+    from serving.demo import sample_fans
 
-    t = pq.read_table(
-        REPO / "artifacts" / "data" / NAME / "tables" / "users.parquet",
-        columns=["user_id", "train_count"],
-    )
-    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
-    ids = np.random.default_rng(0).choice(ids, min(n, len(ids)), replace=False)
+    ids = sample_fans(REPO / "artifacts" / "data" / NAME, n)
     path = REPO / "artifacts" / "bench" / "serving" / "users.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(ids) + "\n")

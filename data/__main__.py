@@ -16,13 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="raw source → validated shards, tables and manifest")
     p.add_argument("--config", required=True, help="a YAML file in configs/data/")
     p.add_argument("--output", help="output folder (default: the config's `output`)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set shards.record_size=512",
-    )
+    config.add_override_argument(p, "shards.record_size=512")
     p.add_argument("--no-progress", action="store_true")
 
     m = sub.add_parser("manifest", help="print a prepared dataset's manifest summary")

@@ -175,6 +175,17 @@ def from_dict(raw: dict[str, Any]) -> PrepareConfig:
     return PrepareConfig(**raw)
 
 
+def add_override_argument(parser, example: str) -> None:
+    """The `--set KEY=VALUE` option every stage's command line takes (see apply_overrides)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. --set {example}",
+    )
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict."""
     for item in overrides:

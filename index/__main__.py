@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from data.config import add_override_argument
 from index import errors
 
 
@@ -25,13 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="export, build, tune, validate and publish if inputs changed"
     )
     r.add_argument("--config", required=True, help="a YAML file in configs/index/")
-    r.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set recall_target=0.98",
-    )
+    add_override_argument(r, "recall_target=0.98")
     r.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
 
     e = sub.add_parser("export", help="every creator's embedding and id, with a manifest")

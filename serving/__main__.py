@@ -14,16 +14,12 @@ import argparse
 import logging
 import sys
 
+from data.config import add_override_argument
+
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a YAML file in configs/serving/")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set port=9000 --set encoder=onnx",
-    )
+    add_override_argument(p, "port=9000 --set encoder=onnx")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,6 +14,7 @@ import pytest
 
 from data.config import ConfigError
 from serving import config
+from serving.triton import free_ports
 from tests.conftest import REPO
 
 
@@ -35,18 +35,12 @@ def test_a_bad_serving_config_names_the_field():
         config.load(path, ["triton.grpc_prot=1"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
     """The demo's path: materialise on first start, Triton + service in the background, real
     answers through `try`, and `down` leaves no process behind."""
     store = tmp_path / "store"
     shutil.copytree(published.store, store)
-    port = _free_port()
+    port = free_ports(1)[0]
     sets = [
         f"index={store}", f"features={tmp_path / 'features'}", f"port={port}",
         f"run_dir={tmp_path / 'run'}", f"triton.repository={tmp_path / 'triton'}",

@@ -4,7 +4,6 @@ feature store (embedded and Redis), the user tower in-process and on a real Trit
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from serving.features import EmbeddedStore, materialise
 from serving.recommender import Recommender
 from serving.redis_store import RedisStore
 from serving.server import InProcessTowers, TritonTowers
+from serving.triton import free_ports
 from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
 
 
@@ -251,12 +251,6 @@ def test_redis_feature_store_and_its_outage(store_root, features_dir, fans):
             assert ready.status_code == 503 and ready.json()["checks"]["feature_store"] is False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_hot_swap_under_concurrent_load_drops_nothing(
     published, triton_towers, features_dir, tiny_data, fans, tmp_path
 ):
@@ -274,7 +268,7 @@ def test_hot_swap_under_concurrent_load_drops_nothing(
     rec = Recommender(root, EmbeddedStore.open(features_dir), towers)
     rec.refresh()
     old = (rec.bundle.model_version, rec.bundle.index_version)
-    port = _free_port()
+    port = free_ports(1)[0]
     server = uvicorn.Server(
         uvicorn.Config(create_app(rec, poll_seconds=0.2), port=port, log_level="warning")
     )
