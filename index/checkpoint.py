@@ -29,7 +29,7 @@ _RENAMED = {"user_attribute_buckets": "attribute_buckets", "temperature": "init_
 _TOWER_FIELDS = (
     "num_users", "num_creators", "num_categories", "num_tags", "dim", "hidden",
     "unknown_user_buckets", "pooling", "combiner", "text_dim", "attribute_buckets",
-    "init_temperature", "learn_temperature",
+    "init_temperature", "learn_temperature", "history_weights", "content_hidden",
 )  # fmt: skip
 
 

@@ -34,6 +34,15 @@ class TowerConfig:
     """Users beyond the trained vocabulary hash into this many shared rows, never a crash."""
     pooling: str = "mean"
     """History pooling: mean | attention."""
+    history_weights: bool = False
+    """Mean pooling weighs each history creator by a learned positive weight (one per creator,
+    log-parametrised, starting at 1 = the plain mean): a creator everyone follows can say less
+    about a fan than a niche one (the degree normalisation of graph models, learned). The
+    spectral initialisation (training/spectral.py) starts it at popularity^-(1/2 + exponent)."""
+    content_hidden: int | None = None
+    """Width of the creator content branch (category, tag and text vectors, and its MLP) before
+    it maps to hidden; None = hidden. A narrow one keeps wide towers (hidden ~1 K) from
+    spending most of each step on content features."""
     combiner: str = "mlp"
     """How the user tower joins id, history and attributes: mlp (concatenate → 2-layer MLP) or
     linear (a weighted sum of linear maps, SimpleX-style; starts as ½·id + ½·history)."""
@@ -50,6 +59,8 @@ class TowerConfig:
             raise ValueError(f"pooling={self.pooling!r}: use mean or attention")
         if self.combiner not in ("mlp", "linear"):
             raise ValueError(f"combiner={self.combiner!r}: use mlp or linear")
+        if self.history_weights and self.pooling != "mean":
+            raise ValueError("history_weights=True weighs mean pooling: set pooling=mean")
         if self.num_users < 2 or self.num_creators < 2:
             raise ValueError("num_users and num_creators include the 2 reserved slots (>= 2)")
 
@@ -69,13 +80,13 @@ class CreatorTower(nn.Module):
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()
+        width = cfg.content_hidden or cfg.hidden  # the content branch's own width
         self.id_embedding = nn.Embedding(cfg.num_creators, cfg.hidden, padding_idx=PAD)
-        self.category = nn.Embedding(cfg.num_categories, cfg.hidden, padding_idx=PAD)
-        self.tags = nn.Embedding(cfg.num_tags, cfg.hidden, padding_idx=PAD)
-        self.text = nn.Linear(cfg.text_dim, cfg.hidden) if cfg.text_dim else None
-        content_in = 3 * cfg.hidden + 1
+        self.category = nn.Embedding(cfg.num_categories, width, padding_idx=PAD)
+        self.tags = nn.Embedding(cfg.num_tags, width, padding_idx=PAD)
+        self.text = nn.Linear(cfg.text_dim, width) if cfg.text_dim else None
         self.content = nn.Sequential(
-            nn.Linear(content_in, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden)
+            nn.Linear(3 * width + 1, width), nn.GELU(), nn.Linear(width, cfg.hidden)
         )
         self.out = nn.Linear(cfg.hidden, cfg.dim)
         nn.init.normal_(self.id_embedding.weight, std=cfg.hidden**-0.5)  # rows near unit norm
@@ -96,7 +107,7 @@ class CreatorTower(nn.Module):
         popularity: torch.Tensor,  # [C] float, log1p(train count)
         text: torch.Tensor | None = None,  # [C, text_dim] precomputed
     ) -> torch.Tensor:
-        tag_vec = masked_mean(self.tags(tags), tags != PAD)  # [C, H]
+        tag_vec = masked_mean(self.tags(tags), tags != PAD)  # [C, W] (W = content width)
         if self.text is not None and text is None:
             raise ValueError(
                 f"this creator tower was trained with text vectors (text_dim="
@@ -106,7 +117,7 @@ class CreatorTower(nn.Module):
         text_vec = self.text(text) if self.text is not None else torch.zeros_like(tag_vec)
         content = torch.cat(
             [self.category(category), tag_vec, text_vec, popularity.unsqueeze(-1)], dim=-1
-        )  # [C, 3H + 1]
+        )  # [C, 3W + 1]
         h = self.content(content) + self.id_embedding(creator)  # [C, H]
         return F.normalize(self.out(h), dim=-1)  # [C, D]
 
@@ -122,6 +133,11 @@ class UserTower(nn.Module):
             cfg.num_users + cfg.unknown_user_buckets, cfg.hidden, padding_idx=PAD
         )
         self.creator_ids = creator_ids  # shared with the creator tower
+        self.history_log_weight = (
+            nn.Embedding(cfg.num_creators, 1, padding_idx=PAD) if cfg.history_weights else None
+        )
+        if self.history_log_weight is not None:
+            nn.init.zeros_(self.history_log_weight.weight)  # weight 1 each: the plain mean
         if cfg.pooling == "attention":
             self.query = nn.Linear(cfg.hidden, cfg.hidden)
         self.attributes = (
@@ -155,10 +171,26 @@ class UserTower(nn.Module):
         unknown = (user >= n) | (user == UNK)
         return torch.where(unknown, n + torch.remainder(user * 2654435761, buckets), user)
 
-    def pool(self, hist: torch.Tensor, mask: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-        """Pool history embeddings hist [B, N, H] (mask [B, N]) into [B, H]."""
+    def pool(self, history: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Pool the creators of history [B, N] (0 = padding) into [B, H]."""
+        mask = history != PAD
+        if self.cfg.pooling == "mean" and not torch.onnx.is_in_onnx_export():
+            # fused gather-and-reduce, ~10x cheaper than gathering; ONNX has no embedding_bag
+            # with padding, so an export takes the equivalent gather + masked mean below
+            table = self.creator_ids.weight
+            if self.history_log_weight is None:
+                return F.embedding_bag(history, table, mode="mean", padding_idx=PAD)  # [B, H]
+            weights = self.history_log_weight(history).squeeze(-1).exp() * mask  # [B, N]
+            total = F.embedding_bag(
+                history, table, mode="sum", per_sample_weights=weights, padding_idx=PAD
+            )
+            return total / weights.sum(1, keepdim=True).clamp(min=1e-12)
+        hist = self.creator_ids(history)  # [B, N, H]
         if self.cfg.pooling == "mean":
-            return masked_mean(hist, mask)
+            if self.history_log_weight is None:
+                return masked_mean(hist, mask)
+            weights = self.history_log_weight(history).exp() * mask.unsqueeze(-1)  # [B, N, 1]
+            return (hist * weights).sum(1) / weights.sum(1).clamp(min=1e-12)
         scores = (hist @ self.query(own).unsqueeze(-1)).squeeze(-1) / math.sqrt(hist.shape[-1])
         scores = scores.masked_fill(~mask, float("-inf"))  # [B, N]
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # empty history → zeros
@@ -171,15 +203,7 @@ class UserTower(nn.Module):
         attributes: torch.Tensor | None = None,  # [B, A] int64 hashed buckets, 0 = none
     ) -> torch.Tensor:
         own = self.id_embedding(self.user_rows(user))  # [B, H]
-        if self.cfg.pooling == "mean" and not torch.onnx.is_in_onnx_export():
-            # one fused gather-and-mean, ~10x cheaper than gathering; ONNX has no
-            # embedding_bag with padding, so an export takes the equivalent gather + masked mean
-            pooled = F.embedding_bag(
-                history, self.creator_ids.weight, mode="mean", padding_idx=PAD
-            )  # [B, H]
-        else:
-            pooled = self.pool(self.creator_ids(history), history != PAD, own)  # [B, H]
-        parts = [own, pooled]
+        parts = [own, self.pool(history, own)]  # [B, H] each
         if self.attributes is not None:
             if attributes is None:
                 attributes = torch.zeros_like(history[:, :1])

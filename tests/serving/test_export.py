@@ -24,9 +24,13 @@ TOLERANCE = 1e-5
 
 def random_tower(pooling: str, attribute_buckets: int, seed: int = 0) -> TrainedModel:
     """Untrained towers: parity needs no training, and a fresh tower's weights are no
-    friendlier to the exporter than trained ones."""
+    friendlier to the exporter than trained ones. pooling "weighted" is mean pooling with
+    per-creator history weights, set at random (they start at 1)."""
     torch.manual_seed(seed)
+    weighted = pooling == "weighted"
+    pooling = "mean" if weighted else pooling
     cfg = TowerConfig(
+        history_weights=weighted,
         num_users=300,
         num_creators=120,
         dim=16,
@@ -35,11 +39,15 @@ def random_tower(pooling: str, attribute_buckets: int, seed: int = 0) -> Trained
         pooling=pooling,
         attribute_buckets=attribute_buckets,
     )
-    return TrainedModel(TwoTower(cfg).eval(), cfg, Path("random"), f"random-{seed}", {})
+    model = TwoTower(cfg).eval()
+    if weighted:
+        with torch.no_grad():
+            model.user_tower.history_log_weight.weight.normal_(std=2.0)
+    return TrainedModel(model, cfg, Path("random"), f"random-{seed}", {})
 
 
 @pytest.mark.parametrize("attribute_buckets", [0, 64], ids=["no-attributes", "attributes"])
-@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "attention", "weighted"])
 def test_parity_with_torch(tmp_path, pooling, attribute_buckets):
     trained = random_tower(pooling, attribute_buckets)
     m = export.export_user_tower(trained, tmp_path / ONNX_FILE, history_len=12, attribute_width=5)
