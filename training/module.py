@@ -29,6 +29,7 @@ from training.loss import (
     gather_plain,
     multi_positive_softmax,
 )
+from training.spectral import check_spectral_config, spectral_init
 
 EVAL_COLUMNS = ("recall", "ndcg", "mrr", "hit_rate", "coverage", "avg_popularity", "cold_recall")
 
@@ -73,8 +74,12 @@ class TwoTowerModule(pl.LightningModule):
     Args:
         num_users, num_creators, num_categories, num_tags, user_attribute_buckets: vocabulary
             sizes, linked from the data module by the CLI.
-        dim, hidden, pooling, combiner, unknown_user_buckets, text_dim: see
-            towers.model.TowerConfig.
+        dim, hidden, pooling, combiner, unknown_user_buckets, text_dim, history_weights,
+            content_hidden: see towers.model.TowerConfig.
+        init: random | spectral. spectral starts the towers at the low-pass graph filter of the
+            training pairs (training/spectral.py; needs combiner linear, history_weights and
+            hidden = dim), with spectral_exponent (history weights popularity^-(1/2 + it)) and
+            spectral_power (singular values to this power). A resumed fit skips it.
         temperature: initial softmax temperature; learn_temperature makes it a parameter.
         logq_correction: subtract log q of each in-batch candidate (streaming frequency).
         cross_device: gather candidates from every rank, with gradients.
@@ -105,6 +110,11 @@ class TwoTowerModule(pl.LightningModule):
         combiner: str = "mlp",
         unknown_user_buckets: int = 1024,
         text_dim: int = 0,
+        history_weights: bool = False,
+        content_hidden: int | None = None,
+        init: str = "random",
+        spectral_exponent: float = 0.5,
+        spectral_power: float = 1.0,
         temperature: float = 0.1,
         learn_temperature: bool = False,
         logq_correction: bool = True,
@@ -125,6 +135,8 @@ class TwoTowerModule(pl.LightningModule):
         super().__init__()
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"--model.schedule={schedule!r}: use cosine or constant")
+        if init not in ("random", "spectral"):
+            raise ValueError(f"--model.init={init!r}: use random or spectral")
         if not 0.0 <= history_dropout < 1.0:
             raise ValueError(f"--model.history_dropout={history_dropout}: use a value in [0, 1)")
         if not 0.0 <= cold_user_rate < 1.0:
@@ -144,10 +156,14 @@ class TwoTowerModule(pl.LightningModule):
                 pooling=pooling,
                 combiner=combiner,
                 text_dim=text_dim,
+                history_weights=history_weights,
+                content_hidden=content_hidden,
                 init_temperature=temperature,
                 learn_temperature=learn_temperature,
             )
         )
+        if init == "spectral":
+            check_spectral_config(self.model)  # before data is read, not after
         self.frequency = StreamingFrequency()
         self.loss = RetrievalLoss(logq_correction, cross_device, mask_accidental_hits)
         self._eval_rows: list[list] = []
@@ -160,10 +176,21 @@ class TwoTowerModule(pl.LightningModule):
         self.users = dm.users
         self.positives = positive_index(dm.train, self.hparams.num_creators)
         self.loss.rank, self.loss.world_size = self.trainer.global_rank, self.trainer.world_size
+        if stage == "fit" and self.hparams.init == "spectral" and not self.trainer.ckpt_path:
+            # every rank computes the same (seeded) filter; DDP then broadcasts rank 0's weights
+            h = self.hparams
+            spectral_init(self.model, dm.train, h.spectral_exponent, h.spectral_power)
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
         self._to_device()
+
+    def on_fit_end(self) -> None:
+        """A fit that took no step (`--trainer.max_epochs 0`: the spectral init as it stands)
+        still leaves a last.ckpt, to export, index and serve like any other."""
+        callback = self.trainer.checkpoint_callback
+        if self.global_step == 0 and callback is not None and callback.dirpath:
+            self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")  # a collective
 
     def on_validation_start(self) -> None:
         self._to_device()
@@ -289,12 +316,12 @@ class TwoTowerModule(pl.LightningModule):
         elif limit is not None:
             per_epoch = int(per_epoch * limit)
         per_epoch = max(1, per_epoch // t.accumulate_grad_batches)
-        total = per_epoch * t.max_epochs if t.max_epochs and t.max_epochs > 0 else None
+        total = per_epoch * t.max_epochs if t.max_epochs is not None and t.max_epochs >= 0 else None
         if t.max_steps and t.max_steps > 0:
             total = min(total or t.max_steps, t.max_steps)
         if total is None:
             raise ValueError("cosine schedule needs --trainer.max_epochs or --trainer.max_steps")
-        return total
+        return max(1, total)  # max_epochs 0 takes no step, but the schedule needs a length
 
     # -- full-corpus evaluation -----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -327,6 +354,15 @@ class TwoTowerModule(pl.LightningModule):
         if hasattr(self, "_fit_started"):  # wall time of this fit so far, evaluations included
             result["fit_seconds"] = time.perf_counter() - self._fit_started
         if self.trainer.sanity_checking:
+            # --trainer.num_sanity_val_steps -1 runs the whole evaluation before the first step:
+            # the starting point's figures (a spectral init's filter), recorded as epoch -1
+            if self.trainer.num_sanity_val_steps == float("inf"):
+                self.start_metrics = result
+                folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+                if self.trainer.is_global_zero:
+                    self._append_json(result, folder, epoch=-1)
+                    for logger in self.loggers:  # self.log is off while sanity checking
+                        logger.log_metrics({f"start/{k}": float(v) for k, v in result.items()}, 0)
             return
         self.log_dict({f"val/{k}": float(v) for k, v in result.items()}, sync_dist=False)
         self.last_metrics = result
@@ -335,10 +371,11 @@ class TwoTowerModule(pl.LightningModule):
             self._log_tables(result)
             self._append_json(result, folder)
 
-    def _append_json(self, result: dict, folder: Path) -> None:
+    def _append_json(self, result: dict, folder: Path, epoch: int | None = None) -> None:
         """One line per evaluation in <log_dir>/evaluation.jsonl, for scripts and benchmarks."""
         folder.mkdir(parents=True, exist_ok=True)
-        line = {"epoch": self.current_epoch, "step": self.global_step, **result}
+        epoch = self.current_epoch if epoch is None else epoch
+        line = {"epoch": epoch, "step": self.global_step, **result}
         with open(folder / "evaluation.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 
