@@ -21,8 +21,10 @@ from index.build import HAS_GPU, ivf_of, refine_of, to_device
 
 log = logging.getLogger(__name__)
 
-NPROBE = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-K_FACTOR = (1, 2, 4, 8, 16)
+# Steps of ~1.4-1.5×, not 2×: the cheapest setting reaching the target is often between two
+# powers of two (at 1 M × 64, nprobe 24 instead of 32 is ~25 % more queries/s).
+NPROBE = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+K_FACTOR = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 @dataclass
