@@ -110,14 +110,16 @@ def run_peers(
     return rows
 
 
-def run_towers(name: str, out: Path, extra: list[str]) -> dict:
-    """Train with the shipped config in a child process and read its evaluations."""
+def run_towers(name: str, out: Path, extra: list[str], config: str = "{name}") -> dict:
+    """Train with the shipped config (configs/train/<config>.yaml, `{name}` = the dataset) in a
+    child process and read its evaluations."""
+    config = config.format(name=name)
     run_dir = out / name / "towers"
     log = run_dir / "evaluation.jsonl"
     if log.exists():
         log.unlink()
     cmd = [sys.executable, "-m", "training", "fit",
-           "--config", str(REPO / "configs" / "train" / f"{name}.yaml"),
+           "--config", str(REPO / "configs" / "train" / f"{config}.yaml"),
            "--trainer.default_root_dir", str(run_dir),
            "--trainer.logger.init_args.save_dir", str(run_dir),
            "--checkpoint.dirpath", str(run_dir / "checkpoints"), *extra]  # fmt: skip
@@ -127,8 +129,8 @@ def run_towers(name: str, out: Path, extra: list[str]) -> dict:
     seconds = time.perf_counter() - started
     found = sorted(run_dir.rglob("evaluation.jsonl"), key=lambda p: p.stat().st_mtime)
     evals = [json.loads(line) for line in found[-1].read_text().splitlines()]
-    return {"model": "towers", "params": {"config": f"configs/train/{name}.yaml",
-            "epochs": len(evals)}, "fit_s": seconds, "metrics": evals[-1],
+    return {"model": "towers", "params": {"config": f"configs/train/{config}.yaml",
+            "epochs": sum(e["epoch"] >= 0 for e in evals)}, "fit_s": seconds, "metrics": evals[-1],
             "curve": [e["recall@20"] for e in evals], "grid_size": 1}  # fmt: skip
 
 
@@ -178,6 +180,9 @@ def main() -> None:
     p.add_argument("--peers", nargs="+", default=["popularity", "als", "bpr", "ease"])
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "quality")
     p.add_argument("--no-towers", action="store_true", help="peers only")
+    p.add_argument("--towers-config", default="{name}",
+                   help="configs/train/<this>.yaml for the towers row; {name} = the dataset, "
+                        "e.g. {name}_spectral")  # fmt: skip
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="extra `python -m training fit` arguments (last on the line)")  # fmt: skip
     a = p.parse_args()
@@ -190,7 +195,7 @@ def main() -> None:
         dm.setup()
         rows = run_peers(name, dm, a.peers, device)
         if not a.no_towers:
-            rows.append(run_towers(name, a.out, a.train_args))
+            rows.append(run_towers(name, a.out, a.train_args, a.towers_config))
         results[name] = rows
         print(table(name, rows), flush=True)
     tmp = a.out / "quality.json.tmp"
