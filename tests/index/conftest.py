@@ -29,8 +29,10 @@ def tiny_data(tiny_text_data) -> Path:
     return tiny_text_data
 
 
-def train_tiny(data: Path, out: Path, epochs: int = 2, seed: int = 0) -> Path:
-    """last.ckpt of `epochs` epochs of 16-dim towers on `data` (a few seconds)."""
+def train_tiny(data: Path, out: Path, epochs: int = 2, seed: int = 0, workers: int = 1) -> Path:
+    """last.ckpt of `epochs` epochs of 16-dim towers on `data` (a few seconds). workers=0 reads
+    the shards in this process: a test that trains while other threads of it hold gRPC calls
+    open must not fork (gRPC's fork handler can wait on those threads forever)."""
     from training.cli import main
 
     main([
@@ -39,6 +41,7 @@ def train_tiny(data: Path, out: Path, epochs: int = 2, seed: int = 0) -> Path:
         "--seed_everything", str(seed),
         "--data.data_dir", str(data),
         "--data.records_per_batch", "2",
+        "--data.num_workers", str(workers),
         "--trainer.logger", "false",
         "--trainer.default_root_dir", str(out),
         "--trainer.enable_progress_bar", "false",
