@@ -78,8 +78,9 @@ class TwoTowerModule(pl.LightningModule):
             content_hidden: see towers.model.TowerConfig.
         init: random | spectral. spectral starts the towers at the low-pass graph filter of the
             training pairs (training/spectral.py; needs combiner linear, history_weights and
-            hidden = dim), with spectral_exponent (history weights popularity^-(1/2 + it)) and
-            spectral_power (singular values to this power). A resumed fit skips it.
+            hidden = dim), with spectral_exponent (history weights popularity^-(1/2 + it)),
+            spectral_power (singular values to this power) and spectral_smoothing (added to
+            every degree before normalising). A resumed fit skips it.
         temperature: initial softmax temperature; learn_temperature makes it a parameter.
         logq_correction: subtract log q of each in-batch candidate (streaming frequency).
         cross_device: gather candidates from every rank, with gradients.
@@ -115,6 +116,7 @@ class TwoTowerModule(pl.LightningModule):
         init: str = "random",
         spectral_exponent: float = 0.5,
         spectral_power: float = 1.0,
+        spectral_smoothing: float = 0.0,
         temperature: float = 0.1,
         learn_temperature: bool = False,
         logq_correction: bool = True,
@@ -137,6 +139,8 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"--model.schedule={schedule!r}: use cosine or constant")
         if init not in ("random", "spectral"):
             raise ValueError(f"--model.init={init!r}: use random or spectral")
+        if spectral_smoothing < 0:
+            raise ValueError(f"--model.spectral_smoothing={spectral_smoothing}: use a value >= 0")
         if not 0.0 <= history_dropout < 1.0:
             raise ValueError(f"--model.history_dropout={history_dropout}: use a value in [0, 1)")
         if not 0.0 <= cold_user_rate < 1.0:
@@ -179,7 +183,9 @@ class TwoTowerModule(pl.LightningModule):
         if stage == "fit" and self.hparams.init == "spectral" and not self.trainer.ckpt_path:
             # every rank computes the same (seeded) filter; DDP then broadcasts rank 0's weights
             h = self.hparams
-            spectral_init(self.model, dm.train, h.spectral_exponent, h.spectral_power)
+            spectral_init(
+                self.model, dm.train, h.spectral_exponent, h.spectral_power, h.spectral_smoothing
+            )
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 Graph models for collaborative filtering (LightGCN and the filters that simplify it: GF-CF,
 SVD-GCN) score a user's creators through the leading singular vectors of the degree-normalised
-interaction matrix R~ = D_u^-1/2 R D_c^-1/2. With V_k, s_k its top k right singular vectors and
-values, and r_u the user's training creators, the filter
+interaction matrix R~ = D_u^-1/2 R D_c^-1/2 (optionally every degree plus a smoothing
+constant). With V_k, s_k its top k right singular vectors and values, and r_u the user's
+training creators, the filter
 
     score(u, c) = sum_j in r_u  d_j^-a * (V_k diag(s_k^p) V_k^T)[j, c] * d_c^1/2
 
@@ -52,14 +53,18 @@ def check_spectral_config(model: TwoTower) -> None:
         raise ValueError("init=spectral needs " + "; ".join(problems))
 
 
-def normalised_matrix(train: Interactions, num_users: int, num_creators: int):
-    """R~ = D_u^-1/2 R D_c^-1/2 as a sparse COO tensor, and the creators' degrees d_c."""
+def normalised_matrix(
+    train: Interactions, num_users: int, num_creators: int, smoothing: float = 0.0
+):
+    """R~ = (D_u + s)^-1/2 R (D_c + s)^-1/2 as a sparse COO tensor, and the creators' degrees
+    d_c + s (at least 1). s = `smoothing` is SVD-GCN's renormalisation: it narrows the gap
+    between the leading singular values and the rest, so the low-pass filter over-smooths less."""
     lengths = train.lengths()[:num_users]
     rows = np.repeat(np.arange(len(lengths)), lengths)
     cols = train.indices[: len(rows)]
-    d_user = np.maximum(lengths, 1).astype(np.float64)
-    d_creator = np.bincount(cols, minlength=num_creators).astype(np.float64)
-    values = 1.0 / np.sqrt(d_user[rows] * np.maximum(d_creator[cols], 1.0))
+    d_user = np.maximum(lengths + smoothing, 1.0)
+    d_creator = np.maximum(np.bincount(cols, minlength=num_creators) + smoothing, 1.0)
+    values = 1.0 / np.sqrt(d_user[rows] * d_creator[cols])
     matrix = torch.sparse_coo_tensor(
         torch.as_tensor(np.stack([rows, cols])),
         torch.as_tensor(values, dtype=torch.float32),
@@ -75,24 +80,26 @@ def spectral_init(
     train: Interactions,
     exponent: float = 0.5,
     power: float = 1.0,
+    smoothing: float = 0.0,
     oversample: int = 64,
     iterations: int = 6,
     seed: int = 0,
 ) -> dict:
     """Set the towers' weights to the low-pass filter of `train` (see the module docstring):
     rank dim - 1 (less where the matrix is smaller), history weights d^-(exponent + 1/2),
-    singular values to the `power`. Returns what it did, for the log."""
+    singular values to the `power`, `smoothing` added to every degree. Returns what it did, for
+    the log."""
     check_spectral_config(model)
     started = time.perf_counter()
     cfg = model.cfg
-    matrix, degree = normalised_matrix(train, cfg.num_users, cfg.num_creators)
+    matrix, degree = normalised_matrix(train, cfg.num_users, cfg.num_creators, smoothing)
     rank = min(cfg.dim - 1, min(matrix.shape) - 1)
     q = min(rank + oversample, min(matrix.shape))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _, s, v = torch.svd_lowrank(matrix, q=q, niter=iterations)  # v [C, q]
     s, v = s[:rank], v[:, :rank]
-    d = torch.as_tensor(np.maximum(degree, 1.0), dtype=torch.float32)
+    d = torch.as_tensor(degree, dtype=torch.float32)
     t = v * d[:, None].sqrt() * s.pow(power / 2)  # [C, rank]
     t = t / t.norm(dim=1).max().clamp(min=1e-12)
     rows = torch.zeros(cfg.num_creators, cfg.dim)
@@ -122,6 +129,7 @@ def spectral_init(
         "singular_values": [round(float(x), 4) for x in (s[0], s[-1])],
         "exponent": exponent,
         "power": power,
+        "smoothing": smoothing,
     }
     log.info("spectral init: %s", info)
     return info

@@ -29,13 +29,16 @@ def random_pairs(num_users: int, num_creators: int, seed: int = 0) -> Interactio
     return Interactions.from_pairs(np.concatenate(users), np.concatenate(creators), num_users)
 
 
-def filter_scores(train: Interactions, num_creators: int, rank: int, a: float, p: float):
-    """The filter computed directly from a dense SVD: r_u D^-a V diag(s^p) V^T D^1/2."""
+def filter_scores(
+    train: Interactions, num_creators: int, rank: int, a: float, p: float, smoothing: float
+):
+    """The filter computed directly from a dense SVD: r_u D^-a V diag(s^p) V^T D^1/2, every
+    degree plus `smoothing`."""
     num_users = len(train.lengths())
     r = np.zeros((num_users, num_creators))
     for u in range(num_users):
         r[u, train.row(u)] = 1.0
-    du, dc = np.maximum(r.sum(1), 1), np.maximum(r.sum(0), 1)
+    du, dc = np.maximum(r.sum(1) + smoothing, 1), np.maximum(r.sum(0) + smoothing, 1)
     _, s, vt = np.linalg.svd(r / np.sqrt(du[:, None] * dc[None, :]), full_matrices=False)
     v, s = vt[:rank].T, s[:rank]
     return (r * dc**-a) @ v @ np.diag(s**p) @ v.T * np.sqrt(dc)
@@ -56,17 +59,17 @@ def tower_scores(model: TwoTower, train: Interactions, num_creators: int) -> np.
     return (users @ creators.T).numpy()
 
 
-@pytest.mark.parametrize("a, p", [(0.5, 1.0), (0.3, 0.5)])
-def test_the_towers_start_as_the_filter(a, p):
+@pytest.mark.parametrize("a, p, smoothing", [(0.5, 1.0, 0.0), (0.3, 0.5, 0.0), (0.5, 1.0, 3.0)])
+def test_the_towers_start_as_the_filter(a, p, smoothing):
     num_users, num_creators, dim = 90, 50, 13
     train = random_pairs(num_users, num_creators)
     cfg = TowerConfig(num_users=num_users, num_creators=num_creators, dim=dim, hidden=dim,
                       combiner="linear", history_weights=True)  # fmt: skip
     model = TwoTower(cfg).eval()
-    info = spectral_init(model, train, exponent=a, power=p)
+    info = spectral_init(model, train, exponent=a, power=p, smoothing=smoothing)
     assert info["rank"] == dim - 1
     got = tower_scores(model, train, num_creators)[2:, 2:]
-    want = filter_scores(train, num_creators, dim - 1, a, p)[2:, 2:]
+    want = filter_scores(train, num_creators, dim - 1, a, p, smoothing)[2:, 2:]
     # the towers' scores are the filter's times a positive constant per user (unit vectors)
     ratio = got / np.where(np.abs(want) > 1e-9, want, np.nan)
     per_user = np.nanmedian(ratio, axis=1, keepdims=True)
