@@ -11,8 +11,9 @@ GPU: build <= 5 s and >= 100 K queries/s at recall@10 >= 0.95.
 The queries are split in two: tuning picks the fastest setting reaching the target on the first
 half (as the rebuild job does), and the figures reported are measured on the other half, so the
 choice is not graded on the queries it was made on. Exact search is faiss's flat index (BLAS
-matrix products) over the same queries, threads and machine. Writes `<out>/<name>.json` and
-`<out>/<name>.png`.
+matrix products) over the same queries, threads and machine; the speedup reported is the median
+ratio of `--rounds` exact and index searches timed in alternation (see interleaved()). Writes
+`<out>/<name>.json` and `<out>/<name>.png`.
 """
 
 from __future__ import annotations
