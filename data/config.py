@@ -7,6 +7,8 @@ key to change.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,17 @@ def add_override_argument(parser, example: str) -> None:
         metavar="KEY=VALUE",
         help=f"override a config field, e.g. --set {example}",
     )
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """The log format of the index and serving command lines: INFO to stderr (WARNING with
+    --quiet); faiss's note of which SIMD build it loaded is kept out of the INFO lines."""
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from data.config import add_override_argument
+from data.config import add_override_argument, setup_logging
 from index import errors
 
 
@@ -93,12 +92,7 @@ def _show(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    setup_logging(args.quiet)
     command = {"rebuild": _rebuild, "export": _export, "show": _show}[args.command]
     try:
         return command(args)

@@ -11,10 +11,9 @@ python -m serving down --config configs/serving/synthetic_demo.yaml
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from data.config import add_override_argument
+from data.config import add_override_argument, setup_logging
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -54,12 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    setup_logging(args.quiet)
     try:
         if args.command in ("up", "down", "try"):
             from serving import config, server
