@@ -359,12 +359,12 @@ class TwoTowerModule(pl.LightningModule):
         result["eval_seconds"] = time.perf_counter() - self._started
         if hasattr(self, "_fit_started"):  # wall time of this fit so far, evaluations included
             result["fit_seconds"] = time.perf_counter() - self._fit_started
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective
         if self.trainer.sanity_checking:
             # --trainer.num_sanity_val_steps -1 runs the whole evaluation before the first step:
             # the starting point's figures (a spectral init's filter), recorded as epoch -1
             if self.trainer.num_sanity_val_steps == float("inf"):
                 self.start_metrics = result
-                folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
                 if self.trainer.is_global_zero:
                     self._append_json(result, folder, epoch=-1)
                     for logger in self.loggers:  # self.log is off while sanity checking
@@ -372,7 +372,6 @@ class TwoTowerModule(pl.LightningModule):
             return
         self.log_dict({f"val/{k}": float(v) for k, v in result.items()}, sync_dist=False)
         self.last_metrics = result
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective
         if self.trainer.is_global_zero:
             self._log_tables(result)
             self._append_json(result, folder)

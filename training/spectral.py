@@ -34,6 +34,7 @@ import torch
 
 from towers.model import TwoTower
 from training.evaluate import Interactions
+from training.peers import interaction_matrix
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,14 @@ def normalised_matrix(
     """R~ = (D_u + s)^-1/2 R (D_c + s)^-1/2 as a sparse COO tensor, and the creators' degrees
     d_c + s (at least 1). s = `smoothing` is SVD-GCN's renormalisation: it narrows the gap
     between the leading singular values and the rest, so the low-pass filter over-smooths less."""
-    lengths = train.lengths()[:num_users]
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = train.indices[: len(rows)]
-    d_user = np.maximum(lengths + smoothing, 1.0)
-    d_creator = np.maximum(np.bincount(cols, minlength=num_creators) + smoothing, 1.0)
-    values = 1.0 / np.sqrt(d_user[rows] * d_creator[cols])
+    x = interaction_matrix(train, num_creators)[:num_users].tocoo()
+    d_user = np.maximum(np.asarray(x.sum(axis=1)).ravel() + smoothing, 1.0)
+    d_creator = np.maximum(np.asarray(x.sum(axis=0)).ravel() + smoothing, 1.0)
+    values = 1.0 / np.sqrt(d_user[x.row] * d_creator[x.col])
     matrix = torch.sparse_coo_tensor(
-        torch.as_tensor(np.stack([rows, cols])),
+        torch.as_tensor(np.stack([x.row, x.col]).astype(np.int64)),
         torch.as_tensor(values, dtype=torch.float32),
-        (num_users, num_creators),
+        x.shape,
         check_invariants=True,
     ).coalesce()
     return matrix, d_creator
