@@ -36,6 +36,18 @@ HAS_GPU = faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False
 if not HAS_GPU:
     log.debug("faiss sees no GPU (faiss-cpu, or no CUDA device): indexes build on the CPU")
 
+# faiss 1.15 scores a flat index (exact search, and an IVF's coarse quantizer) with a scalar
+# loop instead of BLAS while queries × d < 128,000: 2,000 queries at d = 64. A fast-scan IVF
+# search splits its queries over the threads and assigns each slice to cells on its own, so on
+# 2 cores every slice of a 2,000-query batch fell under it, and the IVF was ~1.4× slower than
+# with BLAS (31-36 K vs 40-51 K q/s, 1 M × 64, nprobe 32, same run). Single-thread crossover,
+# measured here: over 4,096 centroids BLAS wins from 8 queries (62 K vs 46 K q/s) and ties at
+# 4; over 1 M vectors it wins from ~8 and loses 4× at 1. So BLAS from 1,024 = 16 queries at
+# d = 64, 4 at d = 256. Only faiss's own default is replaced (a caller's setting is kept).
+FLAT_BLAS_FROM = 1024
+if faiss.cvar.distance_compute_blas_threshold == 128_000:
+    faiss.cvar.distance_compute_blas_threshold = FLAT_BLAS_FROM
+
 
 def default_nlist(n: int) -> int:
     """IVF cells: the power of two nearest 4·sqrt(n) (the low end of faiss's 4–16·sqrt(n)
