@@ -1,11 +1,16 @@
 """Build a FAISS index over creator vectors from a factory string, on the GPU when faiss sees one.
 
-The default factory, `IVF{nlist},PQ{m}x4fs,RFlat`: an inverted file over spherical k-means
+The default factory, `IVF{nlist},PQ{m}x4fsr,RFlat`: an inverted file over spherical k-means
 cells, 4-bit fast-scan product codes (m codes of 4 bits per vector: `d/2` for 2 dimensions a
-code) and an exact re-ranking of the best `k_factor_rf × k` candidates against the stored
-vectors. Fast-scan codes are scanned from registers with SIMD, several times faster than 8-bit
-PQ, and the exact re-rank wins back the accuracy 4-bit codes lose. `{nlist}` and `{m}` are
-filled in from the corpus (default_nlist) unless the config fixes them.
+code) of each vector's residual from its cell's centroid (the `r`), and an exact re-ranking of
+the best `k_factor_rf × k` candidates against the stored vectors. Fast-scan codes are scanned
+from registers with SIMD, several times faster than 8-bit PQ, and the exact re-rank wins back
+the accuracy 4-bit codes lose. Residual codes (plain `x4fs` codes the vectors themselves for
+inner product) halve the re-rank depth needed: at 1 M × 64 and nprobe 32, recall@10 0.956 at
+k_factor_rf 3 instead of 6, ~15 % more queries/s in interleaved rounds. With inner product the
+look-up table stays one per query (plus a bias per cell), so residuals cost nothing at search
+time. `{nlist}` and `{m}` are filled in from the corpus (default_nlist) unless the config fixes
+them.
 
 GPU or CPU is decided in one place (`use_gpu` defaults to `HAS_GPU`), and the index is built
 once and moved with `index_cpu_to_gpu`. Types faiss has no GPU version of (fast-scan, re-rank)
@@ -29,7 +34,7 @@ from index.errors import IntegrityError, MetricMismatchError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FACTORY = "IVF{nlist},PQ{m}x4fs,RFlat"
+DEFAULT_FACTORY = "IVF{nlist},PQ{m}x4fsr,RFlat"
 METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 MIN_POINTS_PER_LIST = 39  # below this faiss's k-means warns that cells are poorly estimated
 HAS_GPU = faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False

@@ -36,7 +36,7 @@ def test_default_nlist_follows_the_corpus_size():
     assert build.default_nlist(40_981) == 1024
     assert build.default_nlist(300) == 4  # capped: k-means needs ~39 points a cell
     assert build.default_nlist(10) == 1
-    assert build.resolve_factory(build.DEFAULT_FACTORY, 300, 16) == "IVF4,PQ8x4fs,RFlat"
+    assert build.resolve_factory(build.DEFAULT_FACTORY, 300, 16) == "IVF4,PQ8x4fsr,RFlat"
     with pytest.raises(ConfigError, match=r"pq_m=5 must divide the embedding dim 16"):
         build.resolve_factory(build.DEFAULT_FACTORY, 300, 16, m=5)
     with pytest.raises(ConfigError, match=r"factory='IVF8,Bogus' is not a faiss factory"):

@@ -45,7 +45,7 @@ def test_published_manifest_records_inputs_curve_and_choice(published):
     m = store.read_manifest(Path(published.store))
     trained = checkpoint.load(published.checkpoint)
     assert m["model"]["version"] == m["inputs"]["model_version"] == trained.version
-    assert m["index"]["mode"] == "full" and m["index"]["factory"] == "IVF4,PQ8x4fs,RFlat"
+    assert m["index"]["mode"] == "full" and m["index"]["factory"] == "IVF4,PQ8x4fsr,RFlat"
     t = m["tuning"]
     assert t["chosen"] in t["curve"] and t["chosen"]["recall"] >= published.recall_target
     assert all({"params", "recall", "qps"} <= set(p) for p in t["curve"])
