@@ -95,9 +95,26 @@ def test_recall_at_k_known_answer():
     assert tune.recall_at_k(found, truth, 4) == pytest.approx((2 / 4 + 4 / 4) / 2)
 
 
+def test_flat_search_takes_blas_from_small_batches(corpus):
+    """Importing index.build lowers faiss's BLAS threshold (queries × d) so that the coarse
+    quantizer of each thread's slice of an IVF search uses BLAS; the answers stay those of the
+    scalar loop."""
+    xb, xq, _ = corpus
+    assert faiss.cvar.distance_compute_blas_threshold == build.FLAT_BLAS_FROM
+    assert 64 * xb.shape[1] >= build.FLAT_BLAS_FROM  # 64 queries of 32 dims: BLAS
+    D, I = exact(xb, xq[:64], 10)  # noqa: E741
+    faiss.cvar.distance_compute_blas_threshold = 128_000
+    try:
+        D0, I0 = exact(xb, xq[:64], 10)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = build.FLAT_BLAS_FROM
+    np.testing.assert_allclose(D, D0, atol=1e-5)
+    assert tune.recall_at_k(I, I0, 10) >= 0.99  # ties may order differently
+
+
 def test_add_appends_without_retraining(corpus):
     xb = corpus[0]
-    index, _ = build.build(xb[:15_000], "IVF64,PQ16x4fs,RFlat", IP, use_gpu=False)
+    index, _ = build.build(xb[:15_000], "IVF64,PQ16x4fsr,RFlat", IP, use_gpu=False)
     ivf = build.ivf_of(index)
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
     index = build.add(index, xb[15_000:], use_gpu=False)
@@ -121,7 +138,7 @@ def test_gpu_build_matches_cpu_recall(corpus):
     truth = exact(xb, xq, 10)[1]
     recalls = {}
     for use_gpu in (False, True):
-        index, _ = build.build(xb, "IVF128,PQ16x4fs,RFlat", IP, use_gpu=use_gpu)
+        index, _ = build.build(xb, "IVF128,PQ16x4fsr,RFlat", IP, use_gpu=use_gpu)
         tune.apply_params(index, {"nprobe": 16, "k_factor_rf": 8})
         recalls[use_gpu] = tune.recall_at_k(index.search(xq, 10)[1], truth, 10)
     assert recalls[True] == pytest.approx(recalls[False], abs=0.02)
