@@ -39,7 +39,8 @@ class IndexConfig:
     nlist: int | None = None
     """IVF cells for `{nlist}`; None = the power of two nearest 4·sqrt(creators)."""
     pq_m: int | None = None
-    """Product-quantizer codes per vector for `{m}`; None = dim / 2."""
+    """Product-quantizer codes per vector for `{m}`; None = dim / 2, or for an odd dim one code
+    per the fewest dimensions that divide it (1,025 → 205; index.build.default_pq_m)."""
     k: int = 10
     """Recall is measured at this cut-off (recall@k against exact search)."""
     recall_target: float = 0.95

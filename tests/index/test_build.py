@@ -37,6 +37,11 @@ def test_default_nlist_follows_the_corpus_size():
     assert build.default_nlist(300) == 4  # capped: k-means needs ~39 points a cell
     assert build.default_nlist(10) == 1
     assert build.resolve_factory(build.DEFAULT_FACTORY, 300, 16) == "IVF4,PQ8x4fsr,RFlat"
+    # odd dims (the spectral towers' 1,024 + 1): the fewest dims a code that divide d
+    assert build.resolve_factory(build.DEFAULT_FACTORY, 40_981, 1025) == "IVF1024,PQ205x4fsr,RFlat"
+    assert build.resolve_factory("IVF{nlist},Flat", 40_981, 257) == "IVF1024,Flat"
+    with pytest.raises(ConfigError, match=r"embedding dim 257 has no divisor from 2 to 8"):
+        build.resolve_factory(build.DEFAULT_FACTORY, 40_981, 257)
     with pytest.raises(ConfigError, match=r"pq_m=5 must divide the embedding dim 16"):
         build.resolve_factory(build.DEFAULT_FACTORY, 300, 16, m=5)
     with pytest.raises(ConfigError, match=r"factory='IVF8,Bogus' is not a faiss factory"):
