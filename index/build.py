@@ -71,7 +71,7 @@ def default_pq_m(d: int) -> int:
     """Product codes per vector: one per 2 dimensions when d is even, otherwise one per the
     fewest dimensions that divide d (up to MAX_DIMS_PER_CODE). The spectral Gowalla towers have
     1,025 dimensions (1,024 and the unit-norm completion): 205 codes of 5 dimensions, recall@10
-    0.965 at 10× exact with the re-rank (BENCHMARKS.md)."""
+    0.96 at 10-13× exact with the re-rank (two runs, BENCHMARKS.md)."""
     for per_code in range(2, MAX_DIMS_PER_CODE + 1):
         if d % per_code == 0:
             return d // per_code
