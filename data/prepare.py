@@ -31,7 +31,14 @@ from data import features, manifest, sources
 from data.config import PrepareConfig
 from data.features import NO_TIME
 from data.io import ParquetAppender, publish_dir, write_parquet
-from data.schema import EVENT_TYPES, QUARANTINE, SOURCE_ROW_COLUMN, SPLIT_COLUMN
+from data.schema import (
+    CREATORS,
+    EVENT_TYPES,
+    QUARANTINE,
+    SOURCE_ROW_COLUMN,
+    SPLIT_COLUMN,
+    USERS,
+)
 from data.shards import SHARD_PATTERN, records_per_shard, write_shard
 from data.text import write_text_features
 from data.validate import contiguous, rejects_table, validate
@@ -433,24 +440,25 @@ class _Job:
         table = pa.table(
             {"creator_idx": pa.array(np.arange(n, dtype=np.int32)), "creator_id": vocab.ids}
         )
-        if self.creators is not None:
-            meta = self.creators.drop_columns([SOURCE_ROW_COLUMN])
-            meta = meta.append_column(
-                "category_idx", pa.array(self.vocab["categories"].lookup(meta.column("category")))
-            )
-            tags = meta.column("tags").combine_chunks()
-            tags = pc.list_slice(tags, 0, self.cfg.features.max_tags)
-            tag_idx = self.vocab["tags"].lookup(pc.list_flatten(tags))
-            meta = meta.set_column(meta.schema.get_field_index("tags"), "tags", tags)
-            offsets = pc.list_value_length(tags).fill_null(0).to_numpy()
-            meta = meta.append_column(
-                "tag_idx",
-                pa.ListArray.from_arrays(
-                    pa.array(np.concatenate([[0], np.cumsum(offsets)]).astype(np.int32)),
-                    pa.array(tag_idx),
-                ),
-            )
-            table = _align(table, meta, vocab.lookup(meta.column("creator_id")), "creator_id")
+        # A source without a catalog (a LightGCN folder of train.txt and test.txt) still gets
+        # every catalog column, all null: readers see one table layout whatever the source.
+        meta = _catalog_or_empty(self.creators, CREATORS)
+        meta = meta.append_column(
+            "category_idx", pa.array(self.vocab["categories"].lookup(meta.column("category")))
+        )
+        tags = meta.column("tags").combine_chunks()
+        tags = pc.list_slice(tags, 0, self.cfg.features.max_tags)
+        tag_idx = self.vocab["tags"].lookup(pc.list_flatten(tags))
+        meta = meta.set_column(meta.schema.get_field_index("tags"), "tags", tags)
+        offsets = pc.list_value_length(tags).fill_null(0).to_numpy()
+        meta = meta.append_column(
+            "tag_idx",
+            pa.ListArray.from_arrays(
+                pa.array(np.concatenate([[0], np.cumsum(offsets)]).astype(np.int32)),
+                pa.array(tag_idx),
+            ),
+        )
+        table = _align(table, meta, vocab.lookup(meta.column("creator_id")), "creator_id")
         counts = self.creator_train
         return table.append_column("train_count", pa.array(counts))
 
@@ -468,10 +476,8 @@ class _Job:
                 "test_count": pa.array(self.user_test),
             }
         )
-        if self.users is not None:
-            meta = self.users.drop_columns([SOURCE_ROW_COLUMN])
-            table = _align(table, meta, vocab.index_of(meta.column("user_id")), "user_id")
-        return table
+        meta = _catalog_or_empty(self.users, USERS)
+        return _align(table, meta, vocab.index_of(meta.column("user_id")), "user_id")
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -619,6 +625,13 @@ def first_occurrence(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if len(ids) == 0:
         return np.zeros(0, dtype=bool)
     return ids > np.maximum.accumulate(np.concatenate([[-1], ids[:-1]]))
+
+
+def _catalog_or_empty(catalog: pa.Table | None, schema: pa.Schema) -> pa.Table:
+    """A validated catalog without its source-row column, or an empty one of the schema."""
+    if catalog is None:
+        return schema.empty_table()
+    return catalog.drop_columns([SOURCE_ROW_COLUMN])
 
 
 def _align(table: pa.Table, meta: pa.Table, index: np.ndarray, key: str) -> pa.Table:

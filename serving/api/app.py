@@ -1,0 +1,87 @@
+"""The HTTP service: the routers of serving.api assembled around one recommender.
+
+    app = create_app(recommender)       # serving.pipeline.recommender.Recommender
+    uvicorn.run(app, host="127.0.0.1", port=8080)
+
+Each endpoint lives in a router of its own (`recommend`, `similar`, `health`); a new one (the
+explorer's, search's) is a router added to ROUTERS. The app owns what the routers share
+(serving.api.state.Services): the batcher, the metrics, the answer log; and, with
+`poll_seconds`, a thread that swaps in newly published index versions. The OpenAPI spec is at
+/openapi.json and browsable at /docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from fastapi import FastAPI
+
+from serving.answer_log import AnswerLog
+from serving.api import health, recommend, similar
+from serving.api.batcher import Batcher
+from serving.api.metrics import Metrics
+from serving.api.state import Services
+from serving.pipeline.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+ROUTERS = (recommend.router, similar.router, health.router)
+
+
+def create_app(
+    recommender: Recommender,
+    poll_seconds: float | None = 2.0,
+    max_batch: int = 64,
+    batch_workers: int = 2,
+    answer_log: AnswerLog | None = None,
+) -> FastAPI:
+    """The service around a recommender. `max_batch` caps how many requests are answered
+    together (1 = one at a time), `batch_workers` how many batches run at once; `answer_log`
+    (closed with the app) records sampled answers."""
+    metrics = Metrics()
+    svc = Services(
+        recommender, metrics, Batcher(recommender.recommend_many, max_batch, batch_workers),
+        answer_log,
+    )  # fmt: skip
+    stop = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        recommender.on_swap.append(metrics.swapped)
+        recommender.pipeline.observers.append(metrics.batch_done)
+        if recommender.bundle is not None:
+            metrics.served(recommender.bundle)
+        if poll_seconds:
+            threading.Thread(
+                target=_poll, args=(recommender, poll_seconds, stop), name="index-poller",
+                daemon=True,
+            ).start()  # fmt: skip
+        yield
+        stop.set()
+        svc.batcher.close()
+        recommender.on_swap.remove(metrics.swapped)
+        recommender.pipeline.observers.remove(metrics.batch_done)
+        if answer_log is not None:
+            answer_log.close()
+
+    app = FastAPI(
+        title="Towerline",
+        version="1",
+        summary="Creators a fan will love: two-tower candidate generation.",
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def _poll(recommender: Recommender, seconds: float, stop: threading.Event) -> None:
+    """Swap in newly published versions until `stop`; keep serving what is loaded on errors."""
+    while not stop.wait(seconds):
+        try:
+            recommender.refresh()
+        except Exception as e:
+            log.error("refresh failed: %s", e)

@@ -1,0 +1,126 @@
+"""The recommender: holds the bundle being served, swaps in new ones safely, and answers
+through the pipeline (serving.pipeline.stages).
+
+Every batch of requests is answered from the bundle read at its start, and `refresh()` swaps in
+a new bundle only after its user tower is loaded and reproduces the index's probe vectors: a
+request never mixes versions and none is dropped during a swap (the old bundle stays usable
+until the requests holding it finish, and its tower is released a little later).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import MissingInputError
+from index import search
+from index import store as index_store
+from serving.pipeline.bundle import Bundle, PrepareEncoder, load_bundle, release_later
+from serving.pipeline.stages import Answer, Pipeline, Rank, Request, default_pipeline
+
+log = logging.getLogger(__name__)
+
+RELEASE_AFTER_S = 5.0
+"""A replaced bundle's tower is released this long after the swap (requests that read the old
+bundle just before the swap finish on it first)."""
+
+
+class Recommender:
+    """Holds the current bundle and answers requests from it; swaps bundles safely."""
+
+    def __init__(
+        self,
+        index_root: str | Path,
+        features,
+        prepare_encoder: PrepareEncoder,
+        verify: bool = True,
+        rank: Rank | None = None,
+    ):
+        self.index_root = Path(index_root)
+        self.features = features
+        self.prepare_encoder = prepare_encoder
+        self.verify = verify
+        self.pipeline: Pipeline = default_pipeline(features, rank)
+        self._bundle: Bundle | None = None
+        self._swap_lock = threading.Lock()
+        self.swaps = 0
+        self.last_refresh_error: str | None = None
+        self.on_swap: list[Callable[[Bundle], None]] = []
+
+    @property
+    def bundle(self) -> Bundle | None:
+        return self._bundle
+
+    def refresh(self) -> bool:
+        """Swap in the store's current version if it is not the one served. True if swapped.
+        A version that fails to load leaves the served one in place (and is reported)."""
+        with self._swap_lock:
+            current = index_store.current_version(self.index_root)
+            if current is None:
+                raise MissingInputError(
+                    f"no current index in {self.index_root}: publish one with "
+                    f"`python -m index rebuild --config ...`"
+                )
+            old = self._bundle
+            if old is not None and old.index_version == current:
+                return False
+            try:
+                new = load_bundle(
+                    self.index_root, current, self.prepare_encoder, self.verify, self.features
+                )
+            except Exception as e:
+                self.last_refresh_error = f"{current}: {type(e).__name__}: {e}"
+                if old is None:
+                    raise
+                log.error("kept %s: could not load %s", old.index_version, self.last_refresh_error)
+                return False
+            self._swap(old, new)
+            return True
+
+    def _swap(self, old: Bundle | None, new: Bundle) -> None:
+        self._bundle = new  # one reference assignment: requests see old or new, whole
+        self.swaps += 1
+        self.last_refresh_error = None
+        log.info("serving %s (model %s)", new.index_version, new.model_version[:12])
+        for hook in self.on_swap:
+            hook(new)
+        if old is not None and old.release is not None:
+            # requests that read `old` before the swap may still be using it: release its
+            # tower a little later rather than under them
+            timer = threading.Timer(RELEASE_AFTER_S, release_later, args=(old,))
+            timer.daemon = True
+            timer.start()
+
+    def _current(self) -> Bundle:
+        b = self._bundle
+        if b is None:
+            raise MissingInputError("no index loaded yet")
+        return b
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def recommend(self, user_id: str, k: int, exclude: Sequence[str] = ()) -> tuple[Answer, Bundle]:
+        return self.recommend_many([Request(user_id, k, tuple(exclude))])[0]
+
+    def recommend_many(self, requests: Sequence[Request]) -> list[tuple[Answer, Bundle]]:
+        """Answer requests that arrived together with one feature lookup, one user-tower call
+        and one index search, all from one bundle."""
+        b = self._current()
+        batch = self.pipeline.run(requests, b)
+        return [(a, b) for a in batch.answers]
+
+    def similar(self, creator_id: str, k: int) -> tuple[Answer, Bundle] | None:
+        """The creators nearest to one creator of the served index (itself excluded); None
+        when the index does not hold it."""
+        b = self._current()
+        row = b.row_of.get(creator_id)
+        if row is None:
+            return None
+        q = np.asarray(b.embeddings[row], dtype=np.float32)[None, :]
+        [(rows, scores)] = search.filtered_search(b.index.index, q, [k], [[row]], b.embeddings)
+        ids = [str(b.index.creator_id[r]) for r in rows]
+        return Answer(ids, scores.tolist(), "model"), b
