@@ -90,7 +90,12 @@ class Simplex(torch.nn.Module):
 if a.arch == "tower":
     model = TwoTower(
         TowerConfig(
-            num_users=nU, num_creators=nC, dim=a.dim, hidden=a.hidden, init_temperature=a.temp
+            num_users=nU,
+            num_creators=nC,
+            dim=a.dim,
+            hidden=a.hidden,
+            init_temperature=a.temp,
+            learn_temperature=True,
         )
     )
 else:

@@ -56,9 +56,10 @@ def child(code: str, pin_core: bool = False) -> dict:
 
 def prepare_code(source: dict, out: Path, extra: str = "") -> str:
     return (
-        "from data import config; from data.prepare import prepare\n"
-        f"cfg = config.load('configs/data/synthetic_10m.yaml', ['output={out}', "
-        f"'source={json.dumps(source)}'{extra}])\n"
+        "from common.config import load; from data.config import PrepareConfig\n"
+        "from data.prepare import prepare\n"
+        f"cfg = load(PrepareConfig, 'configs/data/synthetic_10m.yaml', ['--output', '{out}', "
+        f"'--source', '{json.dumps(source)}'{extra}])\n"
         "prepare(cfg, progress=False)\n"
     )
 
@@ -94,7 +95,9 @@ def throughput(events: int, workdir: Path, repeats: int) -> dict:
 
 def memory(events: int, workdir: Path) -> dict:
     src = synthetic_source(events)
-    run = child(prepare_code(src, workdir / "out", ", 'shards.num_shards=64', 'buckets=32'"))
+    run = child(
+        prepare_code(src, workdir / "out", ", '--shards.num_shards', '64', '--buckets', '32'")
+    )
     return {"events": events, "prepare_streamed": run}
 
 

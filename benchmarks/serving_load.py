@@ -106,9 +106,7 @@ class Service:
 
     def __enter__(self):
         cmd = [PY, "-m", "serving", "--quiet", "up", "--config", f"configs/serving/{NAME}.yaml",
-               "--set", f"port={self.port}", "--set", "poll_seconds=0"]  # fmt: skip
-        for s in self.sets:
-            cmd += ["--set", s]
+               "--port", str(self.port), "--poll_seconds", "0", *self.sets]  # fmt: skip
         self.out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True
@@ -199,13 +197,14 @@ def triton_direct(levels, seconds: int) -> dict:
     """Single-user inference requests straight to Triton's HTTP endpoint (KServe v2 JSON) from
     wrk, dynamic batching on vs off, same export: what Triton's batching itself buys."""
     from index import store
-    from serving import triton
-    from serving.export import signature
+    from index.onnx import signature
+    from serving.triton.repository import MODEL_NAME, write_repositories
+    from serving.triton.server import TritonServer
 
     root = REPO / "artifacts" / "index" / NAME
     folder = store.versions_dir(root) / store.current_version(root)
-    names = list(signature(folder / "user_tower.onnx")["inputs"])
-    with np.load(folder / "probes.npz", allow_pickle=False) as p:
+    names = list(signature(folder / store.USER_TOWER)["inputs"])
+    with np.load(folder / store.PROBES, allow_pickle=False) as p:
         one = {k: p[k][:1] for k in names}
     body = {
         "inputs": [
@@ -222,8 +221,8 @@ def triton_direct(levels, seconds: int) -> dict:
     out = {}
     for batching in (True, False):
         repo = Path(tempfile.mkdtemp(prefix="triton-bench-"))
-        triton.write_repositories(folder / "user_tower.onnx", repo, dynamic_batching=batching)
-        with triton.TritonServer(repo / "local", models=["user_tower"]) as server:
+        write_repositories(folder / store.USER_TOWER, repo, dynamic_batching=batching)
+        with TritonServer(repo / "local", models=[MODEL_NAME]) as server:
             url = f"http://{server.http_url}/v2/models/user_tower/infer"
             rows = []
             wrk_raw(url, TRITON_SCRIPT, {"TOWERLINE_BODY": json.dumps(body)}, 4, 2)  # warm
@@ -296,9 +295,9 @@ def main() -> None:
     users = known_users()
     manifest = store.read_manifest(REPO / "artifacts" / "index" / NAME)
     sets = {
-        "triton": ["encoder=triton", "triton.dynamic_batching=true"],
-        "triton-nobatch": ["encoder=triton", "triton.dynamic_batching=false"],
-        "onnx": ["encoder=onnx"],
+        "triton": ["--encoder", "triton", "--triton.dynamic_batching", "true"],
+        "triton-nobatch": ["--encoder", "triton", "--triton.dynamic_batching", "false"],
+        "onnx": ["--encoder", "onnx"],
     }
     results = {
         "creators": manifest["count"],

@@ -1,30 +1,20 @@
-"""Typed configuration of `python -m data prepare`, loaded from `configs/data/*.yaml`.
-
-Every field is overridable on the command line with `--set section.field=value`; errors name the
-key to change.
+"""Typed configuration of `python -m data prepare`, loaded from `configs/data/*.yaml` by the
+common loader (common.config): every field is a flag, `--split.test_fraction 0.2`, and errors
+name the flag to change.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from common.errors import ConfigError
 from data.schema import EVENT_TYPES
 
 SPLIT_KINDS = ("time", "per_user", "given")
 # Shard counts must divide evenly across every launch size we support, so that each rank of a
 # 1, 2, 4 or 8-process run reads the same number of batches (uneven counts hang DDP).
 SUPPORTED_WORLD_SIZES = (1, 2, 4, 8)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
@@ -40,9 +30,9 @@ class SplitConfig:
 
     def __post_init__(self):
         if self.kind not in SPLIT_KINDS:
-            raise ConfigError(f"split.kind={self.kind!r} is not one of {SPLIT_KINDS}")
+            raise ConfigError(f"--split.kind={self.kind!r} is not one of {SPLIT_KINDS}")
         if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"split.test_fraction={self.test_fraction} must be in (0, 1)")
+            raise ConfigError(f"--split.test_fraction={self.test_fraction} must be in (0, 1)")
 
 
 @dataclass
@@ -65,10 +55,10 @@ class EventsConfig:
         unknown = sorted(set(self.positive) - set(EVENT_TYPES))
         if unknown:
             raise ConfigError(
-                f"events.positive names unknown event types {unknown}; known: {list(EVENT_TYPES)}"
+                f"--events.positive names unknown event types {unknown}; known: {list(EVENT_TYPES)}"
             )
         if not self.positive:
-            raise ConfigError("events.positive is empty: name at least one event type")
+            raise ConfigError("--events.positive is empty: name at least one event type")
 
 
 @dataclass
@@ -89,10 +79,10 @@ class FeaturesConfig:
 
     def __post_init__(self):
         if self.history_length < 1:
-            raise ConfigError(f"features.history_length={self.history_length} must be >= 1")
+            raise ConfigError(f"--features.history_length={self.history_length} must be >= 1")
         if self.user_history_length is not None and self.user_history_length < 1:
             raise ConfigError(
-                f"features.user_history_length={self.user_history_length} must be >= 1 "
+                f"--features.user_history_length={self.user_history_length} must be >= 1 "
                 f"(or left out to use history_length)"
             )
 
@@ -111,11 +101,11 @@ class ShardsConfig:
 
     def __post_init__(self):
         if self.record_size < 1:
-            raise ConfigError(f"shards.record_size={self.record_size} must be >= 1")
+            raise ConfigError(f"--shards.record_size={self.record_size} must be >= 1")
         lcm = max(SUPPORTED_WORLD_SIZES)
         if self.num_shards < lcm or self.num_shards % lcm:
             raise ConfigError(
-                f"shards.num_shards={self.num_shards} must be a positive multiple of {lcm} so "
+                f"--shards.num_shards={self.num_shards} must be a positive multiple of {lcm} so "
                 f"every rank of a {SUPPORTED_WORLD_SIZES} launch reads the same number of batches"
             )
 
@@ -146,80 +136,6 @@ class PrepareConfig:
 
     def __post_init__(self):
         if "kind" not in self.source:
-            raise ConfigError("source.kind is missing: one of synthetic, csv, lastfm, ...")
+            raise ConfigError("--source.kind is missing: one of synthetic, csv, lastfm, ...")
         if self.buckets < 1:
-            raise ConfigError(f"buckets={self.buckets} must be >= 1")
-
-
-_SECTIONS = {
-    "split": SplitConfig,
-    "events": EventsConfig,
-    "features": FeaturesConfig,
-    "shards": ShardsConfig,
-}
-
-
-def from_dict(raw: dict[str, Any]) -> PrepareConfig:
-    raw = dict(raw)
-    known = {f.name for f in dataclasses.fields(PrepareConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
-    for key, cls in _SECTIONS.items():
-        section = raw.get(key) or {}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(section) - fields)
-        if bad:
-            raise ConfigError(f"unknown keys {bad} in {key}; known: {sorted(fields)}")
-        raw[key] = cls(**section)
-    if "name" not in raw or "source" not in raw:
-        raise ConfigError("a data config needs at least `name` and `source`")
-    return PrepareConfig(**raw)
-
-
-def add_override_argument(parser, example: str) -> None:
-    """The `--set KEY=VALUE` option every stage's command line takes (see apply_overrides)."""
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config field, e.g. --set {example}",
-    )
-
-
-def setup_logging(quiet: bool = False) -> None:
-    """The log format of the index and serving command lines: INFO to stderr (WARNING with
-    --quiet); faiss's note of which SIMD build it loaded is kept out of the INFO lines."""
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.field=value")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return raw
-
-
-def load(path: str | Path, overrides: list[str] | None = None) -> PrepareConfig:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config {path} not found; shipped configs are in configs/data/")
-    raw = yaml.safe_load(path.read_text()) or {}
-    return from_dict(apply_overrides(raw, overrides or []))
-
-
-def to_dict(cfg: PrepareConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+            raise ConfigError(f"--buckets={self.buckets} must be >= 1")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
-from data.config import SUPPORTED_WORLD_SIZES, to_dict
-from data.io import checksums, write_json
+from common import artifacts
+from common.artifacts import MANIFEST, checksums, provenance
+from common.config import to_dict
+from common.io import write_json
+from data.config import SUPPORTED_WORLD_SIZES
+from data.contract import RESERVED
 from data.schema import SCHEMA_VERSION
 
 KIND = "towerline.prepared_data"
@@ -32,7 +33,7 @@ def build(job) -> dict:
         "schema_version": SCHEMA_VERSION,
         "name": cfg.name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "created_by": provenance(),
+        "created_by": provenance("webdataset"),
         "config": to_dict(cfg),
         "source": job.source.describe(),
         "counts": {
@@ -58,7 +59,7 @@ def build(job) -> dict:
             name: {
                 "size": len(v),
                 "previous_size": (job.previous_sizes or {}).get(name),
-                "reserved": {"<pad>": 0, "<unk>": 1},
+                "reserved": {name: i for i, name in enumerate(RESERVED)},
             }
             for name, v in job.vocab.items()
         },
@@ -99,53 +100,22 @@ def _iso(ms: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
 
-def provenance() -> dict:
-    """What produced an artifact: package versions, git commit, host."""
-    out = {"python": platform.python_version(), "host": platform.node()}
-    for pkg in ("towerline", "numpy", "pyarrow", "webdataset"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    try:
-        out["git_commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).parent,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        out["git_commit"] = None
-    return out
-
-
 def write(folder: Path, manifest: dict) -> None:
     manifest = dict(manifest, files=checksums(folder))
-    write_json(Path(folder) / "manifest.json", manifest)
+    write_json(Path(folder) / MANIFEST, manifest)
 
 
 def load(folder: str | Path, verify: bool = False) -> dict:
-    """Read a dataset's manifest; with verify, recompute every checksum and fail on a mismatch."""
-    path = Path(folder) / "manifest.json"
+    """Read a dataset's manifest; with verify, recompute every checksum and refuse a
+    changed, missing or unexpected file (common.errors.IntegrityError)."""
+    path = Path(folder) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {folder} a prepared dataset?")
     manifest = json.loads(path.read_text())
     if manifest.get("kind") != KIND:
         raise ValueError(f"{path} is a {manifest.get('kind')!r} manifest, not {KIND!r}")
     if verify:
-        actual = checksums(folder)
-        expected = manifest["files"]
-        bad = sorted(k for k in expected if actual.get(k) != expected[k])
-        extra = sorted(set(actual) - set(expected))
-        if bad or extra:
-            raise ValueError(
-                f"{folder}: files differ from the manifest: changed or missing "
-                f"{bad}, unexpected {extra}; re-run prepare"
-            )
+        artifacts.verify(folder, manifest["files"], "re-run prepare", exclusive=True)
     return manifest
 
 

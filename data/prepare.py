@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from data import features, manifest, sources
+from common.io import ParquetAppender, publish_dir, write_parquet
+from data import features, manifest, sources, tables
 from data.config import PrepareConfig
 from data.features import NO_TIME
-from data.io import ParquetAppender, publish_dir, write_parquet
 from data.schema import (
     CREATORS,
     EVENT_TYPES,
@@ -119,7 +119,7 @@ class _Job:
     # -- orchestration ------------------------------------------------------------------------
 
     def run(self, previous: Path) -> None:
-        old_vocab = previous / "vocab" if (previous / "vocab").exists() else None
+        old_vocab = previous if (previous / tables.VOCAB).exists() else None
         self.previous = previous if (previous / "manifest.json").exists() else None
         self.vocab = {name: Vocab.load_or_new(name, old_vocab) for name in VOCABS}
         self.previous_sizes = {k: len(v) for k, v in self.vocab.items()} if old_vocab else None
@@ -268,8 +268,8 @@ class _Job:
         self.user_train = np.zeros(n_users, dtype=np.int32)
         self.user_test = np.zeros(n_users, dtype=np.int32)
         self.creator_train = np.zeros(len(self.vocab["creators"]), dtype=np.int64)
-        train_out = ParquetAppender(self.dir / "tables" / "train.parquet", _PAIRS)
-        test_out = ParquetAppender(self.dir / "tables" / "test.parquet", _PAIRS)
+        train_out = ParquetAppender(self.dir / tables.TRAIN, _PAIRS)
+        test_out = ParquetAppender(self.dir / tables.TEST, _PAIRS)
         offset = 0
         for b in tqdm(range(cfg.buckets), desc="split+features", disable=not self.progress):
             train, test, examples = self._bucket(b)
@@ -421,11 +421,10 @@ class _Job:
             )
 
     def _tables(self) -> None:
-        tables = self.dir / "tables"
-        write_parquet(tables / "creators.parquet", self._creator_table())
-        write_parquet(tables / "users.parquet", self._user_table())
+        write_parquet(self.dir / tables.CREATORS, self._creator_table())
+        write_parquet(self.dir / tables.USERS, self._user_table())
         for name, vocab in self.vocab.items():
-            vocab.save(self.dir / "vocab" / f"{name}.parquet")
+            vocab.save(self.dir / tables.vocab_file(name))
 
     def _text(self) -> None:
         name = self.cfg.features.text_encoder

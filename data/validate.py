@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data import schema
+from data.contract import FIRST_ID
 from data.sources.base import raw_to_text
 
 _NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
@@ -150,7 +151,7 @@ def _lookup_id(col, i: int, rej: _Rejections, vocab, closed: bool) -> np.ndarray
     if pa.types.is_dictionary(col.type):
         col = col.dictionary.take(col.indices)
     idx = vocab.index_of(col)
-    idx[idx < len(schema.RESERVED)] = -1
+    idx[idx < FIRST_ID] = -1
     new = np.flatnonzero((idx < 0) & _to_bool(pc.is_valid(col)))
     if len(new):
         candidates = col.take(pa.array(new))

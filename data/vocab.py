@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from common.io import write_parquet
+from data.contract import RESERVED, UNK
 from data.hashindex import HashIndex, fingerprint
-from data.io import write_parquet
-from data.schema import RESERVED, UNK_INDEX
+from data.tables import vocab_file
 from data.validate import contiguous
 
 _ARROW_LOOKUP_UP_TO = 100_000
@@ -72,7 +73,7 @@ class Vocab:
     def lookup(self, values: pa.Array) -> np.ndarray:
         """Indices of `values` (int32); ids not in the vocabulary map to the unknown slot."""
         index = self.index_of(values)
-        return np.where(index < 0, UNK_INDEX, index).astype(np.int32)
+        return np.where(index < 0, UNK, index).astype(np.int32)
 
     def assign(self, values: pa.Array, index: np.ndarray) -> np.ndarray:
         """Complete a lookup: rows with index -1 hold ids not yet known, which are appended in
@@ -103,6 +104,7 @@ class Vocab:
         return cls(name, table.column("id").combine_chunks())
 
     @classmethod
-    def load_or_new(cls, name: str, folder: Path | None) -> Vocab:
-        path = folder / f"{name}.parquet" if folder else None
+    def load_or_new(cls, name: str, dataset: Path | None) -> Vocab:
+        """The vocabulary of a prepared dataset, or a new one (only the reserved slots)."""
+        path = dataset / vocab_file(name) if dataset else None
         return cls.load(name, path) if path and path.exists() else cls(name)

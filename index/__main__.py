@@ -1,53 +1,67 @@
-"""Command line: `python -m index rebuild|export|show`.
+"""Command line: `python -m index rebuild|export|export-onnx|show`.
 
-Exit codes (index.errors): 0 published or up to date, 2 bad config, 3 missing input,
-4 validation failed (nothing published), 5 build error (nothing published), 6 another rebuild
-is running.
+    python -m index rebuild --config configs/index/gowalla.yaml [--recall_target 0.98] [--dry-run]
+    python -m index export --checkpoint CKPT_OR_RUN_DIR [--data DIR] --output DIR
+    python -m index export-onnx --checkpoint CKPT_OR_RUN_DIR [--data DIR] --output FILE.onnx
+    python -m index show STORE [--version V] [--verify] [--json]
+
+Every field of the rebuild config is a flag (`--field VALUE`, as training's LightningCLI). Exit
+codes (common.errors): 0 published or up to date, 2 bad config, 3 missing input, 4 validation
+failed (nothing published), 5 build error (nothing published), 6 another rebuild is running.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from data.config import add_override_argument, setup_logging
-from index import errors
+from jsonargparse import ArgumentParser
+
+from common import config, errors
+from common.logs import setup_logging
+from index.config import IndexConfig
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m index", description=__doc__)
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m index", description=__doc__, exit_on_error=False)
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subcommands(dest="command")
 
-    r = sub.add_parser(
-        "rebuild", help="export, build, tune, validate and publish if inputs changed"
-    )
-    r.add_argument("--config", required=True, help="a YAML file in configs/index/")
-    add_override_argument(r, "recall_target=0.98")
+    r = ArgumentParser(description="export, build, tune, validate and publish if inputs changed")
+    config.add_config_arguments(r, IndexConfig)
     r.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    sub.add_subcommand("rebuild", r, help="export, build, tune, validate and publish")
 
-    e = sub.add_parser("export", help="every creator's embedding and id, with a manifest")
-    e.add_argument("--checkpoint", required=True, help="a .ckpt file or a training run folder")
-    e.add_argument("--data", help="prepared dataset (default: the one the checkpoint trained on)")
-    e.add_argument("--output", required=True, help="export folder (replaced atomically)")
+    e = ArgumentParser(description="every creator's embedding and id, with a manifest")
+    _model_arguments(e, "export folder (replaced atomically)")
     e.add_argument("--queries", type=int, default=2000, help="real user vectors to include")
     e.add_argument("--seed", type=int, default=0)
+    sub.add_subcommand("export", e, help="every creator's embedding and id, with a manifest")
 
-    s = sub.add_parser("show", help="the current (or a named) version of an index store")
+    o = ArgumentParser(description="the user tower as ONNX, parity with torch checked")
+    _model_arguments(o, "the .onnx file to write")
+    sub.add_subcommand("export-onnx", o, help="the user tower as ONNX (as every version has it)")
+
+    s = ArgumentParser(description="the current (or a named) version of an index store")
     s.add_argument("store", help="the store root (a config's `store`)")
     s.add_argument("--version", help="a version name (default: current)")
     s.add_argument("--verify", action="store_true", help="load it: checksums, counts, faiss")
     s.add_argument("--json", action="store_true", help="print the whole manifest")
+    sub.add_subcommand("show", s, help="the current (or a named) version of an index store")
     return parser
 
 
-def _rebuild(args) -> int:
-    from index import config, rebuild
+def _model_arguments(parser: ArgumentParser, output: str) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a .ckpt file or a training run folder")
+    parser.add_argument("--data", help="prepared dataset (default: the one it was trained on)")
+    parser.add_argument("--output", required=True, help=output)
 
-    cfg = config.load(args.config, args.set)
-    result = rebuild.run(cfg, dry_run=args.dry_run)
+
+def _rebuild(args) -> int:
+    from index import rebuild
+
+    result = rebuild.run(config.build(IndexConfig, args), dry_run=args.dry_run)
     print(result.summary)
     return result.code
 
@@ -62,6 +76,19 @@ def _export(args) -> int:
     print(
         f"exported {m['count']:,} creators × {m['dim']} (model {m['model']['version'][:12]}, "
         f"fingerprint {m['fingerprint']['sha256'][:12]}) to {args.output}"
+    )
+    return errors.OK
+
+
+def _export_onnx(args) -> int:
+    from index.user_tower import export_from_checkpoint
+
+    m = export_from_checkpoint(args.checkpoint, args.output, args.data)
+    inputs = ", ".join(f"{k} {v['shape']}" for k, v in m["inputs"].items())
+    print(
+        f"exported the user tower of model {m['model']['version'][:12]} to {args.output}: "
+        f"{inputs} → embedding [-1, {m['dim']}], parity "
+        f"{max(m['parity']['max_abs_diff'].values()):.2g}"
     )
     return errors.OK
 
@@ -90,12 +117,18 @@ def _show(args) -> int:
     return errors.OK
 
 
+COMMANDS = {"rebuild": _rebuild, "export": _export, "export-onnx": _export_onnx, "show": _show}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.quiet)
-    command = {"rebuild": _rebuild, "export": _export, "show": _show}[args.command]
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return command(args)
+        args = config.parse_args(_parser(), argv)
+    except errors.ConfigError as e:
+        return errors.report("index", config.command_of(argv, COMMANDS), e)
+    setup_logging(args.quiet)
+    try:
+        return COMMANDS[args.command](args[args.command])
     except Exception as e:  # the rebuild job reports its own; these are config and input errors
         return errors.report("index", args.command, e)
 

@@ -28,9 +28,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from data.config import ConfigError
-from data.io import atomic_path
-from index.errors import IntegrityError, MetricMismatchError
+from common.errors import ConfigError, IntegrityError
+from common.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,10 @@ if not HAS_GPU:
 FLAT_BLAS_FROM = 1024
 if faiss.cvar.distance_compute_blas_threshold == 128_000:
     faiss.cvar.distance_compute_blas_threshold = FLAT_BLAS_FROM
+
+
+class MetricMismatchError(ConfigError):
+    """The index metric is not the metric the towers were trained with."""
 
 
 def default_nlist(n: int) -> int:

@@ -1,10 +1,11 @@
 """The creator catalog and the users of a prepared dataset, as inputs of a checkpoint's towers.
 
 Vocabularies are append-only (data.vocab): a later `python -m data prepare` keeps every index
-and gives new creators, categories and tags indices past the end. A checkpoint has rows only for
-the vocabulary it was trained on, so anything newer goes through the towers as unknown (UNK):
-a new creator's vector comes from its content (category, tags, popularity, text) alone — the content
-path that adds creators without retraining — and a history item the model never saw is dropped.
+and gives new creators, categories and tags indices past the end. A checkpoint has rows only
+for the vocabulary it was trained on, so anything newer follows the out-of-vocabulary rule of
+data.contract: a new creator's vector comes from its content (category, tags, popularity, text)
+alone — the content path that adds creators without retraining — and a history item the model
+never saw is dropped.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from data.io import sha256_file
-from data.text import TEXT_FILE
-from index.errors import MissingInputError, ValidationError
-from towers.model import PAD, UNK, TowerConfig, TwoTower
-from training.data import CreatorFeatures, UserFeatures
+from common.artifacts import sha256_file
+from common.errors import MissingInputError, ValidationError
+from data.contract import FIRST_ID
+from data.tables import (
+    CREATOR_TEXT,
+    CREATORS,
+    USERS,
+    CreatorFeatures,
+    UserFeatures,
+    vocab_file,
+)
+from towers.model import TowerConfig, TwoTower
 
 log = logging.getLogger(__name__)
-
-CREATORS = Path("tables") / "creators.parquet"
-USERS = Path("tables") / "users.parquet"
-RESERVED = 2  # vocabulary rows 0 (<pad>) and 1 (<unk>) are not creators
 
 
 @dataclass
@@ -50,15 +54,15 @@ def require_dataset(data_dir: str | Path) -> Path:
     if not (data_dir / CREATORS).exists():
         raise MissingInputError(
             f"no creator catalog at {data_dir / CREATORS}; prepare the dataset first "
-            f"(`python -m data prepare --config configs/data/<name>.yaml`) or set `data` "
-            f"(--set data=DIR) to a prepared dataset"
+            f"(`python -m data prepare --config configs/data/<name>.yaml`) or point `--data` "
+            f"at a prepared dataset"
         )
     return data_dir
 
 
 def _catalog_sha256(data_dir: Path) -> str:
     """The creators table, and the text vectors prepared from it when there are any."""
-    text = data_dir / TEXT_FILE
+    text = data_dir / CREATOR_TEXT
     if not text.exists():
         return sha256_file(data_dir / CREATORS)
     both = f"{sha256_file(data_dir / CREATORS)}|{sha256_file(text)}"
@@ -70,7 +74,7 @@ def load_catalog(data_dir: str | Path) -> Catalog:
     t = pq.read_table(data_dir / CREATORS, columns=["creator_idx", "creator_id"])
     idx = t["creator_idx"].to_numpy().astype(np.int64)
     order = np.argsort(idx, kind="stable")
-    keep = order[idx[order] >= RESERVED]
+    keep = order[idx[order] >= FIRST_ID]
     ids = np.asarray(t["creator_id"].to_pylist(), dtype=object)[keep].astype(str)
     return Catalog(
         data_dir=data_dir,
@@ -91,7 +95,7 @@ def check_vocabulary(catalog: Catalog, cfg: TowerConfig, train_dir: str | Path |
             f"trained on {cfg.num_creators}: it is not this model's dataset or a later prepare "
             f"of it; set `data` to the dataset the model was trained on (or a newer prepare)"
         )
-    vocab = Path(train_dir or "") / "vocab" / "creators.parquet"
+    vocab = Path(train_dir or "") / vocab_file("creators")
     if not train_dir or not vocab.exists():
         log.info("training vocabulary %s not found; trusting the catalog's indices", vocab)
         return
@@ -100,7 +104,7 @@ def check_vocabulary(catalog: Catalog, cfg: TowerConfig, train_dir: str | Path |
     moved = [
         (i, c, mine.get(i))
         for i, c in zip(trained["index"], trained["id"], strict=True)
-        if i >= RESERVED and i < cfg.num_creators and mine.get(i) != c
+        if FIRST_ID <= i < cfg.num_creators and mine.get(i) != c
     ]
     if moved:
         raise ValidationError(
@@ -110,21 +114,6 @@ def check_vocabulary(catalog: Catalog, cfg: TowerConfig, train_dir: str | Path |
         )
 
 
-def _known(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Indices the model has rows for; newer ones (>= size) become UNK, padding stays."""
-    return torch.where(x >= size, torch.full_like(x, UNK), x)
-
-
-def creator_inputs(features: CreatorFeatures, idx: torch.Tensor, cfg: TowerConfig) -> dict:
-    """encode_creators arguments for vocabulary indices `idx`; creators, categories and tags
-    past the model's vocabulary go in as UNK (the content path)."""
-    x = features.select(idx)
-    x["creator"] = _known(x["creator"], cfg.num_creators)
-    x["category"] = _known(x["category"], cfg.num_categories)
-    x["tags"] = _known(x["tags"], cfg.num_tags)
-    return x
-
-
 @torch.no_grad()
 def encode_creators(
     model: TwoTower, catalog: Catalog, cfg: TowerConfig, idx: np.ndarray | None = None
@@ -132,48 +121,35 @@ def encode_creators(
     """[N, dim] float32 unit vectors of the catalog's creators (all, or vocabulary indices
     `idx`), in that order."""
     idx = catalog.creator_idx if idx is None else idx
+    features = catalog.features.to("cpu")
+    sizes = (cfg.num_creators, cfg.num_categories, cfg.num_tags)
     chunk, out = 65536, []
     for s in range(0, len(idx), chunk):
         rows = torch.as_tensor(idx[s : s + chunk], dtype=torch.int64)
-        out.append(model.encode_creators(**creator_inputs(catalog.features, rows, cfg)).float())
+        out.append(model.encode_creators(**features.inputs(rows, *sizes)).float())
     dim = cfg.dim
     return torch.cat(out).numpy() if out else np.zeros((0, dim), dtype=np.float32)
 
 
-def user_hashing(data_hparams: dict, cfg: TowerConfig) -> tuple[int, int]:
-    """(attribute buckets, attributes per user): how the training data module hashed user
-    attributes, which serving must repeat (the ONNX export, the feature store)."""
-    buckets = int(data_hparams.get("user_attribute_buckets", cfg.attribute_buckets or 4096))
-    return max(buckets, 3), int(data_hparams.get("max_user_attributes", 8))
-
-
-def history_length(data_dir: str | Path) -> int:
-    """The users table's history list size: the N every request's history is padded to."""
-    return int(pq.read_schema(require_dataset(data_dir) / USERS).field("history").type.list_size)
-
-
-def load_users(data_dir: Path, data_hparams: dict, cfg: TowerConfig) -> UserFeatures:
+def load_users(data_dir: Path, hashing: tuple[int, int]) -> UserFeatures:
     """The users table as the training data module read it (same attribute hashing)."""
-    buckets, width = user_hashing(data_hparams, cfg)
-    return UserFeatures.from_table(require_dataset(data_dir) / USERS, buckets, width)
+    return UserFeatures.from_table(require_dataset(data_dir) / USERS, *hashing)
 
 
 def sample_users(users: UserFeatures, n: int, seed: int) -> np.ndarray:
     """A seeded sample of up to n users with training pairs (the requests serving answers
     with a history), sorted."""
-    pool = np.flatnonzero(users.trained.numpy())
-    pool = pool[pool >= RESERVED]
+    pool = np.flatnonzero(users.trained)
+    pool = pool[pool >= FIRST_ID]
     if n < len(pool):
         pool = np.random.default_rng(seed).choice(pool, n, replace=False)
     return np.sort(pool).astype(np.int64)
 
 
 def user_inputs(users: UserFeatures, idx: np.ndarray, cfg: TowerConfig) -> dict:
-    """encode_users arguments; history items past the model's creator vocabulary are dropped
-    (the user tower has no id row for them)."""
-    x = users.inputs(torch.as_tensor(idx, dtype=torch.int64))
-    x["history"] = torch.where(x["history"] >= cfg.num_creators, PAD, x["history"])
-    return x
+    """encode_users arguments (torch) by the out-of-vocabulary rule of data.contract."""
+    x = users.inputs(np.asarray(idx, dtype=np.int64), cfg.num_creators)
+    return {k: torch.as_tensor(v) for k, v in x.items()}
 
 
 @torch.no_grad()

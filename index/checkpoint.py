@@ -1,10 +1,10 @@
 """The towers of a trained checkpoint, without Lightning or pickle, and the model version.
 
 A Lightning checkpoint holds the module's weights under `model.` and its constructor arguments
-in `hyper_parameters`; that is enough to rebuild `towers.model.TwoTower` exactly as
-`training.module.TwoTowerModule` built it. The model version is a hash of the weights alone, so
-two checkpoints with the same weights (a copy, a re-save) are the same model, and serving can
-compute it from the checkpoint it loads and compare it with the index's.
+in `hyper_parameters`, the tower config whole under `tower`: enough to rebuild
+`towers.model.TwoTower` exactly as `training.module.TwoTowerModule` built it. The model
+version is a hash of the weights alone, so two checkpoints with the same weights (a copy, a
+re-save) are the same model, and serving can compare the index's with the tower it runs.
 """
 
 from __future__ import annotations
@@ -16,21 +16,14 @@ from pathlib import Path
 
 import torch
 
-from index.errors import MissingInputError
+from common.errors import MissingInputError
+from data import contract
 from towers.model import TowerConfig, TwoTower
 
 log = logging.getLogger(__name__)
 
 PREFIX = "model."
 LAST = "last.ckpt"
-
-# Checkpoint hyper-parameter → TowerConfig field, where the names differ (TwoTowerModule.__init__).
-_RENAMED = {"user_attribute_buckets": "attribute_buckets", "temperature": "init_temperature"}
-_TOWER_FIELDS = (
-    "num_users", "num_creators", "num_categories", "num_tags", "dim", "hidden",
-    "unknown_user_buckets", "pooling", "combiner", "text_dim", "attribute_buckets",
-    "init_temperature", "learn_temperature", "history_weights", "content_hidden",
-)  # fmt: skip
 
 
 @dataclass
@@ -46,6 +39,17 @@ class TrainedModel:
     """The data module's arguments: data_dir, user_attribute_buckets, max_user_attributes, ..."""
     epoch: int | None = None
     global_step: int | None = None
+
+    @property
+    def attribute_hashing(self) -> tuple[int, int]:
+        """(buckets, width): how the training data module hashed user attributes, which the
+        ONNX export and the feature store repeat (data.contract.hash_attributes)."""
+        h = self.data_hparams
+        # at least one real bucket: the feature store hashes attributes even for a tower
+        # trained without them
+        buckets = h.get("user_attribute_buckets", contract.ATTRIBUTE_BUCKETS)
+        buckets = max(int(buckets), contract.FIRST_ID + 1)
+        return buckets, int(h.get("max_user_attributes", contract.ATTRIBUTE_WIDTH))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -64,7 +68,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         )
     raise MissingInputError(
         f"checkpoint {path} not found; train first (`python -m training fit ...`) or set "
-        f"`checkpoint` (--set checkpoint=PATH) to a .ckpt file or a run folder"
+        f"`--checkpoint PATH` to a .ckpt file or a run folder"
     )
 
 
@@ -82,15 +86,13 @@ def model_version(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def tower_config(hparams: dict) -> TowerConfig:
-    """TowerConfig from a checkpoint's hyper_parameters, mapped as TwoTowerModule maps them."""
-    values = {_RENAMED.get(k, k): v for k, v in hparams.items() if not k.startswith("_")}
-    missing = [k for k in ("num_users", "num_creators") if k not in values]
-    if missing:
+    """The TowerConfig a checkpoint's hyper_parameters hold whole under `tower`."""
+    if not isinstance(hparams.get("tower"), dict):
         raise ValueError(
-            f"checkpoint hyper_parameters lack {missing}; is it a TwoTowerModule checkpoint "
-            f"from `python -m training fit`? keys: {sorted(hparams)}"
+            f"checkpoint hyper_parameters have no `tower` config; is it a TwoTowerModule "
+            f"checkpoint from `python -m training fit`? keys: {sorted(hparams)}"
         )
-    return TowerConfig(**{k: values[k] for k in _TOWER_FIELDS if k in values})
+    return TowerConfig(**hparams["tower"])
 
 
 def load(path: str | Path) -> TrainedModel:

@@ -1,27 +1,24 @@
-"""Typed configuration of `python -m index rebuild`, loaded from `configs/index/*.yaml`.
-
-Every field is overridable on the command line with `--set field=value` (value parsed as YAML),
-as in `python -m data prepare`; errors name the field to change.
+"""Typed configuration of `python -m index rebuild`, loaded from `configs/index/*.yaml` by the
+common loader (common.config): every field is a flag, `--recall_target 0.98`, and errors name
+the flag to change.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from data.config import ConfigError, apply_overrides
+from common.errors import ConfigError
 from index.build import DEFAULT_FACTORY, METRICS
 from index.tune import K_FACTOR, NPROBE
 
 
 @dataclass
 class IndexConfig:
+    """The rebuild job: which checkpoint and catalog, which faiss index, how it is tuned, where
+    versions are kept."""
+
     name: str
     checkpoint: str
     """A .ckpt file, or a training run folder: the newest `last.ckpt` anywhere under it."""
@@ -68,27 +65,30 @@ class IndexConfig:
     seed: int = 0
 
     def __post_init__(self):
+        empty = [name for name in ("name", "checkpoint", "store") if not getattr(self, name)]
+        if empty:
+            raise ConfigError(f"an index config needs {empty} (--{empty[0]} ...)")
         if self.metric not in METRICS:
-            raise ConfigError(f"metric={self.metric!r} is not one of {sorted(METRICS)}")
+            raise ConfigError(f"--metric={self.metric!r} is not one of {sorted(METRICS)}")
         if not 0.0 < self.recall_floor <= self.recall_target <= 1.0:
             raise ConfigError(
-                f"recall_floor={self.recall_floor}, recall_target={self.recall_target}: need "
+                f"--recall_floor={self.recall_floor}, --recall_target={self.recall_target}: need "
                 f"0 < recall_floor <= recall_target <= 1"
             )
         for name in ("k", "tuning_users", "keep", "repeats"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"--{name}={getattr(self, name)} must be >= 1")
         for name in ("nprobe", "k_factor"):
             values = getattr(self, name)
             if not values or min(values) < 1:
-                raise ConfigError(f"{name}={values} must be a non-empty list of values >= 1")
+                raise ConfigError(f"--{name}={values} must be a non-empty list of values >= 1")
         if self.incremental_max_fraction <= 0:
             raise ConfigError(
-                f"incremental_max_fraction={self.incremental_max_fraction} must be > 0 "
-                f"(or set incremental: false)"
+                f"--incremental_max_fraction={self.incremental_max_fraction} must be > 0 "
+                f"(or --incremental false)"
             )
         if not self.factory.strip():
-            raise ConfigError(f"factory={self.factory!r} is empty; default: {DEFAULT_FACTORY}")
+            raise ConfigError(f"--factory={self.factory!r} is empty; default: {DEFAULT_FACTORY}")
 
 
 # What a built index depends on besides the model and the catalog: a change to any of these
@@ -105,35 +105,3 @@ def build_settings(cfg: IndexConfig) -> dict:
 
 def settings_sha256(cfg: IndexConfig) -> str:
     return hashlib.sha256(json.dumps(build_settings(cfg), sort_keys=True).encode()).hexdigest()
-
-
-def from_dict(raw: dict[str, Any]) -> IndexConfig:
-    known = {f.name for f in dataclasses.fields(IndexConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
-    missing = [k for k in ("name", "checkpoint", "store") if raw.get(k) in (None, "")]
-    if missing:
-        raise ConfigError(f"an index config needs {missing} (--set {missing[0]}=...)")
-    try:
-        return IndexConfig(**raw)
-    except TypeError as e:
-        raise ConfigError(f"bad index config: {e}") from e
-
-
-def load(path: str | Path, overrides: list[str] | None = None) -> IndexConfig:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config {path} not found; shipped configs are in configs/index/")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    return from_dict(apply_overrides(raw, overrides or []))
-
-
-def to_dict(cfg: IndexConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: IndexConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -10,8 +10,8 @@ An export folder:
     manifest.json      model version, embedding-space fingerprint, metric, norms, checksums
 
 The fingerprint hashes the probes' vectors rounded to 5 decimals: it names the embedding space
-(which towers, which weights). Rounding can flip on other hardware, so serving should check its
-own user tower with `check_probes` (a tolerance) rather than by recomputing the hash.
+(which towers, which weights). Rounding can flip on other hardware, so serving checks its own
+user tower with `index.store.check_probes` (a tolerance) rather than by recomputing the hash.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +30,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from data.io import atomic_path, checksums, publish_dir, write_json, write_parquet
-from data.manifest import provenance
+from common.artifacts import MANIFEST, checksums, provenance
+from common.errors import MissingInputError, ValidationError
+from common.io import atomic_path, publish_dir, save_npy, write_json, write_parquet
 from index import catalog as cat
 from index.checkpoint import TrainedModel
-from index.errors import IntegrityError, MissingInputError, ValidationError
+from index.store import (
+    CREATORS,
+    EMBEDDINGS,
+    PROBES,
+    QUERIES,
+    QUERY_USERS,
+    verify_files,
+)
 
 log = logging.getLogger(__name__)
 
 KIND = "towerline.creator_embeddings"
 METRIC = "inner_product"
 """What the towers were trained with: dot products of unit vectors (towers.model)."""
-PROBES = 8
+PROBE_COUNT = 8
 DECIMALS = 5
 NORM_TOLERANCE = 1e-3
 
@@ -56,11 +63,6 @@ class Embeddings:
     creator_id: np.ndarray
     xq: np.ndarray
     manifest: dict
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def norm_check(x: np.ndarray) -> dict:
@@ -82,12 +84,12 @@ def fingerprint(*vectors: np.ndarray) -> str:
 
 
 def probe_inputs(trained: TrainedModel, users: cat.UserFeatures, catalog: cat.Catalog) -> dict:
-    """The first PROBES creators and trained users, by index: fixed for a dataset, whatever the
+    """The first PROBE_COUNT creators and trained users, by index: fixed for a dataset, whatever the
     config, so two exports of one model share the fingerprint."""
-    pool = cat.sample_users(users, len(users.trained), seed=0)[:PROBES]
+    pool = cat.sample_users(users, len(users.trained), seed=0)[:PROBE_COUNT]
     inputs = cat.user_inputs(users, pool, trained.config)
     return {
-        "creator_idx": catalog.creator_idx[:PROBES],
+        "creator_idx": catalog.creator_idx[:PROBE_COUNT],
         "user_idx": pool,
         **{k: v.numpy() for k, v in inputs.items()},
     }
@@ -100,21 +102,21 @@ def write_export(
     manifest, also written as manifest.json with the checksum of every file."""
     folder.mkdir(parents=True, exist_ok=True)
     xb = cat.encode_creators(trained.model, catalog, trained.config)  # [N, d]
-    users = cat.load_users(catalog.data_dir, trained.data_hparams, trained.config)
+    users = cat.load_users(catalog.data_dir, trained.attribute_hashing)
     query_users = cat.sample_users(users, queries, seed)
     xq = cat.encode_users(trained.model, cat.user_inputs(users, query_users, trained.config))
     probes = probe_inputs(trained, users, catalog)
     tensors = {k: torch.as_tensor(probes[k]) for k in ("user", "history", "attributes")}
     probes["user_vectors"] = cat.encode_users(trained.model, tensors)
     probes["creator_vectors"] = xb[: len(probes["creator_idx"])]
-    save_npy(folder / "embeddings.npy", xb)
-    save_npy(folder / "queries.npy", xq)
-    save_npy(folder / "query_users.npy", query_users)
-    write_creators(folder / "creators.parquet", catalog.creator_idx, catalog.creator_id)
-    with atomic_path(folder / "probes.npz") as tmp, open(tmp, "wb") as f:
+    save_npy(folder / EMBEDDINGS, xb)
+    save_npy(folder / QUERIES, xq)
+    save_npy(folder / QUERY_USERS, query_users)
+    write_creators(folder / CREATORS, catalog.creator_idx, catalog.creator_id)
+    with atomic_path(folder / PROBES) as tmp, open(tmp, "wb") as f:
         np.savez(f, **probes)
     manifest = describe(trained, catalog, xb, xq, probes, seed)
-    write_json(folder / "manifest.json", {**manifest, "files": checksums(folder)})
+    write_json(folder / MANIFEST, {**manifest, "files": checksums(folder)})
     log.info("exported %d creators × %d (%s)", *xb.shape, folder)
     return manifest
 
@@ -133,7 +135,7 @@ def describe(trained, catalog, xb, xq, probes, seed) -> dict:
     return {
         "kind": KIND,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "created_by": {**provenance(), "torch": torch.__version__, "faiss": _version("faiss")},
+        "created_by": provenance("torch", "faiss"),
         "model": {
             "version": trained.version,
             "checkpoint": str(trained.path),
@@ -163,15 +165,6 @@ def describe(trained, catalog, xb, xq, probes, seed) -> dict:
     }
 
 
-def _version(package: str) -> str | None:
-    for name in (package, f"{package}-cpu", f"{package}-gpu-cu12"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def validate(manifest: dict, expected_count: int | None = None) -> None:
     """Fit to index: no NaN or inf, unit norms, and (when given) one row per catalog creator."""
     norms, count = manifest["norms"], manifest["count"]
@@ -194,15 +187,15 @@ def validate(manifest: dict, expected_count: int | None = None) -> None:
 def load_embeddings(folder: str | Path, verify: bool = True) -> Embeddings:
     """An export folder (or an index version folder, a superset of one), checksums verified."""
     folder = Path(folder)
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     if not path.exists():
         raise MissingInputError(f"{path} not found: is {folder} an export or index version?")
     manifest = json.loads(path.read_text())
     if verify:
         verify_files(folder, manifest)
-    table = pq.read_table(folder / "creators.parquet")
-    xb = np.load(folder / "embeddings.npy", allow_pickle=False)
-    xq = np.load(folder / "queries.npy", allow_pickle=False)
+    table = pq.read_table(folder / CREATORS)
+    xb = np.load(folder / EMBEDDINGS, allow_pickle=False)
+    xq = np.load(folder / QUERIES, allow_pickle=False)
     return Embeddings(
         xb=xb,
         creator_idx=table["creator_idx"].to_numpy(),
@@ -210,24 +203,6 @@ def load_embeddings(folder: str | Path, verify: bool = True) -> Embeddings:
         xq=xq,
         manifest=manifest,
     )
-
-
-def verify_files(folder: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists with its size and sha256."""
-    expected = manifest.get("files") or {}
-    actual = checksums(folder)
-    for name, want in sorted(expected.items()):
-        got = actual.get(name)
-        if got == want:
-            continue
-        what = "missing" if got is None else (
-            f"{got['bytes']} bytes, sha256 {got['sha256'][:12]}… where the manifest has "
-            f"{want['bytes']} bytes, {want['sha256'][:12]}…"
-        )  # fmt: skip
-        raise IntegrityError(
-            f"{folder / name} is {what}: the file is corrupted or truncated; rebuild "
-            f"(`python -m index rebuild --config ...`) or point the store at an older version"
-        )
 
 
 def export_to(trained: TrainedModel, catalog: cat.Catalog, output: Path, **kw) -> dict:
@@ -241,19 +216,3 @@ def export_to(trained: TrainedModel, catalog: cat.Catalog, output: Path, **kw) -
         if staging.exists():
             shutil.rmtree(staging)
     return manifest
-
-
-def check_probes(probes: str | Path, encode_users, atol: float = 1e-4) -> float:
-    """Run a user tower (`encode_users(user, history, attributes) -> [P, d]`, e.g. the serving
-    model) on the export's probe inputs; raise unless it reproduces the probe vectors, so an
-    index is never queried from a different embedding space. Returns the largest difference."""
-    with np.load(probes, allow_pickle=False) as p:
-        got = np.asarray(encode_users(p["user"], p["history"], p["attributes"]), np.float32)
-        want = p["user_vectors"]
-    diff = float(np.abs(got - want).max()) if len(want) else 0.0
-    if got.shape != want.shape or diff > atol:
-        raise IntegrityError(
-            f"the user tower gives probe vectors {got.shape} differing by {diff:.2e} (> {atol}) "
-            f"from the index's {want.shape}: it is not the model the index was built for"
-        )
-    return diff

@@ -28,24 +28,23 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import write_bytes
-from index import build, catalog, checkpoint, export, store, tune
-from index.config import IndexConfig, settings_sha256, to_dict, to_yaml
-from index.errors import (
-    BUILD_FAILED,
+from common.config import to_dict, to_yaml
+from common.errors import (
+    FAILED,
     OK,
     IntegrityError,
     MissingInputError,
     ValidationError,
     exit_code,
 )
+from common.io import save_npy, write_bytes
+from data.tables import history_length
+from index import build, catalog, checkpoint, export, store, tune, user_tower
+from index.config import IndexConfig, settings_sha256
 
 log = logging.getLogger(__name__)
 
 VECTOR_ATOL = 1e-5  # existing creators' vectors re-encoded by the same model on the same catalog
-USER_TOWER = "user_tower.onnx"
-"""The version's user tower as ONNX: serving runs it (Triton or in-process) so every answer comes
-from the tower the index was built for."""
 
 
 @dataclass
@@ -91,7 +90,7 @@ def load_inputs(
     trained_on = trained.data_hparams.get("data_dir")
     if not (data or trained_on):
         raise MissingInputError(
-            f"checkpoint {trained.path} records no data_dir; name the catalog (--set data=DIR)"
+            f"checkpoint {trained.path} records no data_dir; name the catalog (--data DIR)"
         )
     found = catalog.load_catalog(data or trained_on)
     catalog.check_vocabulary(found, trained.config, trained_on)
@@ -120,7 +119,7 @@ def stale_reason(current: dict | None, inputs: Inputs) -> str | None:
     if current is None:
         return "no current version"
     if "user_tower" not in current:
-        return f"{current['version']} has no exported user tower (serving needs {USER_TOWER})"
+        return f"{current['version']} has no exported user tower (serving needs {store.USER_TOWER})"
     was, now = current.get("inputs", {}), inputs.record
     if was.get("id") == now["id"]:
         return None
@@ -146,7 +145,7 @@ def run(cfg: IndexConfig, dry_run: bool = False) -> Result:
             return _rebuild(cfg, root, started)
     except Exception as e:
         code = exit_code(e)
-        if code == BUILD_FAILED:  # unexpected: the traceback is the diagnosis
+        if code == FAILED:  # unexpected: the traceback is the diagnosis
             log.exception("rebuild failed")
         kept = _safe_current(root)
         return Result(
@@ -217,7 +216,7 @@ def build_version(
         inputs.trained, inputs.catalog, folder, queries=cfg.tuning_users, seed=cfg.seed
     )
     export.validate(exported, expected_count=len(inputs.catalog))
-    tower = export_user_tower(inputs, folder / USER_TOWER)
+    tower = write_user_tower(inputs, folder / store.USER_TOWER)
     metric = build.check_metric(cfg.metric, exported["metric"])
     emb = export.load_embeddings(folder, verify=False)
     use_gpu = build.HAS_GPU if cfg.use_gpu is None else cfg.use_gpu
@@ -233,7 +232,7 @@ def build_version(
     )  # fmt: skip
     check_fit(cfg, index, tuning, len(inputs.catalog))
     build.write_index(index, folder / store.INDEX_FILE)
-    write_bytes(folder / "config.yaml", to_yaml(cfg).encode())
+    write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())
     record["bytes"] = (folder / store.INDEX_FILE).stat().st_size
     return {
         **exported,
@@ -247,17 +246,15 @@ def build_version(
     }
 
 
-def export_user_tower(inputs: Inputs, path: Path) -> dict:
+def write_user_tower(inputs: Inputs, path: Path) -> dict:
     """The user tower as ONNX beside the index (parity with torch checked by the export), with
     the request inputs it expects: history length and attribute hashing as training used."""
-    from serving.export import export_user_tower as to_onnx  # onnx loads only for a build
-
-    history_len = catalog.history_length(inputs.catalog.data_dir)
-    buckets, width = catalog.user_hashing(inputs.trained.data_hparams, inputs.trained.config)
-    described = to_onnx(inputs.trained, path, history_len=history_len, attribute_width=width)
+    history_len = history_length(inputs.catalog.data_dir)
+    buckets, width = inputs.trained.attribute_hashing
+    described = user_tower.export_user_tower(inputs.trained, path, history_len, width)
     return {
         **described,
-        "file": USER_TOWER,
+        "file": store.USER_TOWER,
         "history_len": history_len,
         "attribute_width": width,
         "attribute_buckets": buckets,
@@ -337,7 +334,7 @@ def extend(root: Path, base: tuple[dict, export.Embeddings], emb, folder: Path, 
     current, old = base
     n = len(old.creator_idx)
     emb.xb[:n] = old.xb
-    export.save_npy(folder / "embeddings.npy", emb.xb)
+    save_npy(folder / store.EMBEDDINGS, emb.xb)
     started = time.perf_counter()
     index = build.read_index(store.versions_dir(root) / current["version"] / store.INDEX_FILE)
     index = build.add(index, emb.xb[n:], use_gpu)

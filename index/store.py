@@ -2,7 +2,8 @@
 
     <root>/current                      the current version's name, one line
     <root>/versions/<version>/          index.faiss, embeddings.npy, creators.parquet, queries.npy,
-                                        query_users.npy, probes.npz, config.yaml, manifest.json
+                                        query_users.npy, probes.npz, user_tower.onnx,
+                                        config.yaml, manifest.json (the names below)
     <root>/versions/.staging-<pid>-*    a build in progress (never read; removed by the next run)
     <root>/.lock                        held by the rebuild job while it runs
 
@@ -34,10 +35,11 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from data.io import checksums, write_bytes, write_json
+from common import artifacts
+from common.artifacts import MANIFEST, checksums
+from common.errors import BusyError, IntegrityError, MissingInputError
+from common.io import write_bytes, write_json
 from index.build import HAS_GPU, METRICS, read_index, to_device
-from index.errors import BusyError, IntegrityError, MissingInputError
-from index.export import verify_files
 from index.tune import apply_params
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,20 @@ KIND = "towerline.creator_index"
 POINTER = "current"
 VERSIONS = "versions"
 STAGING = ".staging-"
+# A version folder's files; an export folder (`python -m index export`) holds the first five.
+EMBEDDINGS = "embeddings.npy"
+"""float32 [N, d] unit vectors; row i is CREATORS row i and faiss id i."""
+CREATORS = "creators.parquet"
+"""row → creator_idx (vocabulary index), creator_id."""
+QUERIES, QUERY_USERS = "queries.npy", "query_users.npy"
+"""Real user vectors (a seeded sample) recall is measured on, and their vocabulary indices."""
+PROBES = "probes.npz"
+"""Fixed probe users' tower inputs and vectors: a user tower is checked against them."""
 INDEX_FILE = "index.faiss"
+USER_TOWER = "user_tower.onnx"
+"""The model's user tower as ONNX, parity with torch checked: what serving runs."""
+CONFIG = "config.yaml"
+"""The resolved rebuild config."""
 
 
 def versions_dir(root: Path) -> Path:
@@ -76,7 +91,7 @@ def current_version(root: Path) -> str | None:
 
 def set_current(root: Path, version: str) -> None:
     """Point `current` at a published version, atomically."""
-    if not (versions_dir(root) / version / "manifest.json").exists():
+    if not (versions_dir(root) / version / MANIFEST).exists():
         raise IntegrityError(
             f"cannot make {version} current: {versions_dir(root) / version} is not a "
             f"published version; published: {list_versions(root)}"
@@ -127,7 +142,7 @@ def lock(root: Path) -> Iterator[None]:
 def write_manifest(folder: Path, manifest: dict) -> dict:
     """Write manifest.json with the checksum of every other file in the folder."""
     manifest = {**manifest, "files": checksums(folder)}
-    write_json(Path(folder) / "manifest.json", manifest)
+    write_json(Path(folder) / MANIFEST, manifest)
     return manifest
 
 
@@ -157,7 +172,7 @@ def read_manifest(root: Path, version: str | None = None) -> dict:
         raise MissingInputError(
             f"no current index in {root}: build one (`python -m index rebuild --config ...`)"
         )
-    path = versions_dir(root) / version / "manifest.json"
+    path = versions_dir(root) / version / MANIFEST
     if not path.exists():
         raise IntegrityError(
             f"{root}/{POINTER} names {version!r} but {path} does not exist; published "
@@ -208,7 +223,7 @@ def load(
             f"serve the model it was built for"
         )
     index = read_index(folder / INDEX_FILE)
-    ids = pq.read_table(folder / "creators.parquet")
+    ids = pq.read_table(folder / CREATORS)
     _check_shape(index, manifest, ids.num_rows, folder)
     apply_params(index, manifest.get("search_params") or {})
     return CreatorIndex(
@@ -229,3 +244,29 @@ def _check_shape(index: faiss.Index, manifest: dict, rows: int, folder: Path) ->
             f"{folder}: (vectors, id rows, dim, metric) = {got} but the manifest says {want}; "
             f"the version is inconsistent: rebuild it"
         )
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Every file a version's (or an export's) manifest lists is there with its size and sha256;
+    IntegrityError naming the first that is not."""
+    artifacts.verify(
+        folder,
+        manifest.get("files") or {},
+        "rebuild (`python -m index rebuild --config ...`) or point the store at an older version",
+    )
+
+
+def check_probes(folder: Path, encode_users, atol: float = 1e-4) -> float:
+    """Run a user tower (`encode_users(user, history, attributes) -> [P, d]`, e.g. the one
+    serving loaded) on a version's probe inputs; raise unless it reproduces the probe vectors,
+    so an index is never queried from another embedding space. Returns the largest difference."""
+    with np.load(Path(folder) / PROBES, allow_pickle=False) as p:
+        got = np.asarray(encode_users(p["user"], p["history"], p["attributes"]), np.float32)
+        want = p["user_vectors"]
+    diff = float(np.abs(got - want).max()) if len(want) else 0.0
+    if got.shape != want.shape or diff > atol:
+        raise IntegrityError(
+            f"the user tower gives probe vectors {got.shape} differing by {diff:.2e} (> {atol}) "
+            f"from the index's {want.shape}: it is not the model the index was built for"
+        )
+    return diff

@@ -1,84 +1,109 @@
-"""Command line: `python -m serving up|down|try|export-onnx|triton|materialise`.
+"""Command line: `python -m serving up|down|try|materialise|triton|repository`.
 
-python -m serving materialise --data artifacts/data/synthetic_demo --output DIR [--redis URL]
-python -m serving export-onnx --checkpoint RUN_OR_CKPT --output DIR
-python -m serving triton --repository DIR              # a real Triton server, until Ctrl-C
-python -m serving up --config configs/serving/synthetic_demo.yaml [--detach]
+python -m serving up --config configs/serving/synthetic_demo.yaml [--encoder onnx] [--detach]
 python -m serving try --config configs/serving/synthetic_demo.yaml   # a few real answers
 python -m serving down --config configs/serving/synthetic_demo.yaml
+python -m serving materialise --data artifacts/data/synthetic_demo --output DIR [--redis URL]
+python -m serving triton --repository DIR              # a real Triton server, until Ctrl-C
+python -m serving repository --onnx user_tower.onnx --output DIR   # Triton model repositories
+
+Every field of the serving config is a flag (`--field VALUE`, `--triton.protocol http`, as
+training's LightningCLI). Exit codes as in common.errors.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 
-from data.config import add_override_argument, setup_logging
+from jsonargparse import ArgumentParser
+
+from common import config, errors
+from common.logs import setup_logging
+from serving.config import ServingConfig
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="a YAML file in configs/serving/")
-    add_override_argument(p, "port=9000 --set encoder=onnx")
+def _config_parser(description: str) -> ArgumentParser:
+    p = ArgumentParser(description=description)
+    config.add_config_arguments(p, ServingConfig)
+    return p
 
 
-def _parser() -> argparse.ArgumentParser:
-    from serving import export, features, triton
+def _parser() -> ArgumentParser:
+    from serving.features.materialise import add_materialise_arguments
+    from serving.triton.server import add_triton_arguments
 
-    parser = argparse.ArgumentParser(
-        prog="python -m serving", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = ArgumentParser(prog="python -m serving", description=__doc__, exit_on_error=False)
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subcommands(dest="command")
 
-    u = sub.add_parser("up", help="feature store + user tower (Triton) + HTTP service")
-    _config_args(u)
+    u = _config_parser("feature store + user tower (Triton) + HTTP service")
     u.add_argument("--detach", action="store_true", help="run in the background; return when ready")
     u.add_argument("--wait", type=float, default=180.0, help="seconds to wait for ready (--detach)")
-
-    d = sub.add_parser("down", help="stop a service started with up --detach")
-    _config_args(d)
-
-    t = sub.add_parser("try", help="ask a running service for a few real users' recommendations")
-    _config_args(t)
+    sub.add_subcommand("up", u, help="feature store + user tower (Triton) + HTTP service")
+    sub.add_subcommand("down", _config_parser("stop a service started with up --detach"))
+    t = _config_parser("ask a running service for a few real users' recommendations")
     t.add_argument("--users", type=int, default=3, help="how many users with a history to show")
     t.add_argument("-k", type=int, default=5)
+    sub.add_subcommand("try", t)
 
-    export.add_export_arguments(sub.add_parser("export-onnx", help="the user tower as ONNX"))
-    triton.add_triton_arguments(sub.add_parser("triton", help="run a real Triton server"))
-    features.add_materialise_arguments(
-        sub.add_parser("materialise", help="the online feature store from a prepared dataset")
-    )
+    m = ArgumentParser(description="the online feature store from a prepared dataset")
+    add_materialise_arguments(m)
+    sub.add_subcommand("materialise", m)
+    s = ArgumentParser(description="run a real Triton server")
+    add_triton_arguments(s)
+    sub.add_subcommand("triton", s)
+    r = ArgumentParser(description="Triton model repositories (production, local) of an ONNX tower")
+    r.add_argument("--onnx", required=True, help="a user tower, e.g. a version's user_tower.onnx")
+    r.add_argument("--output", required=True, help="root of the repositories (replaced)")
+    sub.add_subcommand("repository", r)
     return parser
 
 
+def _service(command: str, args) -> int:
+    from serving import service
+    from serving.demo import try_service
+
+    cfg = config.build(ServingConfig, args)
+    if command == "down":
+        return service.down(cfg)
+    if command == "try":
+        return try_service(cfg, args.users, args.k)
+    return service.detach(cfg, args.wait) if args.detach else service.up(cfg)
+
+
+def _repository(args) -> int:
+    from serving.triton.repository import write_repositories
+
+    print(json.dumps(write_repositories(args.onnx, args.output), indent=2))
+    return errors.OK
+
+
+COMMANDS = ("up", "down", "try", "materialise", "triton", "repository")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.quiet)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        if args.command in ("up", "down", "try"):
-            from serving import config, server
-            from serving.demo import try_service
+        args = config.parse_args(_parser(), argv)
+    except errors.ConfigError as e:
+        return errors.report("serving", config.command_of(argv, COMMANDS), e)
+    setup_logging(args.quiet)
+    command, sub = args.command, args[args.command]
+    try:
+        if command in ("up", "down", "try"):
+            return _service(command, sub)
+        if command == "materialise":
+            from serving.features.materialise import cli_materialise
 
-            cfg = config.load(args.config, args.set)
-            if args.command == "down":
-                return server.down(cfg)
-            if args.command == "try":
-                return try_service(cfg, args.users, args.k)
-            if args.detach:
-                return server.detach(args.config, args.set, cfg, args.wait)
-            return server.up(cfg)
-        from serving import export, features, triton
+            return cli_materialise(sub)
+        if command == "triton":
+            from serving.triton.server import cli_triton
 
-        command = {
-            "export-onnx": export.cli_export,
-            "triton": triton.cli_triton,
-            "materialise": features.cli_materialise,
-        }[args.command]
-        return command(args)
+            return cli_triton(sub)
+        return _repository(sub)
     except Exception as e:
-        from index import errors
-
-        return errors.report("serving", args.command, e)
+        return errors.report("serving", command, e)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,21 @@
-"""Typed configuration of `python -m serving up`, loaded from `configs/serving/*.yaml`.
-
-Every field is overridable on the command line with `--set field=value` (value parsed as YAML;
-nested fields with dots: `--set triton.dynamic_batching=false`), as in `python -m index rebuild`.
+"""Typed configuration of `python -m serving up`, loaded from `configs/serving/*.yaml` by the
+common loader (common.config): every field is a flag, `--encoder onnx`,
+`--triton.dynamic_batching false`, and errors name the flag to change.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from data.config import ConfigError, apply_overrides
+from common.errors import ConfigError
 
 ENCODERS = ("triton", "onnx")
 
 
 @dataclass
 class TritonSettings:
+    """Where the user tower runs when `encoder` is triton."""
+
     url: str | None = None
     """An already-running Triton (gRPC `host:port`, HTTP `http://host:port`) whose model
     repository is `repository`/local; None = start a local server (the bundled tritonserver)."""
@@ -40,7 +36,33 @@ class TritonSettings:
 
 
 @dataclass
+class AnswerLogSettings:
+    """The answer log (serving.answer_log): sampled, rotated JSON lines of served answers."""
+
+    path: str | None = None
+    """The log file; None = no answer log."""
+    sample: float = 1.0
+    """Share of fans whose answers are logged (all of a sampled fan's answers)."""
+    max_bytes: int = 64 << 20
+    """The file rotates at this size."""
+    backups: int = 5
+    """Rotated files kept: the log holds at most (backups + 1) × max_bytes."""
+
+    def __post_init__(self):
+        if not 0.0 < self.sample <= 1.0:
+            raise ConfigError(f"--answer_log.sample={self.sample} must be in (0, 1]")
+        if self.max_bytes < 1024 or self.backups < 1:
+            raise ConfigError(
+                f"--answer_log.max_bytes={self.max_bytes}, --answer_log.backups={self.backups}: "
+                f"need max_bytes >= 1024 and backups >= 1"
+            )
+
+
+@dataclass
 class ServingConfig:
+    """The service: which index store and feature store, where the user tower runs, how
+    requests are batched and what is logged."""
+
     name: str
     index: str
     """Root of the index store (`python -m index rebuild`'s `store`): the service serves its
@@ -71,46 +93,18 @@ class ServingConfig:
     """Where `up --detach` keeps its pid file and log; None = artifacts/serving/<name>."""
     verify: bool = True
     """Check every file of an index version against its manifest's checksums when loading."""
+    answer_log: AnswerLogSettings = field(default_factory=AnswerLogSettings)
 
     def __post_init__(self):
-        if isinstance(self.triton, dict):
-            self.triton = TritonSettings(**self.triton)
+        empty = [name for name in ("name", "index", "features") if not getattr(self, name)]
+        if empty:
+            raise ConfigError(f"a serving config needs {empty} (--{empty[0]} ...)")
         if self.encoder not in ENCODERS:
-            raise ConfigError(f"encoder={self.encoder!r}: use one of {ENCODERS}")
+            raise ConfigError(f"--encoder={self.encoder!r}: use one of {ENCODERS}")
         if self.triton.protocol not in ("grpc", "http"):
-            raise ConfigError(f"triton.protocol={self.triton.protocol!r}: use grpc or http")
+            raise ConfigError(f"--triton.protocol={self.triton.protocol!r}: use grpc or http")
         for name in ("max_batch", "batch_workers", "search_threads"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"--{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.port < 65536:
-            raise ConfigError(f"port={self.port} is not a TCP port")
-
-
-def from_dict(raw: dict[str, Any]) -> ServingConfig:
-    known = {f.name for f in dataclasses.fields(ServingConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
-    triton_known = {f.name for f in dataclasses.fields(TritonSettings)}
-    bad = sorted(set(raw.get("triton") or {}) - triton_known)
-    if bad:
-        raise ConfigError(f"unknown triton keys {bad}; known: {sorted(triton_known)}")
-    missing = [k for k in ("name", "index", "features") if raw.get(k) in (None, "")]
-    if missing:
-        raise ConfigError(f"a serving config needs {missing} (--set {missing[0]}=...)")
-    raw = {**raw, "triton": TritonSettings(**(raw.get("triton") or {}))}
-    return ServingConfig(**raw)
-
-
-def load(path: str | Path, overrides: list[str] | None = None) -> ServingConfig:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config {path} not found; shipped configs are in configs/serving/")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    return from_dict(apply_overrides(raw, overrides or []))
-
-
-def to_dict(cfg: ServingConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+            raise ConfigError(f"--port={self.port} is not a TCP port")

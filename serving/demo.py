@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from data import tables
 from serving.config import ServingConfig
 
 
@@ -24,14 +25,14 @@ def post(url: str, body: dict, timeout: float = 5.0) -> dict:
 
 def sample_fans(data_dir: Path, n: int, seed: int = 0) -> list[str]:
     """n fans with training history, seeded."""
-    t = pq.read_table(data_dir / "tables" / "users.parquet", columns=["user_id", "train_count"])
+    t = pq.read_table(data_dir / tables.USERS, columns=["user_id", "train_count"])
     ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(ids, min(n, len(ids)), replace=False).tolist())
 
 
 def creator_names(data_dir: Path) -> dict[str, str]:
-    t = pq.read_table(data_dir / "tables" / "creators.parquet", columns=["creator_id", "name"])
+    t = pq.read_table(data_dir / tables.CREATORS, columns=["creator_id", "name"])
     return {
         c: (n or "")
         for c, n in zip(t["creator_id"].to_pylist(), t["name"].to_pylist(), strict=True)

@@ -115,9 +115,9 @@ def up(cfg: ServingConfig) -> int:
             poll_seconds=cfg.poll_seconds or None,
             max_batch=cfg.max_batch,
             batch_workers=cfg.batch_workers,
-            answer_log=AnswerLog(
-                log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups
-            ) if log_cfg.path else None,
+            answer_log=AnswerLog(log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups)
+            if log_cfg.path
+            else None,
         )
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     store.close()

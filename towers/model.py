@@ -2,7 +2,7 @@
 
 Both map their inputs to L2-normalised vectors of `dim`; scores are dot products scaled by a
 learnable temperature (`logit_scale`, CLIP-style, stored as a log). Index 0 is padding and 1 is
-unknown in every vocabulary (data.schema), so 0s in histories and tag lists are masked out.
+unknown in every vocabulary (data.contract), so 0s in histories and tag lists are masked out.
 
 `encode_users(...)` and `encode_creators(...)` are the public API that index and serving call.
 """
@@ -16,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD = 0
-UNK = 1
+from data.contract import PAD, UNK
 
 
 @dataclass
 class TowerConfig:
+    """The towers' shape: vocabulary sizes (linked from the data module by the training CLI) and
+    widths. Saved whole in every checkpoint (`hyper_parameters["tower"]`) and read back whole."""
+
     num_users: int
     """User vocabulary size (data manifest `vocab.users.size`)."""
     num_creators: int
@@ -50,9 +52,10 @@ class TowerConfig:
     """Size of precomputed creator text embeddings (e.g. 384 for all-MiniLM-L6-v2); 0 = none."""
     attribute_buckets: int = 0
     """Hashed rows for user attribute strings (country, plan, ...); 0 = no attribute input."""
-    init_temperature: float = 0.07
-    learn_temperature: bool = True
-    """False keeps the temperature at init_temperature."""
+    init_temperature: float = 0.1
+    """The softmax temperature the scores start at (logit_scale = log(1 / it))."""
+    learn_temperature: bool = False
+    """True makes the temperature a parameter; False keeps it at init_temperature."""
 
     def __post_init__(self):
         if self.pooling not in ("mean", "attention"):

@@ -1,6 +1,6 @@
 """`python -m training fit --config configs/train/<name>.yaml`: LightningCLI over the module and
 data module, every option overridable on the command line (`--model.lr 1e-3`,
-`--trainer.devices 2`, `--data.records_per_batch 4`).
+`--model.tower.dim 128`, `--trainer.devices 2`, `--data.records_per_batch 4`).
 
 Decided here, once: precision (bf16 mixed on a GPU that supports it, fp32 elsewhere), the W&B
 logger (offline unless `--trainer.logger.offline false`), checkpointing (`last.ckpt` for resuming
@@ -51,10 +51,11 @@ class SaveConfigBesideCheckpoints(SaveConfigCallback):
 
 class TowerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        # the towers' vocabulary sizes and input widths are the prepared dataset's
         for name in ("num_users", "num_creators", "num_categories", "num_tags", "text_dim"):
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+            parser.link_arguments(f"data.{name}", f"model.tower.{name}", apply_on="instantiate")
         parser.link_arguments(
-            "data.user_attribute_buckets", "model.user_attribute_buckets", apply_on="parse"
+            "data.user_attribute_buckets", "model.tower.attribute_buckets", apply_on="parse"
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(

@@ -17,8 +17,6 @@ two ways (`sampling`):
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,148 +25,19 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from data import contract, tables
 from data import manifest as data_manifest
 from data.shards import FIELDS, record_dataset
+from data.tables import CreatorFeatures, UserFeatures
 from training.evaluate import Interactions
 from training.loss import PositiveIndex
-
-PAD, UNK = 0, 1
-
-
-def attribute_buckets(values: list[list[str] | None], buckets: int, width: int) -> np.ndarray:
-    """User attribute strings ("country=DE", "plan=paid", ...) → [U, width] hashed bucket ids in
-    [2, buckets), 0 = none. crc32 is stable across processes and versions, so serving hashes a
-    request's attributes to the same rows training used."""
-    out = np.zeros((len(values), width), dtype=np.int64)
-    for i, row in enumerate(values):
-        for j, text in enumerate((row or [])[:width]):
-            out[i, j] = 2 + zlib.crc32(text.encode()) % (buckets - 2)
-    return out
-
-
-@dataclass
-class CreatorFeatures:
-    """Inputs of the creator tower for every creator, indexed by vocabulary index."""
-
-    creator: torch.Tensor  # [C] int64
-    category: torch.Tensor  # [C] int64
-    tags: torch.Tensor  # [C, T] int64, 0 = padding
-    popularity: torch.Tensor  # [C] float32, log1p(train interactions)
-    train_count: np.ndarray  # [C] int64, exact counts (evaluation's popularity and cold slice)
-    text: torch.Tensor | None = None  # [C, text_dim] float32 sentence vectors (data.text)
-
-    @classmethod
-    def from_table(
-        cls, path: str | Path, max_tags: int, text: str | Path | None = None
-    ) -> CreatorFeatures:
-        """The creators table of a prepared dataset; `text` is its creator_text.npy, if any."""
-        t = pq.read_table(path, columns=["creator_idx", "category_idx", "tag_idx", "train_count"])
-        n = int(t["creator_idx"].to_numpy().max()) + 1
-        idx = t["creator_idx"].to_numpy()
-        category = np.full(n, UNK, dtype=np.int64)
-        category[idx] = t["category_idx"].fill_null(UNK).to_numpy()
-        tags = np.zeros((n, max(max_tags, 1)), dtype=np.int64)
-        for row, tag_list in zip(idx, t["tag_idx"].to_pylist(), strict=True):
-            if tag_list:
-                tags[row, : min(len(tag_list), max_tags)] = tag_list[:max_tags]
-        counts = np.zeros(n, dtype=np.int64)
-        counts[idx] = t["train_count"].to_numpy()
-        vectors = None
-        if text is not None:
-            vectors = torch.as_tensor(np.load(text, allow_pickle=False).astype(np.float32))
-            if len(vectors) != n:
-                raise ValueError(f"{text}: {len(vectors)} rows for {n} creators; re-run prepare")
-        return cls(
-            torch.arange(n),
-            torch.as_tensor(category),
-            torch.as_tensor(tags),
-            torch.as_tensor(np.log1p(counts).astype(np.float32)),
-            counts,
-            vectors,
-        )
-
-    @classmethod
-    def from_dataset(cls, data_dir: str | Path) -> CreatorFeatures:
-        """The creator features of a prepared dataset, as its manifest says it was prepared
-        (tags kept, text vectors if any)."""
-        data_dir = Path(data_dir)
-        m = data_manifest.load(data_dir)
-        text = m.get("text_features")
-        return cls.from_table(
-            data_dir / "tables" / "creators.parquet",
-            int(m["config"]["features"].get("max_tags", 5)),
-            data_dir / text["file"] if text else None,
-        )
-
-    def __len__(self) -> int:
-        return len(self.creator)
-
-    def to(self, device) -> CreatorFeatures:
-        moved = {f: getattr(self, f).to(device) for f in self._fields()}
-        return CreatorFeatures(**moved, train_count=self.train_count)
-
-    def select(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keyword arguments of TwoTower.encode_creators for the creators in `index`."""
-        return {f: getattr(self, f)[index] for f in self._fields()}
-
-    def _fields(self) -> tuple[str, ...]:
-        base = ("creator", "category", "tags", "popularity")
-        return base if self.text is None else (*base, "text")
-
-
-@dataclass
-class UserFeatures:
-    """What a request for a known user carries: the last N training creators and attributes.
-
-    A user with no training pairs (one who only appears in the test period, or who signed up
-    after training) has an id row training never touched: `inputs` encodes such a user as the
-    unknown user (UNK), whose row learns "nothing known yet" (see the module's cold_user_rate).
-    """
-
-    history: torch.Tensor  # [U, N] int64, 0 = padding, newest last
-    attributes: torch.Tensor  # [U, A] int64 hashed buckets, 0 = none
-    trained: torch.Tensor  # [U] bool, the user has training pairs
-
-    @classmethod
-    def from_table(cls, path: str | Path, attribute_buckets_: int, width: int) -> UserFeatures:
-        t = pq.read_table(
-            path, columns=["user_idx", "history", "country", "attributes", "train_count"]
-        )
-        idx = t["user_idx"].to_numpy()
-        n, hist = int(idx.max()) + 1, t["history"].combine_chunks()
-        history = np.zeros((n, hist.type.list_size), dtype=np.int64)
-        history[idx] = hist.flatten().to_numpy().reshape(len(idx), -1)
-        texts = [
-            ([f"country={c}"] if c else []) + list(a or [])
-            for c, a in zip(t["country"].to_pylist(), t["attributes"].to_pylist(), strict=True)
-        ]
-        attrs = np.zeros((n, width), dtype=np.int64)
-        attrs[idx] = attribute_buckets(texts, attribute_buckets_, width)
-        trained = np.zeros(n, dtype=bool)
-        trained[idx] = t["train_count"].to_numpy() > 0
-        return cls(torch.as_tensor(history), torch.as_tensor(attrs), torch.as_tensor(trained))
-
-    def to(self, device) -> UserFeatures:
-        return UserFeatures(
-            *(getattr(self, f).to(device) for f in ("history", "attributes", "trained"))
-        )
-
-    def inputs(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keyword arguments of TwoTower.encode_users for vocabulary indices `users`; users
-        without training pairs become UNK."""
-        return {
-            "user": torch.where(self.trained[users], users, UNK),
-            "history": self.history[users],
-            "attributes": self.attributes[users],
-        }
 
 
 def load_split(folder: str | Path, num_users: int) -> tuple[Interactions, Interactions]:
     """Train and test (user, creator) pairs of a prepared dataset, deduplicated, as CSR."""
-    tables = Path(folder) / "tables"
     out = []
-    for name in ("train", "test"):
-        t = pq.read_table(tables / f"{name}.parquet", columns=["user_idx", "creator_idx"])
+    for table in (tables.TRAIN, tables.TEST):
+        t = pq.read_table(Path(folder) / table, columns=["user_idx", "creator_idx"])
         users, creators = t["user_idx"].to_numpy(), t["creator_idx"].to_numpy()
         out.append(Interactions.from_pairs(users, creators, num_users))
     return out[0], out[1]
@@ -217,8 +86,8 @@ class TowerDataModule(pl.LightningDataModule):
         num_workers: int = 1,
         eval_users_per_batch: int = 2048,
         max_eval_users: int | None = None,
-        user_attribute_buckets: int = 4096,
-        max_user_attributes: int = 8,
+        user_attribute_buckets: int = contract.ATTRIBUTE_BUCKETS,
+        max_user_attributes: int = contract.ATTRIBUTE_WIDTH,
         seed: int = 0,
     ):
         super().__init__()
@@ -251,10 +120,10 @@ class TowerDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
-        h, tables = self.hparams, self.data_dir / "tables"
+        h = self.hparams
         self.creators = CreatorFeatures.from_dataset(self.data_dir)
         self.users = UserFeatures.from_table(
-            tables / "users.parquet", h.user_attribute_buckets, h.max_user_attributes
+            self.data_dir / tables.USERS, h.user_attribute_buckets, h.max_user_attributes
         )
         self.train, self.test = load_split(self.data_dir, self.num_users)
         self.popularity = np.zeros(self.num_creators, dtype=np.int64)
@@ -270,8 +139,7 @@ class TowerDataModule(pl.LightningDataModule):
         """Display name per creator index (the id where a creator has no name)."""
         if not hasattr(self, "_names"):
             t = pq.read_table(
-                self.data_dir / "tables" / "creators.parquet",
-                columns=["creator_idx", "creator_id", "name"],
+                self.data_dir / tables.CREATORS, columns=["creator_idx", "creator_id", "name"]
             )
             names = [""] * (int(t["creator_idx"].to_numpy().max()) + 1)
             rows = zip(*(t[c].to_pylist() for c in t.column_names), strict=True)
@@ -283,9 +151,7 @@ class TowerDataModule(pl.LightningDataModule):
     @property
     def user_ids(self) -> list[str]:
         if not hasattr(self, "_user_ids"):
-            t = pq.read_table(
-                self.data_dir / "tables" / "users.parquet", columns=["user_idx", "user_id"]
-            )
+            t = pq.read_table(self.data_dir / tables.USERS, columns=["user_idx", "user_id"])
             ids = [""] * (int(t["user_idx"].to_numpy().max()) + 1)
             for idx, user_id in zip(
                 t["user_idx"].to_pylist(), t["user_id"].to_pylist(), strict=True

@@ -1,12 +1,18 @@
-"""The retrieval loss: sampled softmax over in-batch (and optionally extra) creators.
+"""The retrieval losses: sampled softmax over in-batch (and optionally extra) creators.
 
-One module, each term on a switch, returning a dict of named `*_loss` terms (open_clip's shape):
+Two objectives, one per way training samples (training.data): `RetrievalLoss` for batches of
+(user, creator) examples and `MultiPositiveLoss` for batches of users with every training
+creator of each as a positive. Each is one module with every term on a switch, returning a dict
+of named `*_loss` terms (open_clip's shape):
 
-- in-batch sampled softmax: row i's positive is column i;
+- in-batch sampled softmax: row i's positive is column i (examples), or every positive of a
+  user against the batch's other creators (users);
 - logQ correction (Yi et al., RecSys 2019): subtract log q(creator) from every logit, with q
   estimated by `StreamingFrequency` so popular creators are not over-penalised as negatives;
 - mixed negative sampling (Yang et al., 2020): extra creators drawn uniformly from the corpus;
-- cross-device negatives: creator vectors gathered from all ranks with gradients;
+- cross-device negatives: creator vectors gathered from all ranks with gradients, so N
+  processes compute exactly the loss and gradients of one process over the global batch
+  (tests/training/test_loss.py runs 2 real processes);
 - accidental-hit masking: a column that is one of the row's known positives (the same creator,
   or a (user, creator) pair from training) never counts as a negative.
 """
@@ -17,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from data.contract import FIRST_ID
 
 NEG_INF = -1e9  # finite, so a fully masked row cannot produce NaN
 
@@ -29,6 +37,28 @@ def gather_features(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     import torch.distributed.nn as dist_nn
 
     return torch.cat(dist_nn.all_gather(x), dim=0)
+
+
+def gather_rows(
+    x: torch.Tensor, rank: int, world_size: int, with_grad: bool = True
+) -> tuple[torch.Tensor, int]:
+    """All ranks' rows of x in rank order where each rank holds a different number of them (a
+    users batch's positives), and the offset of this rank's first row. Rows are padded to the
+    longest rank's count for the collective and the padding dropped again; with `with_grad`
+    gradients flow back to the rank that owns each row."""
+    if world_size == 1:
+        return x, 0
+    count = torch.tensor([len(x)], device=x.device)
+    counts = [torch.zeros_like(count) for _ in range(world_size)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = torch.cat([x, x.new_zeros((max(sizes) - len(x), *x.shape[1:]))])
+    if with_grad:
+        parts = gather_features(padded, rank, world_size).split(max(sizes))
+    else:
+        parts = gather_plain(padded, world_size).split(max(sizes))
+    rows = torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+    return rows, sum(sizes[:rank])
 
 
 def gather_plain(x: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -184,15 +214,15 @@ class RetrievalLoss(nn.Module):
         return {"contrastive_loss": loss}
 
 
-def multi_positive_softmax(
+def multi_positive_nll(
     logits: torch.Tensor,  # [B, C] scaled (and logQ-corrected) scores of B users
     rows: torch.Tensor,  # [T] the user row of each positive
     cols: torch.Tensor,  # [T] the candidate column of each positive
     negatives: torch.Tensor | None = None,  # [B, C] bool, False where a column is not a negative
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Listwise loss of users with several positives each: for every positive, the softmax
-    cross-entropy of its column against the row's negatives, averaged over each user's positives
-    and then over users (so a heavy user counts once, as in a per-user mean).
+    cross-entropy of its column against the row's negatives, averaged over each user's
+    positives. Returns ([B] per-user mean, [B] whether the user has any positive).
 
     With `negatives`, a positive competes only with the true negatives of its row (its user's
     other positives are masked, accidental hits); without, with every other column (the
@@ -208,4 +238,97 @@ def multi_positive_softmax(
     counts = torch.bincount(rows, minlength=b).to(logits.dtype)  # [B]
     per_user = torch.zeros(b, dtype=logits.dtype, device=logits.device).index_add_(0, rows, nll)
     has = counts > 0
-    return (per_user[has] / counts[has]).mean()
+    return per_user / counts.clamp(min=1), has
+
+
+def multi_positive_softmax(logits, rows, cols, negatives=None) -> torch.Tensor:
+    """multi_positive_nll averaged over the users with positives (a heavy user counts once)."""
+    per_user, has = multi_positive_nll(logits, rows, cols, negatives)
+    return per_user[has].mean()
+
+
+class MultiPositiveLoss(nn.Module):
+    """The users-batch objective: B users, each scored against the candidates with every one of
+    its training creators as a positive (`multi_positive_nll`).
+
+    Candidates are either the whole corpus (`corpus_emb`: an exact softmax, the same on every
+    rank) or the batch's positives, gathered from every rank with gradients when
+    `cross_device`, plus extra uniform negatives (`extra_*`, this rank's own). The mean is taken
+    over the users of the global batch: each rank returns its users' loss sum × world size /
+    the global number of users, so DDP's averaging of gradients gives exactly the gradient of
+    one process over the global batch.
+    """
+
+    def __init__(
+        self,
+        logq_correction: bool = True,
+        cross_device: bool = True,
+        mask_accidental_hits: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__()
+        self.logq_correction = logq_correction
+        self.cross_device = cross_device
+        self.mask_accidental_hits = mask_accidental_hits
+        self.rank, self.world_size = rank, world_size
+
+    def candidates(self, target_emb, targets, target_log_q, extra_emb, extra_ids, extra_log_q):
+        """The sampled candidate set: every rank's positives (gathered), then the extras; and
+        the column of this rank's first positive."""
+        world = self.world_size if self.cross_device else 1
+        emb, offset = gather_rows(target_emb, self.rank, world)
+        ids, _ = gather_rows(targets, self.rank, world, with_grad=False)
+        log_q = None
+        if target_log_q is not None:
+            log_q, _ = gather_rows(target_log_q, self.rank, world, with_grad=False)
+        if extra_emb is not None:
+            emb, ids = torch.cat([emb, extra_emb]), torch.cat([ids, extra_ids])
+            if log_q is not None:
+                log_q = torch.cat([log_q, extra_log_q])
+        return emb, ids, log_q, offset
+
+    def forward(
+        self,
+        user_emb: torch.Tensor,  # [B, D] unit vectors
+        logit_scale: torch.Tensor,  # scalar, exp(log scale)
+        *,
+        users: torch.Tensor,  # [B] user indices
+        rows: torch.Tensor,  # [T] the batch row of each positive
+        targets: torch.Tensor,  # [T] creator index of each positive
+        target_emb: torch.Tensor | None = None,  # [T, D] the positives' vectors (sampled)
+        target_log_q: torch.Tensor | None = None,  # [T] log q of each positive (sampled)
+        corpus_emb: torch.Tensor | None = None,  # [C, D] every creator (full corpus)
+        extra_emb: torch.Tensor | None = None,  # [M, D] uniform negatives
+        extra_ids: torch.Tensor | None = None,  # [M]
+        extra_log_q: torch.Tensor | None = None,  # [M]
+        positives: PositiveIndex | None = None,  # every user's training creators
+    ) -> dict[str, torch.Tensor]:
+        if corpus_emb is not None:  # every creator a candidate: column = creator index
+            cand_emb, log_q, cols = corpus_emb, None, targets
+            cand_ids = torch.arange(len(corpus_emb), device=corpus_emb.device)
+        else:
+            cand_emb, cand_ids, log_q, offset = self.candidates(
+                target_emb, targets, target_log_q, extra_emb, extra_ids, extra_log_q
+            )
+            cols = torch.arange(len(targets), device=targets.device) + offset
+        logits = logit_scale * user_emb @ cand_emb.T  # [B, C']
+        if self.logq_correction and log_q is not None:
+            logits = logits - log_q[None, :]
+        valid = (cand_ids >= FIRST_ID)[None, :]  # never the reserved slots
+        if self.mask_accidental_hits:  # a user's own training creators are not negatives
+            negatives = valid.expand(len(users), -1)
+            if positives is not None:
+                negatives = negatives & ~positives.mask(users, cand_ids)
+        else:
+            logits, negatives = logits.masked_fill(~valid, NEG_INF), None
+        per_user, has = multi_positive_nll(logits, rows, cols, negatives)
+        return {"contrastive_loss": self._global_mean(per_user[has].sum(), has.sum())}
+
+    def _global_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """total / the global batch's users, × world size (undone by DDP's averaging)."""
+        if self.world_size == 1:
+            return total / count.clamp(min=1)
+        count = count.to(total.dtype).detach().clone()
+        dist.all_reduce(count)
+        return total * self.world_size / count.clamp(min=1)

@@ -9,6 +9,7 @@ epoch and a table of example recommendations).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -19,15 +20,17 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from data.contract import FIRST_ID, UNK
+from data.tables import CreatorFeatures, UserFeatures
 from towers.model import TowerConfig, TwoTower
-from training.data import UNK, CreatorFeatures, UserFeatures, positive_index
+from training.data import positive_index
 from training.evaluate import finalize, merge_sums, metric_sums, top_k
 from training.loss import (
-    NEG_INF,
+    MultiPositiveLoss,
     RetrievalLoss,
     StreamingFrequency,
     gather_plain,
-    multi_positive_softmax,
+    gather_rows,
 )
 from training.spectral import check_spectral_config, spectral_init
 
@@ -37,6 +40,7 @@ EVAL_COLUMNS = ("recall", "ndcg", "mrr", "hit_rate", "coverage", "avg_popularity
 @torch.no_grad()
 def encode_all_creators(model: TwoTower, creators: CreatorFeatures, chunk: int = 65536):
     """[C, dim] unit vectors of every creator (rows 0 and 1 are the reserved slots)."""
+    creators = creators.to(next(model.parameters()).device)
     out = [
         model.encode_creators(**creators.select(torch.arange(s, min(s + chunk, len(creators)))))
         for s in range(0, len(creators), chunk)
@@ -55,7 +59,8 @@ class TowerScorer:
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         device = self.creator_emb.device
         idx = torch.as_tensor(users, device=self.users.history.device)
-        inputs = {k: v.to(device) for k, v in self.users.inputs(idx).items()}
+        inputs = self.users.inputs(idx, self.model.cfg.num_creators)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
         emb = self.model.encode_users(**inputs)
         return emb.float() @ self.creator_emb.T  # [b, C]
 
@@ -72,16 +77,14 @@ class TwoTowerModule(pl.LightningModule):
     negatives, cross-device negatives and accidental-hit masking.
 
     Args:
-        num_users, num_creators, num_categories, num_tags, user_attribute_buckets: vocabulary
-            sizes, linked from the data module by the CLI.
-        dim, hidden, pooling, combiner, unknown_user_buckets, text_dim, history_weights,
-            content_hidden: see towers.model.TowerConfig.
+        tower: the towers' shape, whole (towers.model.TowerConfig: `--model.tower.dim 64`); its
+            vocabulary sizes, text_dim and attribute_buckets are linked from the data module by
+            the CLI. A checkpoint keeps it as `hyper_parameters["tower"]`, read back whole.
         init: random | spectral. spectral starts the towers at the low-pass graph filter of the
             training pairs (training/spectral.py; needs combiner linear, history_weights and
             hidden = dim), with spectral_exponent (history weights popularity^-(1/2 + it)),
             spectral_power (singular values to this power) and spectral_smoothing (added to
             every degree before normalising). A resumed fit skips it.
-        temperature: initial softmax temperature; learn_temperature makes it a parameter.
         logq_correction: subtract log q of each in-batch candidate (streaming frequency).
         cross_device: gather candidates from every rank, with gradients.
         mask_accidental_hits: a candidate that is one of the row's positives is not a negative;
@@ -100,25 +103,11 @@ class TwoTowerModule(pl.LightningModule):
 
     def __init__(
         self,
-        num_users: int,
-        num_creators: int,
-        num_categories: int = 2,
-        num_tags: int = 2,
-        user_attribute_buckets: int = 0,
-        dim: int = 64,
-        hidden: int = 128,
-        pooling: str = "mean",
-        combiner: str = "mlp",
-        unknown_user_buckets: int = 1024,
-        text_dim: int = 0,
-        history_weights: bool = False,
-        content_hidden: int | None = None,
+        tower: TowerConfig,
         init: str = "random",
         spectral_exponent: float = 0.5,
         spectral_power: float = 1.0,
         spectral_smoothing: float = 0.0,
-        temperature: float = 0.1,
-        learn_temperature: bool = False,
         logq_correction: bool = True,
         cross_device: bool = True,
         mask_accidental_hits: bool = True,
@@ -145,31 +134,18 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"--model.history_dropout={history_dropout}: use a value in [0, 1)")
         if not 0.0 <= cold_user_rate < 1.0:
             raise ValueError(f"--model.cold_user_rate={cold_user_rate}: use a value in [0, 1)")
-        self.save_hyperparameters()
+        if isinstance(tower, dict):  # hyper_parameters of a checkpoint (load_from_checkpoint)
+            tower = TowerConfig(**tower)
+        # the tower config as a plain dict: checkpoints load with weights_only=True (no pickle)
+        self.save_hyperparameters(ignore=["tower"])
+        self.hparams["tower"] = dataclasses.asdict(tower)
         self.eval_k = tuple(sorted(eval_k or [20]))
-        self.model = TwoTower(
-            TowerConfig(
-                num_users=num_users,
-                num_creators=num_creators,
-                num_categories=num_categories,
-                num_tags=num_tags,
-                dim=dim,
-                hidden=hidden,
-                unknown_user_buckets=unknown_user_buckets,
-                attribute_buckets=user_attribute_buckets,
-                pooling=pooling,
-                combiner=combiner,
-                text_dim=text_dim,
-                history_weights=history_weights,
-                content_hidden=content_hidden,
-                init_temperature=temperature,
-                learn_temperature=learn_temperature,
-            )
-        )
+        self.model = TwoTower(tower)
         if init == "spectral":
             check_spectral_config(self.model)  # before data is read, not after
         self.frequency = StreamingFrequency()
         self.loss = RetrievalLoss(logq_correction, cross_device, mask_accidental_hits)
+        self.user_loss = MultiPositiveLoss(logq_correction, cross_device, mask_accidental_hits)
         self._eval_rows: list[list] = []
 
     # -- data the steps need, moved to the module's device once --------------------------------
@@ -178,8 +154,9 @@ class TwoTowerModule(pl.LightningModule):
         dm.setup(stage)
         self.creators = dm.creators
         self.users = dm.users
-        self.positives = positive_index(dm.train, self.hparams.num_creators)
-        self.loss.rank, self.loss.world_size = self.trainer.global_rank, self.trainer.world_size
+        self.positives = positive_index(dm.train, self.model.cfg.num_creators)
+        for loss in (self.loss, self.user_loss):
+            loss.rank, loss.world_size = self.trainer.global_rank, self.trainer.world_size
         if stage == "fit" and self.hparams.init == "spectral" and not self.trainer.ckpt_path:
             # every rank computes the same (seeded) filter; DDP then broadcasts rank 0's weights
             h = self.hparams
@@ -224,10 +201,9 @@ class TwoTowerModule(pl.LightningModule):
 
     def _uniform_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform negatives from the corpus (reserved slots excluded) and their log q."""
-        h = self.hparams
-        ids = torch.randint(2, h.num_creators, (h.uniform_negatives,), device=self.device)
-        q = math.log(h.uniform_negatives / (h.num_creators - 2))
-        return ids, torch.full((len(ids),), q, device=self.device)
+        n, count = self.model.cfg.num_creators, self.hparams.uniform_negatives
+        ids = torch.randint(FIRST_ID, n, (count,), device=self.device)
+        return ids, torch.full((count,), math.log(count / (n - FIRST_ID)), device=self.device)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if "creator" not in batch:
@@ -238,14 +214,7 @@ class TwoTowerModule(pl.LightningModule):
         user_emb = self.model.encode_users(user_ids, history, self.users.attributes[users])
         creator_emb = self.model.encode_creators(**self.creators.select(creators))  # [B, D]
         self.frequency.update(gather_plain(creators, self.trainer.world_size))
-        extra = {}
-        if h.uniform_negatives:
-            ids, log_q = self._uniform_ids()
-            extra = {
-                "extra_emb": self.model.encode_creators(**self.creators.select(ids)),
-                "extra_ids": ids,
-                "extra_log_q": log_q,
-            }
+        extra = self._uniform_negatives() if h.uniform_negatives else {}
         terms = self.loss(
             user_emb,
             creator_emb,
@@ -264,37 +233,44 @@ class TwoTowerModule(pl.LightningModule):
 
     def _user_step(self, users: torch.Tensor) -> torch.Tensor:
         """A batch of users, each with its serving history as input and all of its training
-        creators as positives (`multi_positive_softmax`). The candidates are every creator
-        (`full_corpus_softmax`) or the batch's positives (logQ from the streaming frequency)
-        plus uniform negatives; each user's own training creators are never its negatives when
-        accidental hits are masked. Example weights do not apply here: a pair is a positive."""
+        creators as positives (training.loss.MultiPositiveLoss). The candidates are every
+        creator (`full_corpus_softmax`) or every rank's positives (logQ from the streaming
+        frequency) plus uniform negatives; each user's own training creators are never its
+        negatives when accidental hits are masked. Example weights do not apply here: a pair
+        is a positive."""
         h = self.hparams
         user_ids, history = self._cold_users(users, self._drop_history(self.users.history[users]))
         user_emb = self.model.encode_users(user_ids, history, self.users.attributes[users])
         rows, targets = self.positives.pairs(users)  # [T], [T]
+        common = {"users": users, "rows": rows, "targets": targets, "positives": self.positives}
         if h.full_corpus_softmax:
-            cand_ids = self.creators.creator  # [C]
-            cols, log_q = targets, None
+            corpus = self.model.encode_creators(**self.creators.select(self.creators.creator))
+            terms = self.user_loss(user_emb, self.model.scale(), corpus_emb=corpus, **common)
         else:
-            self.frequency.update(gather_plain(targets, self.trainer.world_size))
-            cand_ids, log_q = targets, self.frequency.log_q(targets)
-            if h.uniform_negatives:
-                ids, uniform_q = self._uniform_ids()
-                cand_ids, log_q = torch.cat([targets, ids]), torch.cat([log_q, uniform_q])
-            cols = torch.arange(len(targets), device=self.device)
-        cand_emb = self.model.encode_creators(**self.creators.select(cand_ids))  # [C', D]
-        logits = self.model.scale() * user_emb @ cand_emb.T  # [B, C']
-        if h.logq_correction and log_q is not None:
-            logits = logits - log_q[None, :]
-        valid = (cand_ids >= 2)[None, :]  # never the reserved slots
-        if h.mask_accidental_hits:
-            negatives = valid & ~self.positives.mask(users, cand_ids)
-        else:
-            logits, negatives = logits.masked_fill(~valid, NEG_INF), None
-        loss = multi_positive_softmax(logits, rows, cols, negatives)
-        self.log("train/contrastive_loss", loss, prog_bar=True)
+            world = self.trainer.world_size
+            self.frequency.update(gather_rows(targets, self.global_rank, world, False)[0])
+            extra = self._uniform_negatives() if h.uniform_negatives else {}
+            terms = self.user_loss(
+                user_emb,
+                self.model.scale(),
+                target_emb=self.model.encode_creators(**self.creators.select(targets)),
+                target_log_q=self.frequency.log_q(targets),
+                **extra,
+                **common,
+            )
+        loss = terms["contrastive_loss"]
+        self.log("train/contrastive_loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/temperature", 1.0 / self.model.scale().detach())
         return loss
+
+    def _uniform_negatives(self) -> dict[str, torch.Tensor]:
+        """The loss's extra_* arguments: uniform negatives, their vectors and log q."""
+        ids, log_q = self._uniform_ids()
+        return {
+            "extra_emb": self.model.encode_creators(**self.creators.select(ids)),
+            "extra_ids": ids,
+            "extra_log_q": log_q,
+        }
 
     def configure_optimizers(self):
         h = self.hparams

@@ -43,11 +43,11 @@ def check_spectral_config(model: TwoTower) -> None:
     """The tower settings the spectral initialisation needs, refused with what to set."""
     cfg, problems = model.cfg, []
     if cfg.combiner != "linear":
-        problems.append(f"combiner={cfg.combiner!r} (use --model.combiner linear)")
+        problems.append(f"combiner={cfg.combiner!r} (use --model.tower.combiner linear)")
     if cfg.pooling != "mean" or not cfg.history_weights:
-        problems.append("history_weights off (use --model.history_weights true, pooling mean)")
+        problems.append("history_weights off (--model.tower.history_weights true, pooling mean)")
     if cfg.hidden != cfg.dim:
-        problems.append(f"hidden={cfg.hidden} != dim={cfg.dim} (set --model.hidden {cfg.dim})")
+        problems.append(f"hidden={cfg.hidden} != dim={cfg.dim} (--model.tower.hidden {cfg.dim})")
     if cfg.dim < 2:
         problems.append(f"dim={cfg.dim} (needs >= 2: rank dim-1 plus one coordinate)")
     if problems:

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from common.io import atomic_path
 from data import schema
-from data.io import atomic_path
 from data.sources.base import Source
 
 BLOCK_BYTES = 64 << 20
@@ -226,7 +226,7 @@ def write_parquet_logs(source: Source, folder: str | Path) -> dict[str, int]:
     """Dump any source as canonical parquet files (interactions/creators/users.parquet)."""
     import pyarrow.parquet as pq
 
-    from data.io import parquet_options, write_parquet
+    from common.io import parquet_options, write_parquet
 
     folder = Path(folder)
     rows = _write_catalogs(source, folder, "parquet", write_parquet)

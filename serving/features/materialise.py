@@ -114,8 +114,8 @@ def _source(data_dir: Path) -> dict:
                 f"{path} has no column(s) {missing}; columns are {names}; it was written by "
                 f"another version of prepare: re-run `python -m data prepare`"
             )
-        files[rel.as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        if m["files"].get(rel.as_posix()) != files[rel.as_posix()]:
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        if m["files"].get(rel) != files[rel]:
             raise FeatureStoreError(
                 f"{path} differs from {data_dir / 'manifest.json'} (changed after prepare, or "
                 f"a half-copied dataset); re-run prepare or copy the dataset again"

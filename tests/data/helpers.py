@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data import config
+from common import config
+from data.config import PrepareConfig
 
 REFERENCE_TIME = "2026-01-01T00:00:00Z"
 
 
-def synthetic_config(out: Path, **overrides) -> config.PrepareConfig:
+def synthetic_config(out: Path, **overrides) -> PrepareConfig:
     raw = {
         "name": "test_synthetic",
         "output": str(out),
@@ -33,4 +34,4 @@ def synthetic_config(out: Path, **overrides) -> config.PrepareConfig:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return config.from_dict(raw)
+    return config.load(PrepareConfig, values=raw)

@@ -4,8 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from data import config, manifest
+from common import config
+from common.errors import ConfigError
+from data import manifest
 from data.__main__ import main
+from data.config import PrepareConfig
 from tests.conftest import REPO, datasets_root
 
 CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))
@@ -18,7 +21,7 @@ def test_configs_are_shipped():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads_and_builds_its_source(path):
-    cfg = config.load(path)
+    cfg = config.load(PrepareConfig, path)
     assert cfg.name == path.stem
     if cfg.source["kind"] in REAL:
         folder = datasets_root() / REAL[cfg.name]
@@ -42,8 +45,8 @@ def test_real_dataset_prepares_end_to_end(name, tmp_path, capsys):
         str(REPO / "configs" / "data" / f"{name}.yaml"),
         "--output",
         str(out),
-        "--set",
-        f"source.path={folder}",
+        "--source.path",
+        str(folder),
         "--no-progress",
     ]
     assert main(argv) == 0
@@ -61,13 +64,28 @@ def test_unknown_keys_and_bad_values_name_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nsource: {kind: synthetic}\nshards: {num_shards: 12}\n")
     with pytest.raises(
-        config.ConfigError, match=r"shards.num_shards=12 must be a positive multiple of 8"
+        ConfigError, match=r"--shards.num_shards=12 must be a positive multiple of 8"
     ):
-        config.load(bad)
-    with pytest.raises(config.ConfigError, match=r"unknown keys \['recordsize'\] in shards"):
-        config.load(bad, ["shards={recordsize: 3}"])
-    with pytest.raises(config.ConfigError, match=r"events\.positive names unknown event types"):
-        config.load(bad, ["shards.num_shards=8", "events.positive={subscribe: 1}"])
-    with pytest.raises(config.ConfigError, match=r"features.user_history_length=0 must be >= 1"):
-        config.load(bad, ["shards.num_shards=8", "features.user_history_length=0"])
+        config.load(PrepareConfig, bad)
+    with pytest.raises(ConfigError, match=r"unrecognized arguments: --shards.recordsize"):
+        config.load(PrepareConfig, bad, ["--shards.recordsize", "3"])
+    ok = ["--shards.num_shards", "8"]
+    with pytest.raises(ConfigError, match=r"--events\.positive names unknown event types"):
+        config.load(PrepareConfig, bad, [*ok, "--events.positive", "{subscribe: 1}"])
+    with pytest.raises(ConfigError, match=r"--features.user_history_length=0 must be >= 1"):
+        config.load(PrepareConfig, bad, [*ok, "--features.user_history_length", "0"])
+    with pytest.raises(ConfigError, match=r'key "buckets".*Expected a <class .int.>'):
+        config.load(PrepareConfig, bad, [*ok, "--buckets", "many"])
+    in_file = tmp_path / "in_file.yaml"
+    in_file.write_text("name: x\nsource: {kind: synthetic}\nshards: {num_shardz: 8}\n")
+    with pytest.raises(ConfigError, match=r"num_shardz"):
+        config.load(PrepareConfig, in_file)
     assert Path(bad).exists()
+
+
+def test_the_command_line_takes_every_field_as_a_flag(tmp_path, capsys):
+    """`--section.field VALUE` on the real entry point, as training's flags; a bad value is
+    exit 2 with the flag named."""
+    cfg = REPO / "configs" / "data" / "synthetic_demo.yaml"
+    assert main(["prepare", "--config", str(cfg), "--shards.num_shards", "12"]) == 2
+    assert "--shards.num_shards=12" in capsys.readouterr().out

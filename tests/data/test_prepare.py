@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from common.artifacts import checksums
 from data import manifest
-from data.io import checksums
 from data.prepare import prepare
 from data.shards import iter_records
 from tests.data.helpers import synthetic_config
@@ -165,7 +165,8 @@ def test_manifest_is_plain_json_and_cli_prints_it(built, capsys):
 def test_train_pairs_never_see_events_after_the_cut(tmp_path):
     """A follow before the cut and a paid membership after it: the train example keeps the
     follow's weight, and the pair is not a test pair (the fan already knew the creator)."""
-    from data import config
+    from common import config
+    from data.config import PrepareConfig
 
     rows = ["user_id,creator_id,event_type,timestamp,value"]
     for day in range(1, 29):  # enough early positives that the cut falls in February
@@ -176,15 +177,16 @@ def test_train_pairs_never_see_events_after_the_cut(tmp_path):
         "fan1,cr3,paid_membership,2024-03-02T00:00:00Z,10",  # new creator after the cut
     ]
     (tmp_path / "i.csv").write_text("\n".join(rows) + "\n")
-    cfg = config.from_dict(
-        {
+    cfg = config.load(
+        PrepareConfig,
+        values={
             "name": "cut",
             "output": str(tmp_path / "out"),
             "source": {"kind": "csv", "interactions_path": str(tmp_path / "i.csv")},
             "split": {"kind": "time", "test_fraction": 0.1},
             "shards": {"record_size": 4, "num_shards": 8},
             "reference_time": "2026-01-01T00:00:00Z",
-        }
+        },
     )
     out = prepare(cfg, progress=False)
     vocab = pq.read_table(out / "vocab" / "creators.parquet").column("id").to_pylist()

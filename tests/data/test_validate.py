@@ -6,7 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data import config, manifest
+from common import config
+from data import manifest
+from data.config import PrepareConfig
 from data.prepare import prepare
 from data.validate import InputError, validate
 
@@ -58,8 +60,9 @@ def bad_logs(tmp_path):
 
 
 def test_every_bad_row_is_quarantined_with_its_reason_and_counts_reconcile(bad_logs, tmp_path):
-    cfg = config.from_dict(
-        {
+    cfg = config.load(
+        PrepareConfig,
+        values={
             "name": "bad",
             "output": str(tmp_path / "out"),
             "source": {
@@ -70,7 +73,7 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_counts_reconcile(bad_l
             "split": {"kind": "per_user", "test_fraction": 0.5},
             "shards": {"record_size": 1, "num_shards": 8},
             "reference_time": "2026-01-01T00:00:00Z",
-        }
+        },
     )
     out = prepare(cfg, progress=False)
     q = pq.read_table(out / "quarantine.parquet").to_pylist()

@@ -4,9 +4,9 @@ import faiss
 import numpy as np
 import pytest
 
-from data.config import ConfigError
+from common.errors import ConfigError
 from index import build, tune
-from index.errors import MetricMismatchError
+from index.build import MetricMismatchError
 
 IP = faiss.METRIC_INNER_PRODUCT
 

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from index import checkpoint, errors, export
+from common import errors
+from data.tables import CreatorFeatures
+from index import checkpoint, export, store
 from index.__main__ import main
-from training.data import CreatorFeatures
 from training.module import encode_all_creators
 
 
@@ -78,9 +79,9 @@ def test_probes_tell_the_users_tower_apart(tiny_checkpoint, tmp_path):
 
         return encode
 
-    assert export.check_probes(out / "probes.npz", tower(1.0)) < 1e-5
+    assert store.check_probes(out, tower(1.0)) < 1e-5
     with pytest.raises(errors.IntegrityError, match=r"not the model the index was built for"):
-        export.check_probes(out / "probes.npz", tower(0.9))
+        store.check_probes(out, tower(0.9))
 
 
 def test_export_of_a_missing_checkpoint_or_catalog_exits_3(tiny_checkpoint, tmp_path, capsys):

@@ -18,16 +18,18 @@ import pytest
 import torch
 import yaml
 
-from data.text import TEXT_FILE, write_text_features
-from index import build, checkpoint, errors, rebuild, store
+from common import errors
+from data.contract import UNK
+from data.tables import CREATOR_TEXT as TEXT_FILE
+from data.text import write_text_features
+from index import build, checkpoint, rebuild, store
 from index.__main__ import main
 from tests.conftest import REPO
 from tests.index.conftest import index_config
-from towers.model import UNK
 
 
 def write_yaml(path: Path, cfg) -> Path:
-    from index.config import to_dict
+    from common.config import to_dict
 
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     return path
@@ -72,7 +74,7 @@ def test_a_crash_mid_build_leaves_current_untouched(fresh, monkeypatch):
     monkeypatch.setattr(build, "build", crash)
     cfg.k = 5  # new build settings: a rebuild is due
     result = rebuild.run(cfg)
-    assert result.code == errors.BUILD_FAILED, result.summary
+    assert result.code == errors.FAILED, result.summary
     assert "simulated crash" in result.summary and f"current stays {before[0]}" in result.summary
     assert (store.current_version(root), store.list_versions(root)) == before
     assert not list(store.versions_dir(root).glob(".staging-*"))
@@ -106,10 +108,10 @@ def test_a_killed_rebuild_leaves_current_untouched(fresh):
 @pytest.mark.parametrize(
     ("change", "code", "message"),
     [
-        ({"metric": "l2"}, errors.BAD_CONFIG, r"metric='l2' does not match"),
-        ({"bogus": 1}, errors.BAD_CONFIG, r"unknown config keys \['bogus'\]"),
-        ({"factory": "IVF{cells},Flat"}, errors.BAD_CONFIG, r"only \{nlist\} and \{m\}"),
-        ({"recall_floor": 0.99}, errors.BAD_CONFIG, r"recall_floor=0\.99, recall_target=0\.95"),
+        ({"metric": "l2"}, errors.BAD_INPUT, r"metric='l2' does not match"),
+        ({"bogus": 1}, errors.BAD_INPUT, r"does not accept option 'bogus'"),
+        ({"factory": "IVF{cells},Flat"}, errors.BAD_INPUT, r"only \{nlist\} and \{m\}"),
+        ({"recall_floor": 0.99}, errors.BAD_INPUT, r"--recall_floor=0\.99, --recall_target=0\.95"),
         ({"checkpoint": "/nonexistent/run"}, errors.MISSING_INPUT, r"checkpoint .* not found"),
         ({"data": "/nonexistent/data"}, errors.MISSING_INPUT, r"no creator catalog"),
         (

@@ -7,7 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index import errors, store, tune
+from common import errors
+from index import store, tune
 
 
 @pytest.fixture

@@ -1,28 +1,28 @@
 """Fixtures of the serving tests, meant for every test of serving/ (the service's too).
 
-    tiny_data, tiny_checkpoint   the index tests' tiny dataset and 2-epoch 16-dim model
+    tiny_data, tiny_checkpoint,  the index tests' tiny dataset, 2-epoch 16-dim model, its
+    trained, tower_onnx,         ONNX user tower, a batch of request inputs with torch's
+    user_batch, published        answers, and an index store with one version
                                  (tests/index/conftest.py; mean pooling, with attributes)
-    trained                      that checkpoint's towers (index.checkpoint.TrainedModel)
-    tower_export                 its ONNX export folder: user_tower.onnx + manifest.json
-    triton_repositories          write_repositories of that export: {"production", "local"}
+    triton_repositories          write_repositories of that tower: {"production", "local"}
                                  roots holding `user_tower` and `user_tower_unbatched` (dynamic
                                  batching off); read-only, copy a repository to change it
     triton_server                a real TritonServer on the local root, `user_tower` loaded
                                  (package scope: one server for the folder; leave it as found)
-    published                    an index store (config) with one published version of the
-                                 tiny model, user_tower.onnx included; read-only
-    user_batch                   64 users' inputs as a request carries them (numpy) and torch's
-                                 embeddings for them: known, cold and unknown users
+    store_root                   a private copy of `published` for the service tests
+    features_dir                 the tiny dataset materialised as that version's tower hashes
+    fans                         40 user ids with a training history
 
 Everything is package-scoped, so the model is trained and the server started once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.index import conftest as index_fixtures
@@ -31,44 +31,21 @@ from tests.index import conftest as index_fixtures
 one_thread = index_fixtures.one_thread
 tiny_data = index_fixtures.tiny_data
 tiny_checkpoint = index_fixtures.tiny_checkpoint
+trained = index_fixtures.trained
+tower_onnx = index_fixtures.tower_onnx
+user_batch = index_fixtures.user_batch
 published = index_fixtures.published  # an index store with one version (read-only)
 
 UNBATCHED = "user_tower_unbatched"
 
 
-@dataclass
-class UserBatch:
-    inputs: dict[str, np.ndarray]
-    """user [B], history [B, N], attributes [B, A]: int64, as the service sends them."""
-    expected: np.ndarray
-    """[B, dim] float32: torch's encode_users on the same inputs."""
-
-
 @pytest.fixture(scope="package")
-def trained(tiny_checkpoint):
-    from index.checkpoint import load
-
-    return load(tiny_checkpoint)
-
-
-@pytest.fixture(scope="package")
-def tower_export(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
-    """The export folder (`user_tower.onnx`, `manifest.json`) of the tiny checkpoint."""
-    from serving.export import export_from_checkpoint
-
-    out = tmp_path_factory.mktemp("tower-export")
-    export_from_checkpoint(tiny_checkpoint, out, tiny_data)
-    return out
-
-
-@pytest.fixture(scope="package")
-def triton_repositories(tower_export, tmp_path_factory) -> dict:
-    from serving.export import ONNX_FILE
-    from serving.triton import write_repositories
+def triton_repositories(tower_onnx, tmp_path_factory) -> dict:
+    from serving.triton.repository import write_repositories
 
     root = tmp_path_factory.mktemp("triton-repositories")
-    written = write_repositories(tower_export / ONNX_FILE, root)
-    write_repositories(tower_export / ONNX_FILE, root, dynamic_batching=False, model_name=UNBATCHED)
+    written = write_repositories(tower_onnx[0], root)
+    write_repositories(tower_onnx[0], root, dynamic_batching=False, model_name=UNBATCHED)
     return written
 
 
@@ -76,7 +53,8 @@ def triton_repositories(tower_export, tmp_path_factory) -> dict:
 def triton_server(triton_repositories, tmp_path_factory):
     """A running tritonserver (127.0.0.1, free ports) with `user_tower` loaded; stopped, its
     process group ended, when the package's tests are done, failed or not."""
-    from serving.triton import MODEL_NAME, TritonServer
+    from serving.triton.repository import MODEL_NAME
+    from serving.triton.server import TritonServer
 
     work = tmp_path_factory.mktemp("triton-work")
     with TritonServer(triton_repositories["local"], models=[MODEL_NAME], work_dir=work) as server:
@@ -84,25 +62,28 @@ def triton_server(triton_repositories, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def user_batch(trained, tiny_data) -> UserBatch:
-    import torch
+def store_root(published, tmp_path_factory) -> Path:
+    """A private copy of the published store (the swap test adds a version to its own copy)."""
+    root = tmp_path_factory.mktemp("service") / "store"
+    shutil.copytree(published.store, root)
+    return root
 
-    from index import catalog
 
-    cfg = trained.config
-    users = catalog.load_users(tiny_data, trained.data_hparams, cfg)
-    idx = catalog.sample_users(users, 60, seed=0)
-    x = {k: v.numpy() for k, v in catalog.user_inputs(users, idx, cfg).items()}
-    # users serving meets that training never did: the unknown slot with nothing known, and
-    # users signed up after training (ids past the vocabulary) with a history and attributes
-    extra = np.array([1, cfg.num_users, cfg.num_users + 7, cfg.num_users + 10_000])
-    x["user"] = np.concatenate([x["user"], extra])
-    x["history"] = np.concatenate([x["history"], x["history"][:4]])
-    x["history"][-4] = 0
-    x["attributes"] = np.concatenate([x["attributes"], x["attributes"][:4]])
-    x["attributes"][-4] = 0
-    with torch.no_grad():
-        expected = trained.model.encode_users(**{k: torch.from_numpy(v) for k, v in x.items()})
-    return UserBatch(
-        {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in x.items()}, expected.numpy()
-    )
+@pytest.fixture(scope="package")
+def features_dir(store_root, tiny_data, tmp_path_factory) -> Path:
+    from index import store
+    from serving.features.materialise import materialise
+
+    tower = store.read_manifest(store_root)["user_tower"]
+    out = tmp_path_factory.mktemp("features") / "store"
+    materialise(tiny_data, out, tower["attribute_buckets"], tower["attribute_width"])
+    return out
+
+
+@pytest.fixture(scope="package")
+def fans(tiny_data) -> list[str]:
+    from data import tables
+
+    t = pq.read_table(tiny_data / tables.USERS, columns=["user_id", "train_count"])
+    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
+    return sorted(ids.tolist())[:40]

@@ -12,27 +12,30 @@ from pathlib import Path
 
 import pytest
 
-from data.config import ConfigError
-from serving import config
-from serving.triton import free_ports
+from common.config import load
+from common.errors import ConfigError
+from serving.config import ENCODERS, ServingConfig
+from serving.triton.server import free_ports
 from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "serving").glob("*.yaml")))
 def test_every_shipped_serving_config_loads(path):
-    cfg = config.load(path)
+    cfg = load(ServingConfig, path)
     assert cfg.name == path.stem
-    assert cfg.encoder in config.ENCODERS
+    assert cfg.encoder in ENCODERS
 
 
 def test_a_bad_serving_config_names_the_field():
     path = REPO / "configs" / "serving" / "synthetic_demo.yaml"
     with pytest.raises(ConfigError, match="colour"):
-        config.load(path, ["colour=blue"])
-    with pytest.raises(ConfigError, match="encoder"):
-        config.load(path, ["encoder=tensorflow"])
+        load(ServingConfig, path, ["--colour", "blue"])
+    with pytest.raises(ConfigError, match="--encoder='tensorflow'"):
+        load(ServingConfig, path, ["--encoder", "tensorflow"])
     with pytest.raises(ConfigError, match="grpc_prot"):
-        config.load(path, ["triton.grpc_prot=1"])
+        load(ServingConfig, path, ["--triton.grpc_prot", "1"])
+    with pytest.raises(ConfigError, match=r"--answer_log.sample=0\.0"):
+        load(ServingConfig, path, ["--answer_log.sample", "0"])
 
 
 def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
@@ -41,13 +44,11 @@ def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(published.store, store)
     port = free_ports(1)[0]
-    sets = [
-        f"index={store}", f"features={tmp_path / 'features'}", f"port={port}",
-        f"run_dir={tmp_path / 'run'}", f"triton.repository={tmp_path / 'triton'}",
+    args = [
+        "--config", str(REPO / "configs" / "serving" / "synthetic_demo.yaml"),
+        "--index", str(store), "--features", str(tmp_path / "features"), "--port", str(port),
+        "--run_dir", str(tmp_path / "run"), "--triton.repository", str(tmp_path / "triton"),
     ]  # fmt: skip
-    args = ["--config", str(REPO / "configs" / "serving" / "synthetic_demo.yaml")]
-    for s in sets:
-        args += ["--set", s]
 
     def serving(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(

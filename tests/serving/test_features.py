@@ -1,5 +1,6 @@
-"""The online feature store (serving.features): both backends against what training read, and
-the Redis backend against a real redis-server (tests/serving/redis_server.py)."""
+"""The online feature store (serving/features/): both backends against what training read, the
+materialise job, and the Redis backend against a real redis-server
+(tests/serving/redis_server.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving import features as F
-from serving.redis_store import RedisStore
+from common import errors
+from data import tables
+from data.contract import UNK
+from serving.features import open_store
+from serving.features.base import (
+    ARRAYS,
+    FeatureStore,
+    FeatureStoreError,
+    FeatureStoreUnavailable,
+    UserFeaturesBatch,
+    check_hashing,
+)
+from serving.features.embedded import EmbeddedStore, read_manifest
+from serving.features.materialise import materialise
+from serving.features.redis_store import RedisStore
 from tests.serving import redis_server as rs
 
 BACKENDS = ["embedded", "redis_store"]
@@ -35,28 +49,26 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def store_dir(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features") / "store"
-    F.materialise(dataset, out)
+    materialise(dataset, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def users(dataset) -> dict[str, int]:
     """user_id → user_idx of every real user (the <pad>/<unk> rows left out)."""
-    t = pq.read_table(dataset / F.USERS, columns=["user_id", "user_idx"]).to_pydict()
+    t = pq.read_table(dataset / tables.USERS, columns=["user_id", "user_idx"]).to_pydict()
     return {u: i for u, i in zip(t["user_id"], t["user_idx"], strict=True) if i >= 2}
 
 
 @pytest.fixture(scope="module")
 def training_view(dataset):
-    """The users exactly as training reads them (index.catalog.load_users' defaults)."""
-    from training.data import UserFeatures
-
-    return UserFeatures.from_table(dataset / F.USERS, 4096, 8)
+    """The users exactly as training reads them (data.tables, the data module's defaults)."""
+    return tables.UserFeatures.from_table(dataset / tables.USERS)
 
 
 @pytest.fixture(scope="module")
 def embedded(store_dir):
-    store = F.EmbeddedStore.open(store_dir)
+    store = EmbeddedStore.open(store_dir)
     yield store
     store.close()
 
@@ -77,7 +89,7 @@ def redis_store(redis, store_dir):
     store.close()
 
 
-def assert_same(got: F.UserFeaturesBatch, want: F.UserFeaturesBatch) -> None:
+def assert_same(got: UserFeaturesBatch, want: UserFeaturesBatch) -> None:
     assert got.version == want.version
     for field in ("user_idx", "known", "trained", "history", "attributes"):
         a, b = getattr(got, field), getattr(want, field)
@@ -89,20 +101,20 @@ def assert_same(got: F.UserFeaturesBatch, want: F.UserFeaturesBatch) -> None:
 
 
 def test_manifest_counts_reconcile(store_dir, dataset, users):
+    from common.artifacts import sha256_file
     from data import manifest as data_manifest
-    from data.io import sha256_file
 
-    m = F.read_manifest(store_dir, verify=True)
+    m = read_manifest(store_dir, verify=True)
     source = data_manifest.load(dataset)
-    table_rows = pq.read_metadata(dataset / F.USERS).num_rows
-    train = pq.read_table(dataset / F.TRAIN, columns=["user_idx", "creator_idx"]).to_pydict()
+    table_rows = pq.read_metadata(dataset / tables.USERS).num_rows
+    train = pq.read_table(dataset / tables.TRAIN, columns=["user_idx", "creator_idx"]).to_pydict()
     c = m["counts"]
     assert c["users_in"] == table_rows == c["users"] + c["reserved_rows"]
     assert c["users"] == len(users)
     assert c["train_pairs"] == source["counts"]["train_pairs"] == len(train["user_idx"])
     distinct = set(zip(train["user_idx"], train["creator_idx"], strict=True))
     assert c["followed_pairs"] == c["distinct_train_pairs"] == len(distinct)
-    assert sorted(m["files"]) == sorted(f"{name}.npy" for name in F.ARRAYS)
+    assert sorted(m["files"]) == sorted(f"{name}.npy" for name in ARRAYS)
     assert m["source"]["manifest_sha256"] == sha256_file(dataset / "manifest.json")
     assert (m["attribute_buckets"], m["attribute_width"], m["history_len"]) == (4096, 8, 8)
 
@@ -117,10 +129,11 @@ def test_features_are_what_training_read(backend, request, users, training_view)
     idx = torch.tensor([users[u] for u in ids])
     batch = store.lookup(ids)
     assert batch.known.all() and batch.user_idx.tolist() == idx.tolist()
-    assert np.array_equal(batch.trained, training_view.trained[idx].numpy())
+    assert np.array_equal(batch.trained, training_view.trained[idx])
     assert batch.trained.any() and not batch.trained.all()  # both kinds of user are covered
-    want = {k: v.numpy() for k, v in training_view.inputs(idx).items()}
-    got = batch.inputs()
+    creators = 1 << 30  # every history item has a row: the rule keeps them all
+    want = training_view.inputs(idx.numpy(), creators)
+    got = batch.inputs(creators)
     for key in ("user", "history", "attributes"):
         assert got[key].dtype == want[key].dtype and got[key].tobytes() == want[key].tobytes()
     assert (batch.attributes > 0).any() and (batch.history > 0).any()
@@ -129,7 +142,7 @@ def test_features_are_what_training_read(backend, request, users, training_view)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_followed_are_the_distinct_train_pairs(backend, request, dataset, users):
     store = request.getfixturevalue(backend)
-    train = pq.read_table(dataset / F.TRAIN, columns=["user_idx", "creator_idx"]).to_pydict()
+    train = pq.read_table(dataset / tables.TRAIN, columns=["user_idx", "creator_idx"]).to_pydict()
     want: dict[int, set] = {}
     for u, c in zip(train["user_idx"], train["creator_idx"], strict=True):
         want.setdefault(u, set()).add(c)
@@ -154,7 +167,7 @@ def test_unknown_ids_come_back_unknown(backend, request, users):
     ids = ["nobody", "", "<unk>", "<pad>", "fän 🎵", known]
     b = store.lookup(ids)
     assert b.known.tolist() == [False] * 5 + [True]
-    assert b.user_idx[:5].tolist() == [F.UNK_INDEX] * 5 and not b.trained[:5].any()
+    assert b.user_idx[:5].tolist() == [UNK] * 5 and not b.trained[:5].any()
     assert not b.history[:5].any() and not b.attributes[:5].any()
     assert all(len(f) == 0 for f in b.followed[:5])
     empty = store.lookup([])
@@ -182,23 +195,23 @@ def test_a_corrupted_or_truncated_file_is_refused(store_dir, tmp_path):
     raw = bytearray(history.read_bytes())
     raw[-3] ^= 0xFF
     history.write_bytes(bytes(raw))
-    with pytest.raises(F.FeatureStoreError, match=r"history\.npy is corrupted"):
-        F.EmbeddedStore.open(bad)
-    F.EmbeddedStore.open(bad, verify=False).close()  # same size: only the checksum can tell
+    with pytest.raises(FeatureStoreError, match=r"history\.npy is corrupted"):
+        EmbeddedStore.open(bad)
+    EmbeddedStore.open(bad, verify=False).close()  # same size: only the checksum can tell
     attributes = bad / "attributes.npy"
     attributes.write_bytes(attributes.read_bytes()[:-8])
-    with pytest.raises(F.FeatureStoreError, match=r"attributes\.npy is missing or truncated"):
-        F.EmbeddedStore.open(bad, verify=False)
+    with pytest.raises(FeatureStoreError, match=r"attributes\.npy is \d+ bytes.*truncated"):
+        EmbeddedStore.open(bad, verify=False)
     with pytest.raises(
-        F.FeatureStoreError, match=r"nothing/manifest\.json not found: is .* a feature store"
+        FeatureStoreError, match=r"nothing/manifest\.json not found: is .* a feature store"
     ):
-        F.EmbeddedStore.open(tmp_path / "nothing")
+        EmbeddedStore.open(tmp_path / "nothing")
 
 
 def test_materialise_is_atomic(dataset, store_dir, tmp_path, monkeypatch):
     out = tmp_path / "store"
     shutil.copytree(store_dir, out)
-    before = F.read_manifest(out)
+    before = read_manifest(out)
     real_save, calls = np.save, []
 
     def save_then_fail(*args, **kwargs):
@@ -209,12 +222,12 @@ def test_materialise_is_atomic(dataset, store_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", save_then_fail)
     with pytest.raises(OSError, match="injected"):
-        F.materialise(dataset, out, attribute_buckets=1024)
+        materialise(dataset, out, attribute_buckets=1024)
     with pytest.raises(OSError, match="injected"):
         calls.clear()
-        F.materialise(dataset, tmp_path / "fresh")
+        materialise(dataset, tmp_path / "fresh")
     monkeypatch.undo()
-    assert F.read_manifest(out, verify=True) == before  # the previous store, whole
+    assert read_manifest(out, verify=True) == before  # the previous store, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no staging, no half folder
 
 
@@ -227,30 +240,32 @@ def _copy_dataset(dataset: Path, to: Path) -> Path:
 
 
 def test_bad_input_is_refused_with_what_to_do(dataset, tmp_path):
-    with pytest.raises(F.FeatureStoreError, match=r"manifest\.json not found.*python -m data"):
-        F.materialise(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(FeatureStoreError, match=r"manifest\.json not found.*python -m data"):
+        materialise(tmp_path / "nowhere", tmp_path / "out")
     missing = _copy_dataset(dataset, tmp_path / "missing")
-    (missing / F.USERS).unlink()
-    with pytest.raises(F.FeatureStoreError, match=r"users\.parquet not found.*re-run"):
-        F.materialise(missing, tmp_path / "out")
+    (missing / tables.USERS).unlink()
+    with pytest.raises(FeatureStoreError, match=r"users\.parquet not found.*re-run"):
+        materialise(missing, tmp_path / "out")
     columns = _copy_dataset(dataset, tmp_path / "columns")
-    pq.write_table(pq.read_table(columns / F.USERS).drop_columns(["history"]), columns / F.USERS)
-    with pytest.raises(F.FeatureStoreError, match=r"no column\(s\) \['history'\]; columns are"):
-        F.materialise(columns, tmp_path / "out")
+    pq.write_table(
+        pq.read_table(columns / tables.USERS).drop_columns(["history"]), columns / tables.USERS
+    )
+    with pytest.raises(FeatureStoreError, match=r"no column\(s\) \['history'\]; columns are"):
+        materialise(columns, tmp_path / "out")
     changed = _copy_dataset(dataset, tmp_path / "changed")
-    train = pq.read_table(changed / F.TRAIN)
-    pq.write_table(pa.concat_tables([train, train.slice(0, 1)]), changed / F.TRAIN)
-    with pytest.raises(F.FeatureStoreError, match=r"train\.parquet differs from .*manifest"):
-        F.materialise(changed, tmp_path / "out")
-    with pytest.raises(F.FeatureStoreError, match="attribute_buckets=2"):
-        F.materialise(dataset, tmp_path / "out", attribute_buckets=2)
+    train = pq.read_table(changed / tables.TRAIN)
+    pq.write_table(pa.concat_tables([train, train.slice(0, 1)]), changed / tables.TRAIN)
+    with pytest.raises(FeatureStoreError, match=r"train\.parquet differs from .*manifest"):
+        materialise(changed, tmp_path / "out")
+    with pytest.raises(FeatureStoreError, match="attribute_buckets=2"):
+        materialise(dataset, tmp_path / "out", attribute_buckets=2)
     assert not (tmp_path / "out").exists()
 
 
 def test_check_hashing(embedded):
-    F.check_hashing(embedded.manifest, 4096, 8)
-    with pytest.raises(F.FeatureStoreError, match=r"4096 buckets × 8, the model into 1024 × 8"):
-        F.check_hashing(embedded.manifest, 1024, 8)
+    check_hashing(embedded.manifest, 4096, 8)
+    with pytest.raises(FeatureStoreError, match=r"4096 buckets × 8, the model into 1024 × 8"):
+        check_hashing(embedded.manifest, 1024, 8)
 
 
 def test_version_switch_under_concurrent_lookups(redis, dataset, store_dir, users, tmp_path):
@@ -260,9 +275,9 @@ def test_version_switch_under_concurrent_lookups(redis, dataset, store_dir, user
 
     folders = [store_dir]
     for name, buckets, width in (("b", 1024, 8), ("c", 4096, 4)):
-        F.materialise(dataset, tmp_path / name, buckets, width)
+        materialise(dataset, tmp_path / name, buckets, width)
         folders.append(tmp_path / name)
-    expected = {s.version: s for s in map(F.EmbeddedStore.open, folders)}
+    expected = {s.version: s for s in map(EmbeddedStore.open, folders)}
     assert len(expected) == 3
     ns, ids = "switch", list(users)
     RedisStore.load(folders[0], redis.url, namespace=ns)
@@ -319,7 +334,7 @@ def test_a_dead_or_hung_redis_fails_fast(store_dir, users):
         assert store.lookup(ids).known.all() and store.ping()
         server.pause()  # accepts connections, answers nothing
         start = time.perf_counter()
-        with pytest.raises(F.FeatureStoreUnavailable, match="Timeout"):
+        with pytest.raises(FeatureStoreUnavailable, match="Timeout"):
             store.lookup(ids)
         assert not store.ping()
         assert time.perf_counter() - start < 0.5
@@ -327,9 +342,9 @@ def test_a_dead_or_hung_redis_fails_fast(store_dir, users):
         assert store.lookup(ids).known.all()  # recovers without a new client
         server.stop()
         start = time.perf_counter()
-        with pytest.raises(F.FeatureStoreUnavailable, match="Connection"):
+        with pytest.raises(FeatureStoreUnavailable, match="Connection"):
             store.lookup(ids)
-        with pytest.raises(F.FeatureStoreUnavailable, match=r"Redis at redis://127\.0\.0\.1"):
+        with pytest.raises(FeatureStoreUnavailable, match=r"Redis at redis://127\.0\.0\.1"):
             RedisStore(server.url)
         assert time.perf_counter() - start < 0.5
         store.close()
@@ -337,34 +352,35 @@ def test_a_dead_or_hung_redis_fails_fast(store_dir, users):
 
 
 def test_an_empty_redis_is_unavailable_with_what_to_do(redis):
-    with pytest.raises(F.FeatureStoreUnavailable, match=r"nothing loaded.*serving materialise"):
+    with pytest.raises(FeatureStoreUnavailable, match=r"nothing loaded.*serving materialise"):
         RedisStore(redis.url, namespace="empty")
 
 
 def test_open_store_picks_the_backend(store_dir, redis_store, redis):
-    embedded = F.open_store(str(store_dir))
-    remote = F.open_store(redis.url, namespace="main")
-    assert isinstance(embedded, F.EmbeddedStore) and isinstance(remote, RedisStore)
-    assert isinstance(embedded, F.FeatureStore) and isinstance(remote, F.FeatureStore)
+    embedded = open_store(str(store_dir))
+    remote = open_store(redis.url, namespace="main")
+    assert isinstance(embedded, EmbeddedStore) and isinstance(remote, RedisStore)
+    assert isinstance(embedded, FeatureStore) and isinstance(remote, FeatureStore)
     assert embedded.version == remote.version
     embedded.close()
     remote.close()
 
 
 def test_cli(dataset, tmp_path, redis, capsys):
-    import argparse
+    """`python -m serving materialise` through the real entry point: exit codes of
+    common.errors, one FAILED line naming the cause."""
+    from serving.__main__ import main
 
-    parser = argparse.ArgumentParser()
-    F.add_materialise_arguments(parser)
     out = tmp_path / "store"
-    args = ["--data", str(dataset), "--output", str(out), "--attribute-width", "4"]
-    assert F.cli_materialise(parser.parse_args([*args, "--redis", redis.url])) == F.OK
+    args = ["materialise", "--data", str(dataset), "--output", str(out), "--attribute-width", "4"]
+    assert main([*args, "--redis", redis.url]) == errors.OK
     printed = capsys.readouterr().out
-    version = F.read_manifest(out)["version"]
+    version = read_manifest(out)["version"]
     assert f"feature store {version}: 1,500 users" in printed
     assert f"towerline:current = {version}" in printed
-    bad = ["--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]
-    assert F.cli_materialise(parser.parse_args(bad)) == F.BAD_INPUT
+    bad = ["materialise", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]
+    assert main(bad) == errors.BAD_INPUT
+    assert "FAILED (exit 2) FeatureStoreError" in capsys.readouterr().out
     dead = f"redis://127.0.0.1:{rs._free_port()}/0"
-    assert F.cli_materialise(parser.parse_args([*args, "--redis", dead])) == F.UNAVAILABLE
-    assert "Connection refused" in capsys.readouterr().err
+    assert main([*args, "--redis", dead]) == errors.UNAVAILABLE
+    assert "Connection refused" in capsys.readouterr().out

@@ -7,39 +7,19 @@ import shutil
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
 from index import store as index_store
-from serving.app import create_app
-from serving.features import EmbeddedStore, materialise
-from serving.recommender import Recommender
-from serving.redis_store import RedisStore
-from serving.server import InProcessTowers, TritonTowers
-from serving.triton import free_ports
+from serving.api.app import create_app
+from serving.features.embedded import EmbeddedStore
+from serving.features.redis_store import RedisStore
+from serving.pipeline.recommender import Recommender
+from serving.pipeline.towers import InProcessTowers, TritonTowers
+from serving.triton.server import free_ports
 from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
-
-
-@pytest.fixture(scope="module")
-def store_root(published, tmp_path_factory) -> Path:
-    """A private copy of the published store (the swap test adds a version to its own copy)."""
-    root = tmp_path_factory.mktemp("service") / "store"
-    shutil.copytree(published.store, root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def features_dir(store_root, tiny_data, tmp_path_factory) -> Path:
-    tower = index_store.read_manifest(store_root)["user_tower"]
-    out = tmp_path_factory.mktemp("features") / "store"
-    materialise(
-        tiny_data, out, tower["attribute_buckets"], attribute_width=tower["attribute_width"]
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +31,9 @@ def service(store_root, features_dir):
         yield client, rec
 
 
-@pytest.fixture(scope="module")
-def fans(tiny_data) -> list[str]:
-    t = pq.read_table(tiny_data / "tables" / "users.parquet", columns=["user_id", "train_count"])
-    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
-    return sorted(ids.tolist())[:40]
-
-
 def followed_ids(rec: Recommender, user_id: str) -> set[str]:
     b = rec.bundle
-    rows = rec._rows(b, rec.features.lookup([user_id]).followed[0])
+    rows = b.rows(rec.features.lookup([user_id]).followed[0])
     return {str(b.index.creator_id[r]) for r in rows}
 
 
@@ -88,11 +61,10 @@ def test_answers_agree_with_exact_search_of_the_same_tower(service, fans):
     hits = total = 0
     for fan in fans:
         feats = rec.features.lookup([fan])
-        q = b.encode(
-            rec.tower_inputs(b, feats.user_idx, feats.trained, feats.history, feats.attributes)
-        )[0]
+        inputs = feats.inputs(b.num_creators)
+        q = b.encode({name: inputs[name] for name in b.inputs})[0]
         scores = np.asarray(b.embeddings @ q)
-        scores[list(rec._rows(b, feats.followed[0]))] = -np.inf
+        scores[b.rows(feats.followed[0])] = -np.inf
         exact = {str(b.index.creator_id[i]) for i in np.argsort(-scores)[:10]}
         got = client.post("/recommend", json={"user_id": fan, "k": 10}).json()["items"]
         hits += len(exact & {i["creator_id"] for i in got})
@@ -195,7 +167,7 @@ def test_health_readiness_metrics_and_the_openapi_spec(service, fans):
 def triton_towers(tmp_path):
     """A real Triton server on an empty repository, as `python -m serving up` starts one."""
     from serving.config import TritonSettings
-    from serving.triton import TritonServer
+    from serving.triton.server import TritonServer
 
     repo = tmp_path / "triton"
     (repo / "local").mkdir(parents=True)

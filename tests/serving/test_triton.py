@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from serving import export, triton
-from serving.client import TritonUnavailable, UserTowerClient
-from serving.export import ONNX_FILE
+from index import user_tower
+from serving.triton import repository
+from serving.triton import server as triton
+from serving.triton.client import TritonUnavailable, UserTowerClient
 from tests.serving.conftest import UNBATCHED
 
+ONNX_FILE = "user_tower.onnx"
+
 TOLERANCE = 1e-5
-MODEL = triton.MODEL_NAME
+MODEL = repository.MODEL_NAME
 
 
 def group_members(pgid: int) -> list[int]:
@@ -59,7 +62,7 @@ def test_embeddings_match_torch(triton_server, user_batch, protocol):
     with UserTowerClient(url, protocol, timeout_s=10) as client:
         assert client.ready() and client.ready("1")
         assert client.inputs == ["user", "history", "attributes"]
-        assert client.max_batch_size == triton.MAX_BATCH_SIZE
+        assert client.max_batch_size == repository.MAX_BATCH_SIZE
         got = client.encode(user_batch.inputs)
         assert got.dtype == np.float32 and got.shape == user_batch.expected.shape
         np.testing.assert_allclose(got, user_batch.expected, atol=TOLERANCE, rtol=0)
@@ -71,7 +74,7 @@ def test_embeddings_match_torch(triton_server, user_batch, protocol):
 def test_thousand_users_and_edge_cases(triton_server, trained, user_batch):
     """1,000 random users with unknown ids, padded and empty histories, over 3 requests."""
     n, a = user_batch.inputs["history"].shape[1], user_batch.inputs["attributes"].shape[1]
-    x = export.random_inputs(trained, 1000, n, a, seed=3)
+    x = user_tower.random_inputs(trained, 1000, n, a, seed=3)
     with torch.no_grad():
         want = trained.model.encode_users(**{k: torch.from_numpy(v) for k, v in x.items()})
     with UserTowerClient(triton_server.grpc_url, timeout_s=10, max_batch_size=400) as client:
@@ -202,7 +205,7 @@ def test_version_added_and_retired_under_load(triton_repositories, trained, user
     model_dir = repo / MODEL
     v2 = _perturbed(trained)
     n, a = user_batch.inputs["history"].shape[1], user_batch.inputs["attributes"].shape[1]
-    export.export_user_tower(v2, tmp_path / ONNX_FILE, n, a)
+    user_tower.export_user_tower(v2, tmp_path / ONNX_FILE, n, a)
     with torch.no_grad():
         x = {k: torch.from_numpy(v) for k, v in user_batch.inputs.items()}
         want2 = v2.model.encode_users(**x).numpy()
@@ -212,7 +215,7 @@ def test_version_added_and_retired_under_load(triton_repositories, trained, user
         client = UserTowerClient(server.grpc_url, timeout_s=10)
         load = Load(client, user_batch.inputs, "1", user_batch.expected)
         time.sleep(0.2)
-        triton.add_version(model_dir, tmp_path / ONNX_FILE, 2)
+        repository.add_version(model_dir, tmp_path / ONNX_FILE, 2)
         t0 = time.monotonic()
         server.load_model(MODEL)
         t1 = time.monotonic()
@@ -222,7 +225,7 @@ def test_version_added_and_retired_under_load(triton_repositories, trained, user
 
         load = Load(client, user_batch.inputs, "2", want2)
         time.sleep(0.2)
-        triton.remove_version(model_dir, 1)
+        repository.remove_version(model_dir, 1)
         t0 = time.monotonic()
         server.load_model(MODEL)
         t1 = time.monotonic()
@@ -258,21 +261,12 @@ def test_failed_start_raises_with_the_log(triton_repositories, tmp_path):
     assert server.process is None and (tmp_path / "work" / "tritonserver.log").is_file()
 
 
-CLI = (
-    "import argparse, sys\n"
-    "from serving.triton import add_triton_arguments, cli_triton\n"
-    "parser = argparse.ArgumentParser()\n"
-    "add_triton_arguments(parser)\n"
-    "sys.exit(cli_triton(parser.parse_args(sys.argv[1:])))\n"
-)
-
-
 @pytest.mark.timeout(120)
 def test_cli_serves_until_sigterm(triton_repositories, user_batch):
     """`python -m serving triton` as a process: ready, answering, and gone after SIGTERM."""
     root = Path(triton_repositories["local"]).parent  # the write_repositories root: uses local/
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "--repository", str(root), "--model", MODEL],
+        [sys.executable, "-m", "serving", "triton", "--repository", str(root), "--model", MODEL],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

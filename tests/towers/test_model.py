@@ -113,7 +113,7 @@ def test_text_path_is_used_when_configured():
 
 
 def test_history_shares_the_creator_id_space_and_gradients_reach_everything():
-    model = _model(pooling="attention")
+    model = _model(pooling="attention", init_temperature=0.07, learn_temperature=True)
     assert model.user_tower.creator_ids is model.creator_tower.id_embedding
     users = model.encode_users(torch.tensor([2, 3]), torch.tensor([[2, 3], [4, 0]]))
     creators = model.encode_creators(**_creators())

@@ -29,8 +29,8 @@ def fit_args(data: Path, out: Path, *extra: str) -> list[str]:
         "--trainer.default_root_dir", str(out),
         "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.enable_progress_bar", "false",
-        "--model.dim", "16",
-        "--model.hidden", "32",
+        "--model.tower.dim", "16",
+        "--model.tower.hidden", "32",
         "--model.uniform_negatives", "64",
         *extra,
     ]  # fmt: skip
@@ -43,7 +43,8 @@ def test_every_shipped_train_config_parses_and_builds(path, tiny_data, tmp_path)
          "--trainer.default_root_dir", str(tmp_path)],
         run=False,
     )  # fmt: skip
-    assert cli.model.hparams.num_creators == cli.datamodule.num_creators
+    assert cli.model.hparams.tower["num_creators"] == cli.datamodule.num_creators
+    assert cli.model.model.cfg.num_creators == cli.datamodule.num_creators
     assert cli.datamodule.batch_size % cli.datamodule.record_size == 0
 
 
@@ -57,7 +58,7 @@ def test_fit_logs_full_corpus_metrics_and_saves_config_beside_checkpoints(tiny_d
     ckpt_dir = Path(cli.trainer.checkpoint_callback.dirpath)
     assert (ckpt_dir / "last.ckpt").exists()
     saved = yaml.safe_load((ckpt_dir / "config.yaml").read_text())
-    assert saved["model"]["dim"] == 16 and saved["data"]["data_dir"] == str(tiny_data)
+    assert saved["model"]["tower"]["dim"] == 16 and saved["data"]["data_dir"] == str(tiny_data)
     # W&B ran offline, wrote its run files, and got the evaluation table
     tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/metrics_*.json"))
     assert tables, list(tmp_path.rglob("*"))[:20]
@@ -78,7 +79,7 @@ USER_SAMPLING = ["--data.sampling", "users", "--data.users_per_batch", "64"]
     "extra",
     [
         [],
-        [*USER_SAMPLING, "--model.full_corpus_softmax", "true", "--model.combiner", "linear"],
+        [*USER_SAMPLING, "--model.full_corpus_softmax", "true", "--model.tower.combiner", "linear"],
         # 18 user batches an epoch: sampled negatives need a higher rate to pass popularity
         # within 4 epochs (5e-3 gets there by epoch 5-6, 2e-2 by epoch 1-2)
         [*USER_SAMPLING, "--model.full_corpus_softmax", "false", "--model.lr", "2e-2"],
@@ -191,40 +192,42 @@ def test_user_batches_deal_equal_disjoint_shares_to_the_ranks(tiny_data):
 def test_users_without_training_pairs_are_scored_as_the_unknown_user(tiny_data, tmp_path):
     """A test-period-only user's id row was never trained: evaluation (and serving) encodes it
     as UNK (the row cold_user_rate trains) plus its attributes."""
-    from training.data import UNK
+    from data.contract import UNK
     from training.module import TowerScorer, encode_all_creators
 
     cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2", *USER_SAMPLING,
                                  "--model.cold_user_rate", "0.2")])  # fmt: skip
     dm, model = cli.datamodule, cli.model.model.eval()
-    cold = np.flatnonzero(~dm.users.trained.numpy())
+    cold = np.flatnonzero(~dm.users.trained)
     cold = cold[cold >= 2][:3]
     assert len(cold) >= 2, "the tiny time split should have test-only users"
-    assert dm.users.inputs(torch.as_tensor(cold))["user"].tolist() == [UNK] * len(cold)
+    assert dm.users.inputs(cold, dm.num_creators)["user"].tolist() == [UNK] * len(cold)
     creators = encode_all_creators(model, dm.creators)
-    scores = TowerScorer(model, dm.users, creators)(cold)
+    scores = TowerScorer(model, dm.users.to("cpu"), creators)(cold)
+    users = dm.users.to("cpu")
     with torch.no_grad():  # the UNK row plus what the user does carry: its attributes
         unk = torch.full((len(cold),), UNK)
-        want = model.encode_users(unk, dm.users.history[cold], dm.users.attributes[cold])
+        want = model.encode_users(unk, users.history[cold], users.attributes[cold])
     assert not dm.users.history[cold].any()
     torch.testing.assert_close(scores, want @ creators.T)
+    from towers.model import TowerConfig
     from training.module import TwoTowerModule
 
     with pytest.raises(ValueError, match=r"cold_user_rate=1\.5"):
-        TwoTowerModule(num_users=10, num_creators=10, cold_user_rate=1.5)
+        TwoTowerModule(TowerConfig(num_users=10, num_creators=10), cold_user_rate=1.5)
 
 
 def test_creator_text_reaches_the_creator_tower(tiny_text_data, tmp_path):
     """A dataset prepared with text vectors links text_dim into the model; a creator training
     never saw (id = UNK) is then placed by its text, so two such creators differ."""
-    from training.data import UNK
+    from data.contract import UNK
 
     cli = main(["fit", *fit_args(tiny_text_data, tmp_path, "--trainer.max_epochs", "1")])
     dm, model = cli.datamodule, cli.model.model.eval()
-    assert cli.model.hparams.text_dim == 384 == dm.creators.text.shape[1]
+    assert cli.model.hparams.tower["text_dim"] == 384 == dm.creators.text.shape[1]
     assert model.creator_tower.text is not None
     rows = torch.arange(2, 6)
-    inputs = dm.creators.select(rows)
+    inputs = dm.creators.to("cpu").select(rows)
     with torch.no_grad():
         unseen = model.encode_creators(**{**inputs, "creator": torch.full_like(rows, UNK)})
         no_text = model.encode_creators(

@@ -5,11 +5,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.conftest import REPO
-from tests.training.ddp_loss_check import batch
+from tests.training.ddp_loss_check import batch, users_batch, users_loss
 from training.loss import (
     PositiveIndex,
     RetrievalLoss,
@@ -109,27 +110,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_over_the_global_batch(tmp_path):
-    out = tmp_path / "ddp.pt"
+def _two_processes(tmp_path, mode: str) -> dict:
+    """ddp_loss_check.py on 2 real gloo processes: their losses and DDP-averaged gradients."""
+    out = tmp_path / f"ddp-{mode}.pt"
     env = dict(os.environ, PYTHONPATH=str(REPO), PORT=str(_free_port()))
     script = str(REPO / "tests" / "training" / "ddp_loss_check.py")
     procs = [
-        subprocess.Popen([sys.executable, script, str(r), "2", str(out)], env=env) for r in range(2)
+        subprocess.Popen([sys.executable, script, str(r), "2", str(out), mode], env=env)
+        for r in range(2)
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    ddp = torch.load(out, weights_only=True)
+    return torch.load(out, weights_only=True)
 
+
+def test_two_processes_equal_one_over_the_global_batch(tmp_path):
+    ddp = _two_processes(tmp_path, "examples")
     u, c, users, creators, log_q = batch()
     u, c = u.clone().requires_grad_(True), c.clone().requires_grad_(True)
     loss = RetrievalLoss()(
         _unit(u), _unit(c), torch.tensor(5.0), users=users, creators=creators, log_q=log_q
     )["contrastive_loss"]
     loss.backward()
-    torch.testing.assert_close(ddp["loss"], loss.detach())
+    torch.testing.assert_close(ddp["losses"].mean(), loss.detach())
     g_u = torch.cat([part[:4] for part in ddp["grads"]])
     g_c = torch.cat([part[4:] for part in ddp["grads"]])
     torch.testing.assert_close(g_u, u.grad)
     torch.testing.assert_close(g_c, c.grad)
+
+
+@pytest.mark.parametrize("mode", ["users", "corpus"])
+def test_users_batches_on_two_processes_equal_one_over_the_global_batch(tmp_path, mode):
+    """The users-batch objective: each rank's users against every rank's positives (gathered,
+    different counts per rank) or the whole corpus; the mean loss and the gradients DDP ends up
+    with equal one process over all 8 users, user vectors and creator table alike."""
+    ddp = _two_processes(tmp_path, mode)
+    data = users_batch()
+    u = data["user_emb"].clone().requires_grad_(True)
+    table = data["table"].clone().requires_grad_(True)
+    loss = users_loss(data, torch.arange(8), u, table, mode)["contrastive_loss"]
+    loss.backward()
+    counts = data["positives"].indptr.diff()
+    assert counts[:4].sum() != counts[4:].sum(), "the ranks should hold different counts"
+    torch.testing.assert_close(ddp["losses"].mean(), loss.detach())
+    g_u = torch.cat([part[:4] for part in ddp["grads"]])
+    g_table = sum(part[4:] for part in ddp["grads"])  # DDP: the replicas' mean, /world already
+    torch.testing.assert_close(g_u, u.grad)
+    torch.testing.assert_close(g_table, table.grad)
+
+
+def test_one_process_users_loss_is_the_mean_over_users_with_positives():
+    """MultiPositiveLoss in one process is multi_positive_softmax over its candidate logits."""
+    data = users_batch()
+    users = torch.arange(8)
+    got = users_loss(data, users, data["user_emb"], data["table"], "corpus")["contrastive_loss"]
+    rows, targets = data["positives"].pairs(users)
+    logits = 5.0 * _unit(data["user_emb"]) @ _unit(data["table"]).T
+    negatives = ~data["positives"].mask(users, torch.arange(12))
+    negatives[:, :2] = False  # the reserved slots
+    torch.testing.assert_close(got, multi_positive_softmax(logits, rows, targets, negatives))
 
 
 def test_positive_index_mask_equals_the_sorted_key_reference():

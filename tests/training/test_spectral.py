@@ -98,8 +98,9 @@ def test_settings_that_cannot_hold_the_filter_are_refused(change, message):
         spectral_init(model, random_pairs(10, 10))
 
 
-SPECTRAL = [*USER_SAMPLING, "--model.full_corpus_softmax", "true", "--model.combiner", "linear",
-            "--model.history_weights", "true", "--model.hidden", "16", "--model.init", "spectral",
+SPECTRAL = [*USER_SAMPLING, "--model.full_corpus_softmax", "true",
+            "--model.tower.combiner", "linear", "--model.tower.history_weights", "true",
+            "--model.tower.hidden", "16", "--model.init", "spectral",
             "--model.lr", "1e-3"]  # fmt: skip
 
 
@@ -119,10 +120,11 @@ def test_fit_from_the_filter_beats_popularity(tiny_data, tmp_path):
 def test_bad_init_is_refused():
     from training.module import TwoTowerModule
 
+    tower = TowerConfig(num_users=10, num_creators=10)
     with pytest.raises(ValueError, match=r"--model\.init='svd'"):
-        TwoTowerModule(num_users=10, num_creators=10, init="svd")
+        TwoTowerModule(tower, init="svd")
     with pytest.raises(ValueError, match="init=spectral needs"):
-        TwoTowerModule(num_users=10, num_creators=10, init="spectral")
+        TwoTowerModule(tower, init="spectral")
 
 
 def test_a_fit_of_no_epochs_keeps_the_filter_as_a_checkpoint(tiny_data, tmp_path):

@@ -1,0 +1,64 @@
+"""Requests that arrive while a batch is being answered form the next batch.
+
+At one request in flight a batch is that request and nothing waits; under load one feature
+lookup, one Triton call and one faiss search serve many requests, and no thread pool fights
+over the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    """Collects the requests that arrive while a batch is being answered into the next batch.
+
+    Lives on the event loop (no locks): `submit` queues a request and starts a drain task when
+    fewer than `workers` are running; each drain hands batches to `answer_many` on its own worker
+    thread. Two workers let one batch look up features and search while the other waits on
+    Triton (those calls release the GIL).
+    """
+
+    def __init__(self, answer_many, max_batch: int = 64, workers: int = 2):
+        self.answer_many = answer_many
+        self.max_batch = max_batch
+        self.workers = workers
+        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="recommend")
+        self.tasks: set[asyncio.Task] = set()  # referenced: not garbage-collected mid-drain
+
+    async def submit(self, request):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((request, future))
+        if len(self.tasks) < self.workers:
+            task = loop.create_task(self._drain())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self.answer_many, [r for r, _ in batch]
+                )
+            except Exception as e:
+                log.exception("a batch of %d requests failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # the client may have gone away
+                    future.set_result(result)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

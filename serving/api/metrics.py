@@ -1,0 +1,70 @@
+"""The service's Prometheus metrics, in a registry of the app's own (several apps can live in
+one process, as in tests).
+
+Per-stage latency is observed once per batch, as the pipeline timed it (serving.pipeline.
+stages); per-route latency, requests and fallbacks once per request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from serving.pipeline.bundle import Bundle
+from serving.pipeline.stages import Answer, Batch
+
+BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "towerline_requests", "Requests answered", ["endpoint", "status", "source"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "towerline_request_seconds", "Time in the handler", ["endpoint"],
+            buckets=BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.stage = Histogram(
+            "towerline_stage_seconds", "Time per stage of the online pipeline, per batch",
+            ["stage"], buckets=BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "towerline_fallbacks", "Answers from a fallback", ["reason"], registry=self.registry
+        )
+        self.swaps = Counter("towerline_swaps", "Bundle swaps", registry=self.registry)
+        self.batch = Histogram(
+            "towerline_batch_size", "Requests answered together", registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )  # fmt: skip
+        self.version = Gauge(
+            "towerline_serving_info", "The served versions (value 1)",
+            ["model_version", "index_version", "encoder"], registry=self.registry,
+        )  # fmt: skip
+        self.answer_log = Counter(
+            "towerline_answer_log_records", "Answers offered to the answer log, by outcome",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+
+    def served(self, bundle: Bundle) -> None:
+        self.version.clear()
+        self.version.labels(bundle.model_version, bundle.index_version, bundle.encoder_name).set(1)
+
+    def swapped(self, bundle: Bundle) -> None:
+        self.swaps.inc()
+        self.served(bundle)
+
+    def batch_done(self, batch: Batch) -> None:
+        """A pipeline observer: each stage's time and the batch's size."""
+        self.batch.observe(len(batch.requests))
+        for stage, seconds in batch.timings.items():
+            self.stage.labels(stage).observe(seconds)
+
+    def answered(self, endpoint: str, answer: Answer, seconds: float) -> None:
+        if answer.degraded:
+            self.fallbacks.labels(answer.degraded).inc()
+        elif answer.cold_start:
+            self.fallbacks.labels("cold_start").inc()
+        self.requests.labels(endpoint, "200", answer.source).inc()
+        self.latency.labels(endpoint).observe(seconds)

@@ -1,0 +1,28 @@
+"""`POST /recommend`: the creators a fan will love.
+
+Requests are answered in batches (serving.api.batcher) through the online pipeline; every answer
+names the model and index versions it came from, and fallbacks are flagged in the body
+(`source`, `cold_start`, `degraded`), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from serving.api.schemas import RecommendRequest, RecommendResponse, response
+from serving.api.state import ServicesDep
+from serving.pipeline.stages import Request
+
+router = APIRouter(tags=["recommend"])
+
+
+@router.post("/recommend", response_model=RecommendResponse, response_model_exclude={"creator_id"})
+async def recommend(req: RecommendRequest, svc: ServicesDep) -> RecommendResponse:
+    started = time.perf_counter()
+    svc.bundle()
+    answer, bundle = await svc.batcher.submit(Request(req.user_id, req.k, tuple(req.exclude)))
+    svc.metrics.answered("recommend", answer, time.perf_counter() - started)
+    svc.log_answer("recommend", req.model_dump(), answer, bundle)
+    return response(answer, bundle, started, user_id=req.user_id)

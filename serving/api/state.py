@@ -1,0 +1,43 @@
+"""What the routers share: one `Services` per app, in `app.state`, handed to each handler by
+FastAPI's dependency injection (`svc: ServicesDep`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from serving.answer_log import AnswerLog
+from serving.api.batcher import Batcher
+from serving.api.metrics import Metrics
+from serving.pipeline.bundle import Bundle
+from serving.pipeline.recommender import Recommender
+
+
+@dataclass
+class Services:
+    recommender: Recommender
+    metrics: Metrics
+    batcher: Batcher
+    answer_log: AnswerLog | None = None
+
+    def bundle(self) -> Bundle:
+        """The served bundle, or a 503 while none is loaded yet."""
+        bundle = self.recommender.bundle
+        if bundle is None:
+            raise HTTPException(503, "no index loaded yet; retry shortly")
+        return bundle
+
+    def log_answer(self, route: str, request: dict, answer, bundle: Bundle) -> None:
+        if self.answer_log is not None:
+            outcome = self.answer_log.offer(route, request, answer, bundle.versions)
+            self.metrics.answer_log.labels(outcome).inc()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+"""A handler's `svc: ServicesDep` parameter: its app's Services."""

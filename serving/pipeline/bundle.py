@@ -1,0 +1,157 @@
+"""A bundle: one published index version and the user tower it was built for.
+
+The version folder's `user_tower.onnx` is served by Triton or in-process (serving.pipeline.
+towers); a bundle pairs it with the version's index, so every answer comes from one consistent
+pair of model and index versions. `load_bundle` refuses a pair that does not agree: a feature
+store hashed for another model, or a tower that does not reproduce the index's probe vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from common.errors import IntegrityError, MissingInputError
+from data import tables
+from index import store as index_store
+from serving.features.base import check_hashing
+
+log = logging.getLogger(__name__)
+
+Encode = Callable[[dict[str, np.ndarray]], np.ndarray]
+PrepareEncoder = Callable[[Path, str], tuple]
+"""(version folder, version name) → (encode, input names, encoder name, release or None)."""
+
+
+@dataclass
+class Bundle:
+    """One index version and the user tower it was built for."""
+
+    index: index_store.CreatorIndex
+    encode: Encode
+    """[B] user, [B, N] history, [B, A] attributes (only the tower's inputs) → [B, d]."""
+    inputs: tuple[str, ...]
+    num_creators: int
+    """The model's creator vocabulary: history items past it have no row (data.contract)."""
+    popular: np.ndarray
+    """Faiss rows by descending training popularity: the cold-start and fallback answer."""
+    popularity: np.ndarray
+    """[N] training interactions per faiss row: the score of a popular answer."""
+    embeddings: np.ndarray  # [N, d] float32, memory-mapped (GET /similar, exact fallback)
+    row_of: dict[str, int]  # creator_id → faiss row
+    loaded_at: float = field(default_factory=time.time)
+    encoder_name: str = ""
+    release: Callable[[], None] | None = None
+
+    @property
+    def index_version(self) -> str:
+        return self.index.version
+
+    @property
+    def model_version(self) -> str:
+        return self.index.manifest["model"]["version"]
+
+    @property
+    def versions(self) -> dict:
+        return {"model_version": self.model_version, "index_version": self.index_version}
+
+    def rows(self, creator_idx: np.ndarray) -> np.ndarray:
+        """The faiss rows of creator vocabulary indices (those the index holds)."""
+        if len(creator_idx) == 0:
+            return np.zeros(0, np.int64)
+        indexed = self.index.creator_idx
+        pos = np.minimum(np.searchsorted(indexed, creator_idx), len(indexed) - 1)
+        return pos[indexed[pos] == creator_idx].astype(np.int64)
+
+
+def version_number(version: str) -> int:
+    """`v00012-…` → 12: the Triton model version that serves an index version's tower."""
+    head = version.removeprefix("v").split("-", 1)[0]
+    if not head.isdigit():
+        raise IntegrityError(f"index version {version!r} has no sequence number (v<digits>-…)")
+    return int(head)
+
+
+def popularity(manifest: dict, creator_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Faiss rows sorted by the catalog's training counts (ties by row), for cold start, and
+    each row's count."""
+    path = Path(manifest["catalog"]["data_dir"]) / tables.CREATORS
+    counts = np.zeros(len(creator_idx), dtype=np.int64)
+    if path.exists():
+        t = pq.read_table(path, columns=["creator_idx", "train_count"])
+        idx = t["creator_idx"].to_numpy().astype(np.int64)
+        by_idx = np.zeros(max(int(idx.max(initial=0)), int(creator_idx.max(initial=0))) + 1)
+        by_idx[idx] = t["train_count"].to_numpy()
+        counts = by_idx[creator_idx].astype(np.int64)
+    else:
+        log.warning("no %s: cold-start answers fall back to index order", path)
+    return np.lexsort((np.arange(len(counts)), -counts)).astype(np.int64), counts
+
+
+def load_bundle(
+    root: Path,
+    version: str | None,
+    prepare_encoder: PrepareEncoder,
+    verify: bool = True,
+    features=None,
+) -> Bundle:
+    """Load an index version and its user tower; refuse unless `features` (a feature store)
+    hashes users as the version's tower expects and the tower reproduces the index's probe
+    vectors (same embedding space)."""
+    index = index_store.load(root, version=version, verify=verify)
+    tower = index.manifest.get("user_tower")
+    if features is not None and tower:
+        check_hashing(
+            features.manifest, tower["attribute_buckets"], tower["attribute_width"],
+            tower["history_len"],
+        )  # fmt: skip
+    if not (index.folder / index_store.USER_TOWER).exists():
+        raise MissingInputError(
+            f"index version {index.version} has no {index_store.USER_TOWER}: it was built before "
+            f"the rebuild job exported the user tower; run `python -m index rebuild` again"
+        )
+    encode, inputs, name, release = prepare_encoder(index.folder, index.version)
+    try:
+        return _checked(index, encode, tuple(inputs), name, release)
+    except Exception:
+        if release is not None:
+            release()
+        raise
+
+
+def _checked(index, encode: Encode, inputs: tuple, name: str, release) -> Bundle:
+    def probe(user, history, attributes):
+        feeds = {"user": user, "history": history, "attributes": attributes}
+        return encode({k: np.ascontiguousarray(feeds[k]) for k in inputs})
+
+    diff = index_store.check_probes(index.folder, probe, atol=1e-4)
+    log.info("user tower %s reproduces the index's probes (max diff %.1e)", name, diff)
+    manifest = index.manifest
+    popular, counts = popularity(manifest, index.creator_idx)
+    embeddings = np.load(index.folder / index_store.EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+    return Bundle(
+        index=index,
+        encode=encode,
+        inputs=inputs,
+        num_creators=int(manifest["model"]["towers"]["num_creators"]),
+        popular=popular,
+        popularity=counts,
+        embeddings=embeddings,
+        row_of={str(c): i for i, c in enumerate(index.creator_id)},
+        encoder_name=name,
+        release=release,
+    )
+
+
+def release_later(bundle: Bundle) -> None:
+    """Unload a replaced bundle's tower (background: a failure is logged, never raised)."""
+    try:
+        bundle.release()
+    except Exception as e:
+        log.warning("could not release the tower of %s: %s", bundle.index_version, e)

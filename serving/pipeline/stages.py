@@ -1,0 +1,257 @@
+"""The online pipeline as named stages: lookup → encode → retrieve → filter → rank → fallback.
+
+A batch of requests (those that arrived together) goes through every stage in order; each
+stage is a small object with a `name` that reads and writes the `Batch`, and the `Pipeline`
+times each one the same way (its observers feed the per-stage latency metric). A stage that
+cannot do its part degrades the requests it holds instead of failing them: they leave the
+model path with the reason, and `Fallback` answers them (popular creators minus what can still
+be excluded), flagged. No stage raises for one request's sake.
+
+    Lookup    features of each fan (feature store); exclusions: followed, `exclude`, own account
+    Encode    the user tower (Triton or in-process) on the fans with something to go on
+    Retrieve  one ANN search for the batch, over-fetched past each request's exclusions
+    Filter    each request's candidates without its exclusions, searched deeper when short
+    Rank      the candidates in their final order, cut to k (the identity for now)
+    Fallback  an answer for every request the model path did not answer
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from data import contract
+from index import search
+from serving.features.base import FeatureStore, UserFeaturesBatch
+from serving.pipeline.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
+USER_TOWER_UNAVAILABLE = "user_tower_unavailable"
+
+
+@dataclass(frozen=True)
+class Request:
+    user_id: str
+    k: int
+    exclude: Sequence[str] = ()
+
+
+@dataclass
+class Answer:
+    creator_ids: list[str]
+    scores: list[float]
+    source: str  # model | popular
+    cold_start: bool = False
+    degraded: str | None = None
+    timings: dict = field(default_factory=dict)
+    """Seconds per stage of the batch that answered, and its size."""
+
+
+@dataclass
+class Batch:
+    """One batch of requests on its way through the stages, all answered from `bundle`."""
+
+    requests: list[Request]
+    bundle: Bundle
+    banned: list[np.ndarray]
+    """Per request: faiss rows never to return (followed, excluded, the fan's own account)."""
+    model: list[int] = field(default_factory=list)
+    """The requests still on the model path (positions in `requests`)."""
+    features: UserFeaturesBatch | None = None
+    queries: np.ndarray | None = None  # [len(model), d] user vectors
+    depth: list[int] = field(default_factory=list)  # candidates wanted per model request
+    hits: tuple[np.ndarray, np.ndarray] | None = None  # the batch's ANN answer (D, I)
+    candidates: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    """Per model request: (faiss rows, scores), best first."""
+    answers: list[Answer | None] = field(default_factory=list)
+    cold_start: list[bool] = field(default_factory=list)
+    degraded: list[str | None] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, requests: Sequence[Request], bundle: Bundle) -> Batch:
+        n = len(requests)
+        return cls(
+            list(requests), bundle, [_excluded(bundle, r) for r in requests],
+            answers=[None] * n, cold_start=[False] * n, degraded=[None] * n,
+        )  # fmt: skip
+
+    def leave_model_path(self, positions: Sequence[int], reason: str) -> None:
+        """Requests the model path cannot answer: the fallback answers them, flagged."""
+        for i in positions:
+            self.degraded[i] = reason
+        self.model = [i for i in self.model if i not in set(positions)]
+
+
+def _excluded(bundle: Bundle, request: Request) -> np.ndarray:
+    """What a request bans before any lookup: `exclude` and the fan's own creator account."""
+    ids = [*request.exclude, request.user_id]
+    return np.unique([bundle.row_of[c] for c in ids if c in bundle.row_of]).astype(np.int64)
+
+
+class Stage(Protocol):
+    name: str
+
+    def __call__(self, batch: Batch) -> None: ...
+
+
+class Lookup:
+    """Features of each fan. A fan the store does not know, or knows with nothing to go on (no
+    training pairs, empty history), is a cold start."""
+
+    name = "lookup"
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+
+    def __call__(self, batch: Batch) -> None:
+        everyone = range(len(batch.requests))
+        try:
+            f = self.store.lookup([r.user_id for r in batch.requests])
+        except Exception as e:  # the store's unavailability error, or anything it raises
+            log.warning("feature store unavailable: %s", e)
+            batch.leave_model_path(everyone, FEATURE_STORE_UNAVAILABLE)
+            return
+        batch.features = f
+        for i in everyone:
+            followed = batch.bundle.rows(f.followed[i])
+            batch.banned[i] = np.union1d(batch.banned[i], followed)
+            if f.known[i] and (f.trained[i] or (f.history[i] > 0).any()):
+                batch.model.append(i)
+            else:
+                batch.cold_start[i] = True
+
+
+class Encode:
+    """The user tower on the model path's fans, with inputs by data.contract's rule."""
+
+    name = "encode"
+
+    def __call__(self, batch: Batch) -> None:
+        if not batch.model:
+            return
+        b, f, rows = batch.bundle, batch.features, np.asarray(batch.model)
+        inputs = contract.user_inputs(
+            f.user_idx[rows], f.trained[rows], f.history[rows], f.attributes[rows], b.num_creators
+        )
+        try:
+            batch.queries = b.encode({n: np.ascontiguousarray(inputs[n]) for n in b.inputs})
+        except Exception as e:
+            log.warning("user tower unavailable: %s", e)
+            batch.leave_model_path(list(batch.model), USER_TOWER_UNAVAILABLE)
+
+
+class Retrieve:
+    """One ANN search for the whole batch, deep enough for every request's candidates plus its
+    exclusions (index.search.overfetch). `depth(k)` is how many candidates the ranking wants."""
+
+    name = "retrieve"
+
+    def __init__(self, depth: Callable[[int], int] = lambda k: k):
+        self.depth = depth
+
+    def __call__(self, batch: Batch) -> None:
+        if not batch.model:
+            return
+        batch.depth = [self.depth(batch.requests[i].k) for i in batch.model]
+        banned = [batch.banned[i] for i in batch.model]
+        D, I, _ = search.overfetch(batch.bundle.index.index, batch.queries, batch.depth, banned)  # noqa: E741
+        batch.hits = (D, I)
+
+
+class Filter:
+    """Each request's candidates without its exclusions; a request left short searches deeper
+    alone, then exactly (index.search.complete): k come back whenever the corpus allows."""
+
+    name = "filter"
+
+    def __call__(self, batch: Batch) -> None:
+        if not batch.model:
+            return
+        b, (D, I) = batch.bundle, batch.hits  # noqa: E741
+        index, xq, depth, banned = b.index.index, batch.queries, batch.depth, batch.banned
+        batch.candidates = [
+            search.complete(index, xq[j], D[j], I[j], depth[j], banned[i], b.embeddings)
+            for j, i in enumerate(batch.model)
+        ]
+
+
+class Rank:
+    """The candidates in their final order, cut to each request's k. The identity ranking for
+    now: retrieval's order, `depth(k)` = k; a learned re-ranker replaces `order`."""
+
+    name = "rank"
+
+    def depth(self, k: int) -> int:
+        return k
+
+    def order(self, batch: Batch, j: int) -> np.ndarray:
+        """Positions into model request j's candidates, best first."""
+        return np.arange(len(batch.candidates[j][0]))
+
+    def __call__(self, batch: Batch) -> None:
+        ids = batch.bundle.index.creator_id
+        for j, i in enumerate(batch.model):
+            rows, scores = batch.candidates[j]
+            keep = self.order(batch, j)[: batch.requests[i].k]
+            batch.answers[i] = Answer(
+                [str(ids[r]) for r in rows[keep]], scores[keep].tolist(), "model"
+            )
+
+
+class Fallback:
+    """Popular creators, minus what the request bans, for every request still unanswered."""
+
+    name = "fallback"
+
+    def __call__(self, batch: Batch) -> None:
+        b = batch.bundle
+        for i, request in enumerate(batch.requests):
+            if batch.answers[i] is not None:
+                continue
+            banned = batch.banned[i]
+            rows = b.popular[: request.k + len(banned)]
+            rows = rows[~np.isin(rows, banned)][: request.k]
+            batch.answers[i] = Answer(
+                [str(b.index.creator_id[r]) for r in rows],
+                b.popularity[rows].astype(float).tolist(),
+                "popular",
+                cold_start=batch.cold_start[i],
+                degraded=batch.degraded[i],
+            )
+
+
+class Pipeline:
+    """Runs the stages in order over a batch, timing each; `observers` see every finished
+    batch (the service's metrics and answer log)."""
+
+    def __init__(self, stages: Sequence[Stage]):
+        self.stages = list(stages)
+        self.observers: list[Callable[[Batch], None]] = []
+
+    def run(self, requests: Sequence[Request], bundle: Bundle) -> Batch:
+        batch = Batch.start(requests, bundle)
+        for stage in self.stages:
+            started = time.perf_counter()
+            stage(batch)
+            batch.timings[stage.name] = time.perf_counter() - started
+        for answer in batch.answers:
+            answer.timings = {**batch.timings, "batch": len(requests)}
+        for observe in self.observers:
+            try:
+                observe(batch)
+            except Exception:  # bookkeeping never fails an answer
+                log.exception("an observer of the pipeline failed")
+        return batch
+
+
+def default_pipeline(store: FeatureStore, rank: Rank | None = None) -> Pipeline:
+    rank = rank or Rank()
+    return Pipeline([Lookup(store), Encode(), Retrieve(rank.depth), Filter(), rank, Fallback()])
