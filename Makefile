@@ -43,12 +43,14 @@ demo: env triton-env
 stop: env
 	$(PY) -m serving down --config configs/serving/synthetic_demo.yaml
 
+# lint-imports: the house rules of pyproject.toml's [tool.importlinter] (README, "The map").
 test: env triton-env
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(if $(SLOW),,-m "not slow and not gpu")
 
 lint: env
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(VENV)/bin/lint-imports
 
 bench: env
 	$(PY) benchmarks/prepare_throughput.py --events 10000000
