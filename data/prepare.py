@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from common.artifacts import MANIFEST
 from common.io import ParquetAppender, publish_dir, write_parquet
 from data import features, manifest, sources, tables
 from data.config import PrepareConfig
@@ -114,13 +115,13 @@ class _Job:
         positive = cfg.events.positive
         self.event_weight = np.array([positive.get(e, 0.0) for e in EVENT_TYPES], np.float32)
         self.is_positive = np.array([e in positive for e in EVENT_TYPES])
-        self.quarantine = ParquetAppender(staging / "quarantine.parquet", QUARANTINE)
+        self.quarantine = ParquetAppender(staging / tables.QUARANTINE, QUARANTINE)
 
     # -- orchestration ------------------------------------------------------------------------
 
     def run(self, previous: Path) -> None:
         old_vocab = previous if (previous / tables.VOCAB).exists() else None
-        self.previous = previous if (previous / "manifest.json").exists() else None
+        self.previous = previous if (previous / MANIFEST).exists() else None
         self.vocab = {name: Vocab.load_or_new(name, old_vocab) for name in VOCABS}
         self.previous_sizes = {k: len(v) for k, v in self.vocab.items()} if old_vocab else None
         for phase, step in (
@@ -400,7 +401,7 @@ class _Job:
             )
         self.n_records = records_per_shard(int(self.shard_counts.max()), cfg.record_size)
         self.padded = 0
-        shard_dir = self.dir / "shards"
+        shard_dir = self.dir / tables.SHARDS
         shard_dir.mkdir()
         first = self.shard_spill.read(0, keep=True) if self.shard_counts.min() == 0 else None
         for s in tqdm(

@@ -31,6 +31,8 @@ TRAIN = "tables/train.parquet"
 TEST = "tables/test.parquet"
 CREATOR_TEXT = "tables/creator_text.npy"
 VOCAB = "vocab"
+SHARDS = "shards"
+QUARANTINE = "quarantine.parquet"
 
 
 def vocab_file(name: str) -> str:

@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from common.artifacts import MANIFEST
 from data import contract, tables
 from data import manifest as data_manifest
 from data.shards import FIELDS, record_dataset
@@ -99,7 +100,7 @@ class TowerDataModule(pl.LightningDataModule):
             raise ValueError(f"--data.sampling={sampling!r}: use examples or users")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
-        if not (self.data_dir / "manifest.json").exists():
+        if not (self.data_dir / MANIFEST).exists():
             raise FileNotFoundError(
                 f"no prepared dataset at {self.data_dir} (manifest.json missing); run "
                 f"`python -m data prepare --config configs/data/<name>.yaml` first"
@@ -187,7 +188,7 @@ class TowerDataModule(pl.LightningDataModule):
         if h.sampling == "users":
             return self._user_batches(rank, world, epoch)
         dataset = (
-            record_dataset(self.data_dir / "shards", rank, world, True, h.seed, epoch)
+            record_dataset(self.data_dir / tables.SHARDS, rank, world, True, h.seed, epoch)
             .shuffle(h.shuffle_records, seed=(h.seed, epoch, rank).__hash__())
             .batched(h.records_per_batch, collation_fn=collate_records, partial=False)
             .with_length(self.train_batches_per_rank(world))

@@ -117,7 +117,7 @@ def _source(data_dir: Path) -> dict:
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         if m["files"].get(rel) != files[rel]:
             raise FeatureStoreError(
-                f"{path} differs from {data_dir / 'manifest.json'} (changed after prepare, or "
+                f"{path} differs from {data_dir / MANIFEST} (changed after prepare, or "
                 f"a half-copied dataset); re-run prepare or copy the dataset again"
             )
     return {
