@@ -60,7 +60,7 @@ class Batch:
 
     requests: list[Request]
     bundle: Bundle
-    banned: list[np.ndarray]
+    banned: list[set[int]]
     """Per request: faiss rows never to return (followed, excluded, the fan's own account)."""
     model: list[int] = field(default_factory=list)
     """The requests still on the model path (positions in `requests`)."""
@@ -85,15 +85,15 @@ class Batch:
 
     def leave_model_path(self, positions: Sequence[int], reason: str) -> None:
         """Requests the model path cannot answer: the fallback answers them, flagged."""
-        for i in positions:
+        leaving = set(positions)
+        for i in leaving:
             self.degraded[i] = reason
-        self.model = [i for i in self.model if i not in set(positions)]
+        self.model = [i for i in self.model if i not in leaving]
 
 
-def _excluded(bundle: Bundle, request: Request) -> np.ndarray:
+def _excluded(bundle: Bundle, request: Request) -> set[int]:
     """What a request bans before any lookup: `exclude` and the fan's own creator account."""
-    ids = [*request.exclude, request.user_id]
-    return np.unique([bundle.row_of[c] for c in ids if c in bundle.row_of]).astype(np.int64)
+    return {bundle.row_of[c] for c in (*request.exclude, request.user_id) if c in bundle.row_of}
 
 
 class Stage(Protocol):
@@ -121,8 +121,7 @@ class Lookup:
             return
         batch.features = f
         for i in everyone:
-            followed = batch.bundle.rows(f.followed[i])
-            batch.banned[i] = np.union1d(batch.banned[i], followed)
+            batch.banned[i].update(batch.bundle.rows(f.followed[i]).tolist())
             if f.known[i] and (f.trained[i] or (f.history[i] > 0).any()):
                 batch.model.append(i)
             else:
@@ -217,11 +216,11 @@ class Fallback:
             if batch.answers[i] is not None:
                 continue
             banned = batch.banned[i]
-            rows = b.popular[: request.k + len(banned)]
-            rows = rows[~np.isin(rows, banned)][: request.k]
+            top = b.popular[: request.k + len(banned)].tolist()
+            rows = [r for r in top if r not in banned][: request.k]
             batch.answers[i] = Answer(
                 [str(b.index.creator_id[r]) for r in rows],
-                b.popularity[rows].astype(float).tolist(),
+                [float(b.popularity[r]) for r in rows],
                 "popular",
                 cold_start=batch.cold_start[i],
                 degraded=batch.degraded[i],
