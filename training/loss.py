@@ -155,7 +155,10 @@ class PositiveIndex:
         return small[:, inverse]
 
 
-class RetrievalLoss(nn.Module):
+class SampledSoftmax(nn.Module):
+    """The switches both objectives share, and where this process sits in the launch (the
+    module sets rank and world_size once the trainer knows them)."""
+
     def __init__(
         self,
         logq_correction: bool = True,
@@ -169,6 +172,11 @@ class RetrievalLoss(nn.Module):
         self.cross_device = cross_device
         self.mask_accidental_hits = mask_accidental_hits
         self.rank, self.world_size = rank, world_size
+
+
+class RetrievalLoss(SampledSoftmax):
+    """The examples objective: row i of a batch of (user, creator) pairs has column i as its
+    positive, every other in-batch (and extra) creator as a negative."""
 
     def forward(
         self,
@@ -247,7 +255,7 @@ def multi_positive_softmax(logits, rows, cols, negatives=None) -> torch.Tensor:
     return per_user[has].mean()
 
 
-class MultiPositiveLoss(nn.Module):
+class MultiPositiveLoss(SampledSoftmax):
     """The users-batch objective: B users, each scored against the candidates with every one of
     its training creators as a positive (`multi_positive_nll`).
 
@@ -258,20 +266,6 @@ class MultiPositiveLoss(nn.Module):
     the global number of users, so DDP's averaging of gradients gives exactly the gradient of
     one process over the global batch.
     """
-
-    def __init__(
-        self,
-        logq_correction: bool = True,
-        cross_device: bool = True,
-        mask_accidental_hits: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        super().__init__()
-        self.logq_correction = logq_correction
-        self.cross_device = cross_device
-        self.mask_accidental_hits = mask_accidental_hits
-        self.rank, self.world_size = rank, world_size
 
     def candidates(self, target_emb, targets, target_log_q, extra_emb, extra_ids, extra_log_q):
         """The sampled candidate set: every rank's positives (gathered), then the extras; and
