@@ -93,6 +93,8 @@ class ServingConfig:
     """Where `up --detach` keeps its pid file and log; None = artifacts/serving/<name>."""
     verify: bool = True
     """Check every file of an index version against its manifest's checksums when loading."""
+    max_body_bytes: int = 1 << 20
+    """A request body over this is a 413, refused before it is parsed."""
     answer_log: AnswerLogSettings = field(default_factory=AnswerLogSettings)
 
     def __post_init__(self):
@@ -103,7 +105,7 @@ class ServingConfig:
             raise ConfigError(f"--encoder={self.encoder!r}: use one of {ENCODERS}")
         if self.triton.protocol not in ("grpc", "http"):
             raise ConfigError(f"--triton.protocol={self.triton.protocol!r}: use grpc or http")
-        for name in ("max_batch", "batch_workers", "search_threads"):
+        for name in ("max_batch", "batch_workers", "search_threads", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.port < 65536:

@@ -115,6 +115,7 @@ def up(cfg: ServingConfig) -> int:
             poll_seconds=cfg.poll_seconds or None,
             max_batch=cfg.max_batch,
             batch_workers=cfg.batch_workers,
+            max_body_bytes=cfg.max_body_bytes,
             answer_log=AnswerLog(log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups)
             if log_cfg.path
             else None,

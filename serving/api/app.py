@@ -17,11 +17,13 @@ import logging
 import threading
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from serving.answer_log import AnswerLog
 from serving.api import health, recommend, similar
 from serving.api.batcher import Batcher
-from serving.api.metrics import Metrics
+from serving.api.guard import MAX_BODY_BYTES, BodyLimit, invalid_request
+from serving.api.metrics import CountResponses, Metrics
 from serving.api.state import Services
 from serving.pipeline.recommender import Recommender
 
@@ -36,10 +38,11 @@ def create_app(
     max_batch: int = 64,
     batch_workers: int = 2,
     answer_log: AnswerLog | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The service around a recommender. `max_batch` caps how many requests are answered
     together (1 = one at a time), `batch_workers` how many batches run at once; `answer_log`
-    (closed with the app) records sampled answers."""
+    (closed with the app) records sampled answers; a body over `max_body_bytes` is a 413."""
     metrics = Metrics()
     svc = Services(
         recommender, metrics, Batcher(recommender.recommend_many, max_batch, batch_workers),
@@ -75,6 +78,10 @@ def create_app(
     app.state.services = svc
     for router in ROUTERS:
         app.include_router(router)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    routes = [route for router in ROUTERS for route in router.routes]
+    app.add_middleware(CountResponses, metrics=metrics, routes=routes)  # outermost
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.api.state import ServicesDep
@@ -16,7 +17,10 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: the same body, with the failing checks false."}},
+)
 def readyz(response: Response, svc: ServicesDep) -> dict:
     """Ready to answer from the model: an index is loaded and the feature store answers."""
     rec = svc.recommender
@@ -32,7 +36,11 @@ def readyz(response: Response, svc: ServicesDep) -> dict:
     return out
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
 def prometheus(svc: ServicesDep) -> Response:
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -2,7 +2,8 @@
 one process, as in tests).
 
 Per-stage latency is observed once per batch, as the pipeline timed it (serving.pipeline.
-stages); per-route latency, requests and fallbacks once per request.
+stages); per-route latency, requests and fallbacks once per request; every HTTP response, 4xx
+and 5xx included, by route and status (`CountResponses`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Metrics:
             "towerline_serving_info", "The served versions (value 1)",
             ["model_version", "index_version", "encoder"], registry=self.registry,
         )  # fmt: skip
+        self.responses = Counter(
+            "towerline_http_responses", "HTTP responses by route template and status code",
+            ["route", "status"], registry=self.registry,
+        )  # fmt: skip
         self.answer_log = Counter(
             "towerline_answer_log_records", "Answers offered to the answer log, by outcome",
             ["outcome"], registry=self.registry,
@@ -68,3 +73,35 @@ class Metrics:
             self.fallbacks.labels("cold_start").inc()
         self.requests.labels(endpoint, "200", answer.source).inc()
         self.latency.labels(endpoint).observe(seconds)
+
+
+class CountResponses:
+    """ASGI middleware: every response by route template (`unmatched` for none) and status, the
+    ones the app never reaches too (a 413 from serving.api.guard.BodyLimit)."""
+
+    def __init__(self, app, metrics: Metrics, routes: list):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}  # what the client gets when the app raises before answering
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.responses.labels(self._route(scope), str(status["code"])).inc()
+
+    def _route(self, scope) -> str:
+        route = scope.get("route")
+        if route is None:  # not routed yet: find the template the path belongs to
+            from starlette.routing import Match
+
+            route = next((r for r in self.routes if r.matches(scope)[0] != Match.NONE), None)
+        return getattr(route, "path", "unmatched")

@@ -11,14 +11,19 @@ import time
 
 from fastapi import APIRouter
 
-from serving.api.schemas import RecommendRequest, RecommendResponse, response
+from serving.api.schemas import ERRORS, RecommendRequest, RecommendResponse, response
 from serving.api.state import ServicesDep
 from serving.pipeline.stages import Request
 
 router = APIRouter(tags=["recommend"])
 
 
-@router.post("/recommend", response_model=RecommendResponse, response_model_exclude={"creator_id"})
+@router.post(
+    "/recommend",
+    response_model=RecommendResponse,
+    response_model_exclude={"creator_id"},
+    responses=ERRORS,
+)
 async def recommend(req: RecommendRequest, svc: ServicesDep) -> RecommendResponse:
     started = time.perf_counter()
     svc.bundle()

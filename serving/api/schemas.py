@@ -5,6 +5,7 @@ what every answer says: the creators, the versions that answered, and how (model
 from __future__ import annotations
 
 import time
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,18 +13,53 @@ from data.schema import ID_PATTERN
 
 MAX_K = 1000
 MAX_EXCLUDE = 10_000
+MAX_ID_CHARS = 128
+"""The longest id data.schema.ID_PATTERN admits: checked first, so a huge id costs nothing."""
+
+Id = Annotated[str, Field(max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(pattern=ID_PATTERN, description="The fan's platform id.")
+    user_id: Id = Field(description="The fan's platform id.")
     k: int = Field(20, ge=1, le=MAX_K, description="How many creators to return.")
-    exclude: list[str] = Field(
+    exclude: list[Id] = Field(
         default_factory=list,
         max_length=MAX_EXCLUDE,
         description="Creator ids never to return (on top of what the fan already follows).",
     )
+
+
+class Problem(BaseModel):
+    """A 4xx or 503: what was wrong and what to do."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(description="where: body, then the field (and list position)")
+    msg: str
+    type: str
+    input: str | None = Field(None, description="a short prefix of the offending value")
+
+
+class ValidationProblem(BaseModel):
+    """A 422: each field that failed, with its rule."""
+
+    detail: list[FieldProblem]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "The body is over the limit (--max_body_bytes, 1 MiB)."},
+    422: {
+        "model": ValidationProblem,
+        "description": "A field is missing, malformed or out of "
+        "range (non-finite numbers included), or the body is not JSON.",
+    },
+    503: {"model": Problem, "description": "No index version is loaded yet; retry shortly."},
+}
+"""The error answers every route documents in the OpenAPI spec."""
 
 
 class Item(BaseModel):

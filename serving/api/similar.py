@@ -7,18 +7,24 @@ import time
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from data.schema import ID_PATTERN
-from serving.api.schemas import MAX_K, RecommendResponse, response
+from serving.api.schemas import ERRORS, MAX_ID_CHARS, MAX_K, Problem, RecommendResponse, response
 from serving.api.state import ServicesDep
 
 router = APIRouter(tags=["similar"])
 
 
 @router.get(
-    "/similar/{creator_id}", response_model=RecommendResponse, response_model_exclude={"user_id"}
+    "/similar/{creator_id}",
+    response_model=RecommendResponse,
+    response_model_exclude={"user_id"},
+    responses={
+        404: {"model": Problem, "description": "The creator is not in the served index."},
+        **ERRORS,
+    },
 )
 def similar(
     svc: ServicesDep,
-    creator_id: str = Path(pattern=ID_PATTERN, max_length=128),
+    creator_id: str = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS),
     k: int = Query(20, ge=1, le=MAX_K),
 ) -> RecommendResponse:
     started = time.perf_counter()
