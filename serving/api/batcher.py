@@ -2,7 +2,8 @@
 
 At one request in flight a batch is that request and nothing waits; under load one feature
 lookup, one Triton call and one faiss search serve many requests, and no thread pool fights
-over the GIL.
+over the GIL. A request whose answer is known early (a cold start, after the lookup) is
+answered then, not when its batch is done.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ class Batcher:
     """Collects the requests that arrive while a batch is being answered into the next batch.
 
     Lives on the event loop (no locks): `submit` queues a request and starts a drain task when
-    fewer than `workers` are running; each drain hands batches to `answer_many` on its own worker
-    thread. Two workers let one batch look up features and search while the other waits on
-    Triton (those calls release the GIL).
+    fewer than `workers` are running; each drain hands batches to `answer_many(requests,
+    deliver)` on its own worker thread. Two workers let one batch look up features and search
+    while the other waits on Triton (those calls release the GIL). `deliver(i, result)` may be
+    called from that thread for answers ready early; the rest come back as its return value.
     """
 
     def __init__(self, answer_many, max_batch: int = 64, workers: int = 2):
@@ -46,9 +48,14 @@ class Batcher:
         while self.pending:
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
+            futures = [future for _, future in batch]
+
+            def deliver(i: int, result, futures=futures) -> None:
+                loop.call_soon_threadsafe(_resolve, futures[i], result)
+
             try:
                 results = await loop.run_in_executor(
-                    self.executor, self.answer_many, [r for r, _ in batch]
+                    self.executor, self.answer_many, [r for r, _ in batch], deliver
                 )
             except Exception as e:
                 log.exception("a batch of %d requests failed", len(batch))
@@ -56,9 +63,13 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():  # the client may have gone away
-                    future.set_result(result)
+            for future, result in zip(futures, results, strict=True):
+                _resolve(future, result)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _resolve(future: asyncio.Future, result) -> None:
+    if not future.done():  # delivered early already, or the client went away
+        future.set_result(result)

@@ -25,8 +25,24 @@ from serving.features.base import check_hashing
 log = logging.getLogger(__name__)
 
 Encode = Callable[[dict[str, np.ndarray]], np.ndarray]
-PrepareEncoder = Callable[[Path, str], tuple]
-"""(version folder, version name) → (encode, input names, encoder name, release or None)."""
+
+
+@dataclass
+class Tower:
+    """A version's user tower, ready to run where a provider (serving.pipeline.towers) put it."""
+
+    encode: Encode
+    """[B] user, [B, N] history, [B, A] attributes (only the tower's inputs) → [B, d]."""
+    inputs: tuple[str, ...]
+    name: str
+    release: Callable[[], None] | None = None
+    """Unloads it once a newer version serves."""
+    fallback: Encode | None = None
+    """The same ONNX run in this process, for when `encode`'s server does not answer."""
+
+
+PrepareEncoder = Callable[[Path, str], Tower]
+"""(version folder, version name) → that version's Tower."""
 
 
 @dataclass
@@ -34,9 +50,7 @@ class Bundle:
     """One index version and the user tower it was built for."""
 
     index: index_store.CreatorIndex
-    encode: Encode
-    """[B] user, [B, N] history, [B, A] attributes (only the tower's inputs) → [B, d]."""
-    inputs: tuple[str, ...]
+    tower: Tower
     num_creators: int
     """The model's creator vocabulary: history items past it have no row (data.contract)."""
     popular: np.ndarray
@@ -46,8 +60,10 @@ class Bundle:
     embeddings: np.ndarray  # [N, d] float32, memory-mapped (GET /similar, exact fallback)
     row_of: dict[str, int]  # creator_id → faiss row
     loaded_at: float = field(default_factory=time.time)
-    encoder_name: str = ""
-    release: Callable[[], None] | None = None
+
+    @property
+    def encoder_name(self) -> str:
+        return self.tower.name
 
     @property
     def index_version(self) -> str:
@@ -116,42 +132,43 @@ def load_bundle(
             f"index version {index.version} has no {index_store.USER_TOWER}: it was built before "
             f"the rebuild job exported the user tower; run `python -m index rebuild` again"
         )
-    encode, inputs, name, release = prepare_encoder(index.folder, index.version)
+    tower = prepare_encoder(index.folder, index.version)
     try:
-        return _checked(index, encode, tuple(inputs), name, release)
+        return _checked(index, tower)
     except Exception:
-        if release is not None:
-            release()
+        if tower.release is not None:
+            tower.release()
         raise
 
 
-def _checked(index, encode: Encode, inputs: tuple, name: str, release) -> Bundle:
-    def probe(user, history, attributes):
-        feeds = {"user": user, "history": history, "attributes": attributes}
-        return encode({k: np.ascontiguousarray(feeds[k]) for k in inputs})
+def _checked(index, tower: Tower) -> Bundle:
+    for encode in (tower.encode, tower.fallback):
+        if encode is None:
+            continue
 
-    diff = index_store.check_probes(index.folder, probe, atol=1e-4)
-    log.info("user tower %s reproduces the index's probes (max diff %.1e)", name, diff)
+        def probe(user, history, attributes, encode=encode):
+            feeds = {"user": user, "history": history, "attributes": attributes}
+            return encode({k: np.ascontiguousarray(feeds[k]) for k in tower.inputs})
+
+        diff = index_store.check_probes(index.folder, probe, atol=1e-4)
+        log.info("user tower %s reproduces the index's probes (max diff %.1e)", tower.name, diff)
     manifest = index.manifest
     popular, counts = popularity(manifest, index.creator_idx)
     embeddings = np.load(index.folder / index_store.EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     return Bundle(
         index=index,
-        encode=encode,
-        inputs=inputs,
+        tower=tower,
         num_creators=int(manifest["model"]["towers"]["num_creators"]),
         popular=popular,
         popularity=counts,
         embeddings=embeddings,
         row_of={str(c): i for i, c in enumerate(index.creator_id)},
-        encoder_name=name,
-        release=release,
     )
 
 
 def release_later(bundle: Bundle) -> None:
     """Unload a replaced bundle's tower (background: a failure is logged, never raised)."""
     try:
-        bundle.release()
+        bundle.tower.release()
     except Exception as e:
         log.warning("could not release the tower of %s: %s", bundle.index_version, e)

@@ -19,6 +19,7 @@ import numpy as np
 from common.errors import MissingInputError
 from index import search
 from index import store as index_store
+from serving.pipeline.breaker import Breaker
 from serving.pipeline.bundle import Bundle, PrepareEncoder, load_bundle, release_later
 from serving.pipeline.stages import Answer, Pipeline, Rank, Request, default_pipeline
 
@@ -44,7 +45,12 @@ class Recommender:
         self.features = features
         self.prepare_encoder = prepare_encoder
         self.verify = verify
-        self.pipeline: Pipeline = default_pipeline(features, rank)
+        # one breaker per dependency, shared by every batch: an outage costs one timeout
+        self.breakers = {
+            "feature_store": Breaker("the feature store"),
+            "user_tower": Breaker("the user tower's server"),
+        }
+        self.pipeline: Pipeline = default_pipeline(features, rank, self.breakers)
         self._bundle: Bundle | None = None
         self._swap_lock = threading.Lock()
         self.swaps = 0
@@ -88,7 +94,7 @@ class Recommender:
         log.info("serving %s (model %s)", new.index_version, new.model_version[:12])
         for hook in self.on_swap:
             hook(new)
-        if old is not None and old.release is not None:
+        if old is not None and old.tower.release is not None:
             # requests that read `old` before the swap may still be using it: release its
             # tower a little later rather than under them
             timer = threading.Timer(RELEASE_AFTER_S, release_later, args=(old,))
@@ -106,11 +112,17 @@ class Recommender:
     def recommend(self, user_id: str, k: int, exclude: Sequence[str] = ()) -> tuple[Answer, Bundle]:
         return self.recommend_many([Request(user_id, k, tuple(exclude))])[0]
 
-    def recommend_many(self, requests: Sequence[Request]) -> list[tuple[Answer, Bundle]]:
+    def recommend_many(
+        self,
+        requests: Sequence[Request],
+        deliver: Callable[[int, tuple[Answer, Bundle]], None] | None = None,
+    ) -> list[tuple[Answer, Bundle]]:
         """Answer requests that arrived together with one feature lookup, one user-tower call
-        and one index search, all from one bundle."""
+        and one index search, all from one bundle; `deliver(i, (answer, bundle))` gets each
+        answer off the model path as soon as it is known (serving.pipeline.stages.Pipeline)."""
         b = self._current()
-        batch = self.pipeline.run(requests, b)
+        early = None if deliver is None else lambda i, answer: deliver(i, (answer, b))
+        batch = self.pipeline.run(requests, b, early)
         return [(a, b) for a in batch.answers]
 
     def similar(self, creator_id: str, k: int) -> tuple[Answer, Bundle] | None:

@@ -5,10 +5,12 @@ stage is a small object with a `name` that reads and writes the `Batch`, and the
 times each one the same way (its observers feed the per-stage latency metric). A stage that
 cannot do its part degrades the requests it holds instead of failing them: they leave the
 model path with the reason, and `Fallback` answers them (popular creators minus what can still
-be excluded), flagged. No stage raises for one request's sake.
+be excluded), flagged. No stage raises for one request's sake, and a request off the model path
+is answered at once (`Pipeline.run`'s `deliver`): a cold start never waits on the user tower.
+The stages that call a dependency go through its circuit breaker (serving.pipeline.breaker).
 
     Lookup    features of each fan (feature store); exclusions: followed, `exclude`, own account
-    Encode    the user tower (Triton or in-process) on the fans with something to go on
+    Encode    the user tower (Triton), or the same ONNX in-process when Triton does not answer
     Retrieve  one ANN search for the batch, over-fetched past each request's exclusions
     Filter    each request's candidates without its exclusions, searched deeper when short
     Rank      the candidates in their final order, cut to k (the identity for now)
@@ -28,12 +30,15 @@ import numpy as np
 from data import contract
 from index import search
 from serving.features.base import FeatureStore, UserFeaturesBatch
+from serving.pipeline.breaker import Breaker
 from serving.pipeline.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 USER_TOWER_UNAVAILABLE = "user_tower_unavailable"
+USER_TOWER_IN_PROCESS = "user_tower_in_process"
+"""Personalised, by the same tower run in-process while Triton does not answer."""
 
 
 @dataclass(frozen=True)
@@ -108,17 +113,23 @@ class Lookup:
 
     name = "lookup"
 
-    def __init__(self, store: FeatureStore):
+    def __init__(self, store: FeatureStore, breaker: Breaker | None = None):
         self.store = store
+        self.breaker = breaker or Breaker("the feature store")
 
     def __call__(self, batch: Batch) -> None:
         everyone = range(len(batch.requests))
+        if not self.breaker.allow():
+            self.breaker.refused()
+            batch.leave_model_path(everyone, FEATURE_STORE_UNAVAILABLE)
+            return
         try:
             f = self.store.lookup([r.user_id for r in batch.requests])
         except Exception as e:  # the store's unavailability error, or anything it raises
-            log.warning("feature store unavailable: %s", e)
+            self.breaker.failure(e)
             batch.leave_model_path(everyone, FEATURE_STORE_UNAVAILABLE)
             return
+        self.breaker.success()
         batch.features = f
         for i in everyone:
             batch.banned[i].update(batch.bundle.rows(f.followed[i]).tolist())
@@ -129,9 +140,14 @@ class Lookup:
 
 
 class Encode:
-    """The user tower on the model path's fans, with inputs by data.contract's rule."""
+    """The user tower on the model path's fans, with inputs by data.contract's rule: on its
+    server (through the breaker), else the same ONNX in-process (answers flagged
+    `user_tower_in_process`), else nobody's (the fallback answers, `user_tower_unavailable`)."""
 
     name = "encode"
+
+    def __init__(self, breaker: Breaker | None = None):
+        self.breaker = breaker or Breaker("the user tower")
 
     def __call__(self, batch: Batch) -> None:
         if not batch.model:
@@ -140,11 +156,29 @@ class Encode:
         inputs = contract.user_inputs(
             f.user_idx[rows], f.trained[rows], f.history[rows], f.attributes[rows], b.num_creators
         )
-        try:
-            batch.queries = b.encode({n: np.ascontiguousarray(inputs[n]) for n in b.inputs})
-        except Exception as e:
-            log.warning("user tower unavailable: %s", e)
+        inputs = {n: np.ascontiguousarray(inputs[n]) for n in b.tower.inputs}
+        batch.queries = self._on_server(b, inputs)
+        if batch.queries is None and b.tower.fallback is not None:
+            try:
+                batch.queries = b.tower.fallback(inputs)
+                for i in batch.model:
+                    batch.degraded[i] = USER_TOWER_IN_PROCESS
+            except Exception:
+                log.exception("the in-process user tower failed too")
+        if batch.queries is None:
             batch.leave_model_path(list(batch.model), USER_TOWER_UNAVAILABLE)
+
+    def _on_server(self, b: Bundle, inputs: dict) -> np.ndarray | None:
+        if not self.breaker.allow():
+            self.breaker.refused()
+            return None
+        try:
+            queries = b.tower.encode(inputs)
+        except Exception as e:
+            self.breaker.failure(e)
+            return None
+        self.breaker.success()
+        return queries
 
 
 class Retrieve:
@@ -201,21 +235,25 @@ class Rank:
             rows, scores = batch.candidates[j]
             keep = self.order(batch, j)[: batch.requests[i].k]
             batch.answers[i] = Answer(
-                [str(ids[r]) for r in rows[keep]], scores[keep].tolist(), "model"
+                [str(ids[r]) for r in rows[keep]],
+                scores[keep].tolist(),
+                "model",
+                degraded=batch.degraded[i],
             )
 
 
 class Fallback:
-    """Popular creators, minus what the request bans, for every request still unanswered."""
+    """Popular creators, minus what the request bans, for every request still unanswered (or
+    those at `positions`)."""
 
     name = "fallback"
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Batch, positions: Sequence[int] | None = None) -> None:
         b = batch.bundle
-        for i, request in enumerate(batch.requests):
+        for i in range(len(batch.requests)) if positions is None else positions:
             if batch.answers[i] is not None:
                 continue
-            banned = batch.banned[i]
+            request, banned = batch.requests[i], batch.banned[i]
             top = b.popular[: request.k + len(banned)].tolist()
             rows = [r for r in top if r not in banned][: request.k]
             batch.answers[i] = Answer(
@@ -227,22 +265,36 @@ class Fallback:
             )
 
 
+Deliver = Callable[[int, Answer], None]
+
+
 class Pipeline:
     """Runs the stages in order over a batch, timing each; `observers` see every finished
     batch (the service's metrics and answer log)."""
 
     def __init__(self, stages: Sequence[Stage]):
         self.stages = list(stages)
+        self.fallback = next(s for s in self.stages if isinstance(s, Fallback))
         self.observers: list[Callable[[Batch], None]] = []
 
-    def run(self, requests: Sequence[Request], bundle: Bundle) -> Batch:
+    def run(
+        self, requests: Sequence[Request], bundle: Bundle, deliver: Deliver | None = None
+    ) -> Batch:
+        """Every request's answer in `batch.answers`; with `deliver`, each is also handed to
+        it as soon as it is known: a request that leaves the model path (a cold start after
+        the lookup) is answered by the fallback there and then, not after the user tower."""
         batch = Batch.start(requests, bundle)
+        delivered = [False] * len(requests)
         for stage in self.stages:
             started = time.perf_counter()
             stage(batch)
-            batch.timings[stage.name] = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            batch.timings[stage.name] = batch.timings.get(stage.name, 0.0) + seconds
+            if deliver is not None:
+                self._deliver(batch, delivered, deliver)
         for answer in batch.answers:
-            answer.timings = {**batch.timings, "batch": len(requests)}
+            if not answer.timings:
+                answer.timings = {**batch.timings, "batch": len(requests)}
         for observe in self.observers:
             try:
                 observe(batch)
@@ -250,7 +302,28 @@ class Pipeline:
                 log.exception("an observer of the pipeline failed")
         return batch
 
+    def _deliver(self, batch: Batch, delivered: list[bool], deliver: Deliver) -> None:
+        on_path = set(batch.model)
+        ready = [i for i, done in enumerate(delivered) if not done and i not in on_path]
+        if not ready:
+            return
+        started = time.perf_counter()
+        self.fallback(batch, ready)
+        seconds = time.perf_counter() - started
+        batch.timings["fallback"] = batch.timings.get("fallback", 0.0) + seconds
+        for i in ready:
+            if batch.answers[i] is None:
+                continue  # answered by a later stage (the rank stage answers the model path)
+            batch.answers[i].timings = {**batch.timings, "batch": len(batch.requests)}
+            deliver(i, batch.answers[i])
+            delivered[i] = True
 
-def default_pipeline(store: FeatureStore, rank: Rank | None = None) -> Pipeline:
-    rank = rank or Rank()
-    return Pipeline([Lookup(store), Encode(), Retrieve(rank.depth), Filter(), rank, Fallback()])
+
+def default_pipeline(
+    store: FeatureStore, rank: Rank | None = None, breakers: dict[str, Breaker] | None = None
+) -> Pipeline:
+    rank, breakers = rank or Rank(), breakers or {}
+    return Pipeline([
+        Lookup(store, breakers.get("feature_store")), Encode(breakers.get("user_tower")),
+        Retrieve(rank.depth), Filter(), rank, Fallback(),
+    ])  # fmt: skip

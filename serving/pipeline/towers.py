@@ -15,7 +15,7 @@ from pathlib import Path
 
 from index.onnx import OnnxEncoder
 from index.store import USER_TOWER
-from serving.pipeline.bundle import version_number
+from serving.pipeline.bundle import Tower, version_number
 from serving.triton import repository
 from serving.triton.client import UserTowerClient
 from serving.triton.repository import MODEL_NAME
@@ -31,7 +31,7 @@ class InProcessTowers:
 
     def __call__(self, folder: Path, version: str):
         encoder = OnnxEncoder(folder / USER_TOWER, threads=self.threads)
-        return encoder.encode, tuple(encoder.inputs), self.name, None
+        return Tower(encoder.encode, tuple(encoder.inputs), self.name)
 
 
 class TritonTowers:
@@ -99,5 +99,7 @@ class TritonTowers:
                     repository.remove_version(self.repository / kind / MODEL_NAME, number)
                 self.load()
 
-        inputs = self.client.inputs
-        return encode, tuple(inputs), f"{self.name} {MODEL_NAME}/{number}", release
+        # the same file in this process, for when Triton does not answer
+        fallback = OnnxEncoder(folder / USER_TOWER, threads=1).encode
+        name = f"{self.name} {MODEL_NAME}/{number}"
+        return Tower(encode, tuple(self.client.inputs), name, release, fallback)

@@ -3,6 +3,8 @@ replaced, flagged degradation stage by stage, and the answer log (sampled, rotat
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -10,6 +12,7 @@ from fastapi.testclient import TestClient
 from serving import answer_log
 from serving.api.app import create_app
 from serving.features.embedded import EmbeddedStore
+from serving.pipeline.bundle import Tower
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.stages import Rank, Request
 from serving.pipeline.towers import InProcessTowers
@@ -61,23 +64,38 @@ def test_the_rank_stage_is_a_seam(store_root, features_dir, recommender, fans):
         assert plain.creator_ids == wide.creator_ids[:10]
 
 
-def test_a_failing_stage_degrades_only_its_requests(store_root, features_dir, fans):
-    """The tower fails: model requests fall back, flagged; a cold-start one is unchanged."""
+class FlakyServer:
+    """A tower provider whose 'server' answers the load-time probe check, then fails (or hangs)
+    until `back` is set; its in-process fallback (optional) is the real tower."""
 
-    def broken(folder, version):
-        encode, inputs, name, release = InProcessTowers()(folder, version)
-        calls = {"n": 0}
+    def __init__(self, fallback: bool, hang_s: float = 0.0):
+        self.fallback, self.hang_s = fallback, hang_s
+        self.calls, self.back, self.loaded = 0, False, False
 
-        def flaky(x):
-            calls["n"] += 1
-            if calls["n"] > 1:  # the probe check at load passes, serving calls fail
-                raise RuntimeError("tower down")
-            return encode(x)
+    def __call__(self, folder, version) -> Tower:
+        real = InProcessTowers()(folder, version)
 
-        return flaky, inputs, name, release
+        def on_server(x):
+            if self.loaded and not self.back:
+                self.calls += 1
+                time.sleep(self.hang_s)
+                raise TimeoutError("the server did not answer")
+            return real.encode(x)
 
-    rec = Recommender(store_root, EmbeddedStore.open(features_dir), broken)
+        fallback = real.encode if self.fallback else None
+        return Tower(on_server, real.inputs, "flaky server", fallback=fallback)
+
+
+def flaky_recommender(store_root, features_dir, server: FlakyServer) -> Recommender:
+    rec = Recommender(store_root, EmbeddedStore.open(features_dir), server)
     rec.refresh()
+    server.loaded = True
+    return rec
+
+
+def test_a_dead_server_degrades_only_its_requests(store_root, features_dir, fans):
+    """No in-process fallback: the model path falls back, flagged; a cold start is unchanged."""
+    rec = flaky_recommender(store_root, features_dir, FlakyServer(fallback=False))
     batch = rec.pipeline.run([Request(fans[0], 5), Request("nobody-we-know", 5)], rec.bundle)
     known, cold = batch.answers
     assert (known.source, known.degraded, known.cold_start) == (
@@ -87,6 +105,46 @@ def test_a_failing_stage_degrades_only_its_requests(store_root, features_dir, fa
     )
     assert (cold.source, cold.degraded, cold.cold_start) == ("popular", None, True)
     assert batch.model == [] and len(known.creator_ids) == 5
+
+
+def test_the_same_tower_in_process_keeps_answers_personal_and_the_breaker_stops_waiting(
+    store_root, features_dir, fans, recommender
+):
+    """Triton down: the same ONNX answers in-process, flagged; after 2 failures the breaker
+    stops calling the server, lets one trial through after its cooldown, and closes when the
+    server is back."""
+    server = FlakyServer(fallback=True)
+    rec = flaky_recommender(store_root, features_dir, server)
+    want, _ = recommender.recommend(fans[0], 10)
+    for fan in fans[:6]:
+        got, _ = rec.recommend(fan, 10)
+        assert (got.source, got.degraded) == ("model", "user_tower_in_process")
+    assert got.creator_ids == recommender.recommend(fans[5], 10)[0].creator_ids
+    assert rec.recommend(fans[0], 10)[0].creator_ids == want.creator_ids
+    assert server.calls == 2 and rec.breakers["user_tower"].state == "open"
+    breaker = rec.breakers["user_tower"]
+    breaker.opened_at -= breaker.cooldown  # the cooldown has passed: one trial goes through
+    server.back = True
+    got, _ = rec.recommend(fans[0], 10)
+    assert (got.source, got.degraded) == ("model", None) and breaker.state == "closed"
+
+
+def test_a_cold_start_never_waits_on_the_user_tower(store_root, features_dir, fans):
+    """The server hangs 0.5 s a call: the cold start in the same batch is delivered after the
+    lookup, long before the fans that need the tower."""
+    rec = flaky_recommender(store_root, features_dir, FlakyServer(fallback=True, hang_s=0.5))
+    when: dict[int, float] = {}
+    started = time.perf_counter()
+
+    def deliver(i, result):
+        when[i] = time.perf_counter() - started
+
+    answers = rec.recommend_many(
+        [Request(fans[0], 5), Request("nobody-we-know", 5), Request(fans[1], 5)], deliver
+    )
+    total = time.perf_counter() - started
+    assert list(when) == [1] and when[1] < 0.25 <= 0.5 <= total
+    assert answers[1][0].cold_start and answers[0][0].degraded == "user_tower_in_process"
 
 
 def test_sampling_is_by_fan_and_stable():
