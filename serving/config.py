@@ -18,7 +18,11 @@ class TritonSettings:
 
     url: str | None = None
     """An already-running Triton (gRPC `host:port`, HTTP `http://host:port`) whose model
-    repository is `repository`/local; None = start a local server (the bundled tritonserver)."""
+    repository is `repository`/local; None = start a local server (the bundled tritonserver),
+    supervised by the service."""
+    control_key: str | None = None
+    """The secret an external Triton's restricted model-repository API expects in the
+    `towerline-control-key` header; a local server gets a new one at each start."""
     repository: str = "artifacts/serving/triton"
     """Where the model repositories are written: `production/` (onnxruntime backend, what an NGC
     Triton container loads) and `local/` (Python backend, what the local server runs)."""

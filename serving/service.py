@@ -63,6 +63,7 @@ def towers(cfg: ServingConfig):
         yield TritonTowers(repository, s.url, s)  # its repository must be `repository`/local
         return
     from serving.triton.server import TritonServer
+    from serving.triton.supervisor import Supervisor
 
     # the repositories are derived from the index store: start from nothing, so a version left
     # by an earlier run is never loaded
@@ -77,7 +78,12 @@ def towers(cfg: ServingConfig):
     ) as server:
         url = server.grpc_url if s.protocol == "grpc" else server.http_url
         log.info("Triton ready: gRPC %s, HTTP %s", server.grpc_url, server.http_url)
-        yield TritonTowers(repository, url, s, server)
+        provider = TritonTowers(repository, url, s, server)
+        provider.supervisor = Supervisor(server, on_restart=provider.reload).start()
+        try:
+            yield provider
+        finally:
+            provider.supervisor.close()  # stops Triton gracefully, from the thread that restarts it
 
 
 def freeze_heap() -> None:
@@ -98,9 +104,14 @@ def up(cfg: ServingConfig) -> int:
     from serving.api.app import create_app
 
     faiss.omp_set_num_threads(cfg.search_threads)
+    # uvicorn re-raises the SIGTERM it handled once it has drained: with the default action
+    # that ended the process before Triton was stopped and its folders removed
+    signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: stopping"))
     store = features_store(cfg)
     with towers(cfg) as provider:
         recommender = Recommender(cfg.index, store, provider, verify=cfg.verify)
+        if getattr(provider, "supervisor", None) is not None:
+            recommender.health["triton"] = provider.supervisor.status
         recommender.refresh()
         freeze_heap()
         recommender.on_swap.append(lambda _bundle: freeze_heap())

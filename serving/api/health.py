@@ -22,18 +22,56 @@ def healthz() -> dict:
     responses={503: {"description": "Not ready: the same body, with the failing checks false."}},
 )
 def readyz(response: Response, svc: ServicesDep) -> dict:
-    """Ready to answer from the model: an index is loaded and the feature store answers."""
+    """Ready when answers can come from the model: an index is loaded, the feature store
+    answers, and the user tower runs (on its server, or in-process while the server does not
+    answer: ready, with `degraded` saying so). Not ready when only the popular list is left."""
+    report = readiness(svc)
+    response.status_code = 200 if report["ready"] else 503
+    return report
+
+
+def readiness(svc) -> dict:
+    """Each dependency's state, the checks as booleans, and what answers are degraded by."""
     rec = svc.recommender
     bundle = rec.bundle
-    checks = {"index": bundle is not None, "feature_store": _ping(rec.features)}
-    ok = all(checks.values())
-    response.status_code = 200 if ok else 503
-    out = {"ready": ok, "checks": checks, "swaps": rec.swaps}
+    deps = {
+        "index": {"ok": bundle is not None, **(bundle.versions if bundle else {})},
+        "feature_store": {
+            "ok": _ping(rec.features),
+            "breaker": rec.breakers["feature_store"].status(),
+        },
+        "user_tower": _tower(rec, bundle),
+        **{name: status() for name, status in rec.health.items()},
+    }
+    checks = {name: deps[name]["ok"] for name in ("index", "feature_store", "user_tower")}
+    degraded = [reason for reason, on in (
+        ("feature_store_unavailable", not checks["feature_store"]),
+        ("user_tower_in_process", checks["user_tower"] and not deps["user_tower"]["server_ok"]),
+        ("user_tower_unavailable", not checks["user_tower"]),
+    ) if on]  # fmt: skip
+    out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
+    out |= {"dependencies": deps, "swaps": rec.swaps}
     if bundle is not None:
         out |= bundle.versions | {"encoder": bundle.encoder_name}
     if rec.last_refresh_error:
         out["last_refresh_error"] = rec.last_refresh_error
     return out
+
+
+def _tower(rec, bundle) -> dict:
+    """The user tower: its server is trusted while the breaker is closed and (for a Triton the
+    service supervises) the server runs; the in-process fallback covers the rest."""
+    breaker = rec.breakers["user_tower"].status()
+    server = rec.health.get("triton")
+    server_ok = breaker["state"] == "closed" and (server is None or server()["state"] == "running")
+    fallback = bundle is not None and bundle.tower.fallback is not None
+    return {
+        "ok": bundle is not None and (server_ok or fallback),
+        "server_ok": server_ok,
+        "encoder": bundle.encoder_name if bundle else None,
+        "fallback": "onnxruntime in-process" if fallback else None,
+        "breaker": breaker,
+    }
 
 
 @router.get(
@@ -42,6 +80,7 @@ def readyz(response: Response, svc: ServicesDep) -> dict:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 def prometheus(svc: ServicesDep) -> Response:
+    svc.metrics.dependencies(readiness(svc))
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

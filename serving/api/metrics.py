@@ -47,6 +47,18 @@ class Metrics:
             "towerline_http_responses", "HTTP responses by route template and status code",
             ["route", "status"], registry=self.registry,
         )  # fmt: skip
+        self.up = Gauge(
+            "towerline_dependency_up", "1 when a dependency answers (as /readyz checks it)",
+            ["dependency"], registry=self.registry,
+        )  # fmt: skip
+        self.breaker_open = Gauge(
+            "towerline_breaker_open", "1 while a dependency's circuit breaker turns calls away",
+            ["dependency"], registry=self.registry,
+        )  # fmt: skip
+        self.triton_restarts = Gauge(
+            "towerline_triton_restarts", "Times the supervisor restarted the Triton server",
+            registry=self.registry,
+        )  # fmt: skip
         self.answer_log = Counter(
             "towerline_answer_log_records", "Answers offered to the answer log, by outcome",
             ["outcome"], registry=self.registry,
@@ -65,6 +77,17 @@ class Metrics:
         self.batch.observe(len(batch.requests))
         for stage, seconds in batch.timings.items():
             self.stage.labels(stage).observe(seconds)
+
+    def dependencies(self, report: dict) -> None:
+        """The gauges of a readiness report (serving.api.health.readiness), at scrape time."""
+        deps = report["dependencies"]
+        for name, ok in report["checks"].items():
+            self.up.labels(name).set(int(ok))
+        self.up.labels("user_tower_server").set(int(deps["user_tower"]["server_ok"]))
+        for name in ("feature_store", "user_tower"):
+            self.breaker_open.labels(name).set(int(deps[name]["breaker"]["state"] != "closed"))
+        if "triton" in deps:
+            self.triton_restarts.set(deps["triton"]["restarts"])
 
     def answered(self, endpoint: str, answer: Answer, seconds: float) -> None:
         if answer.degraded:

@@ -4,7 +4,8 @@ Closed, calls go through. After `failures` failures in a row the breaker opens: 
 refused at once (no timeout waited) for `cooldown_s`, doubling up to `max_cooldown_s` while the
 dependency stays down. Then one trial call is let through (half-open): a success closes the
 breaker, a failure opens it again. So a hung dependency costs one timeout per cooldown, not
-one per batch, and a dependency that comes back gets traffic again without an operator.
+one per batch, and a dependency that comes back gets traffic again within `max_cooldown_s`
+(8 s: one trial timeout every 8 s is little to pay), without an operator.
 
 The log says when an outage starts, how it goes every `report_every_s` at most (with the count
 of failures since), and when it ends: a few lines per outage, not one per request.
@@ -28,7 +29,7 @@ class Breaker:
         name: str,
         failures: int = 2,
         cooldown_s: float = 1.0,
-        max_cooldown_s: float = 30.0,
+        max_cooldown_s: float = 8.0,
         report_every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ):

@@ -51,6 +51,8 @@ class Recommender:
             "user_tower": Breaker("the user tower's server"),
         }
         self.pipeline: Pipeline = default_pipeline(features, rank, self.breakers)
+        self.health: dict[str, Callable[[], dict]] = {}
+        """More dependencies /readyz reports, by name (the Triton supervisor's status)."""
         self._bundle: Bundle | None = None
         self._swap_lock = threading.Lock()
         self.swaps = 0

@@ -3,12 +3,16 @@ an index version for a bundle (serving.pipeline.bundle.PrepareEncoder).
 
 - `InProcessTowers` — onnxruntime in the service's own process
 - `TritonTowers` — each version's tower as a numbered version of the Triton model `user_tower`:
-  added to the repositories, loaded beside the one serving, released after a swap
+  added to the repositories, loaded beside the one serving, released after a swap, with the same
+  ONNX in-process as the fallback. A version whose load fails (Triton down or hung during a
+  publish) is taken out of the repositories again, so a retry starts clean and Triton never
+  keeps a version the service gave up on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from serving.pipeline.bundle import Tower, version_number
 from serving.triton import repository
 from serving.triton.client import UserTowerClient
 from serving.triton.repository import MODEL_NAME
+from serving.triton.server import CONTROL_HEADER
 
 
 class InProcessTowers:
@@ -48,13 +53,16 @@ class TritonTowers:
         )  # fmt: skip
         self._lock = threading.Lock()
         self.name = f"triton {settings.protocol}://{url}"
+        self.supervisor = None  # a serving.triton.supervisor.Supervisor of `server`, if any
 
     @property
     def model_dir(self) -> Path:
         return self.repository / repository.LOCAL / MODEL_NAME
 
     def add(self, onnx: Path, number: int) -> None:
-        """Put version `number` in both repositories (written on first use)."""
+        """Put version `number` in both repositories (written on first use); a folder of that
+        number left by an attempt that failed is replaced."""
+        self._remove(number)
         s = self.settings
         if not (self.model_dir / repository.CONFIG).exists():
             repository.write_repositories(
@@ -66,6 +74,18 @@ class TritonTowers:
         for kind in (repository.LOCAL, repository.PRODUCTION):
             repository.add_version(self.repository / kind / MODEL_NAME, onnx, number)
 
+    def _remove(self, number: int) -> None:
+        """Version `number`'s folders out of both repositories, if there (a later load
+        unloads it from Triton)."""
+        for kind in (repository.LOCAL, repository.PRODUCTION):
+            model_dir = self.repository / kind / MODEL_NAME
+            if not (model_dir / str(number)).exists():
+                continue
+            if repository.versions(model_dir) == [number]:  # the last: no successor to keep
+                shutil.rmtree(model_dir / str(number))
+            else:
+                repository.remove_version(model_dir, number)
+
     def load(self) -> None:
         """Explicit model control: (re)load `user_tower` with every version in the repository
         (Triton keeps the served versions answering while it loads)."""
@@ -76,19 +96,26 @@ class TritonTowers:
             import tritonclient.grpc as tc
         else:
             import tritonclient.http as tc
+        key = self.settings.control_key
+        headers = {CONTROL_HEADER: key} if key else None
         with contextlib.closing(tc.InferenceServerClient(self.url)) as client:
-            client.load_model(MODEL_NAME)
+            client.load_model(MODEL_NAME, headers=headers)
+
+    def reload(self) -> None:
+        """Load the versions the repositories hold again (after Triton restarted)."""
+        with self._lock:
+            self.load()
 
     def __call__(self, folder: Path, version: str):
         number = version_number(version)
-        with self._lock:
-            self.add(folder / USER_TOWER, number)
-            self.load()
-        deadline = time.monotonic() + 60
-        while not self.client.ready(str(number)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Triton did not make {MODEL_NAME} version {number} ready")
-            time.sleep(0.1)
+        try:
+            with self._lock:
+                self.add(folder / USER_TOWER, number)
+                self.load()
+            self._wait_ready(number)
+        except Exception:
+            self._give_up(number)
+            raise
 
         def encode(inputs):
             return self.client.encode(inputs, model_version=str(number))
@@ -103,3 +130,18 @@ class TritonTowers:
         fallback = OnnxEncoder(folder / USER_TOWER, threads=1).encode
         name = f"{self.name} {MODEL_NAME}/{number}"
         return Tower(encode, tuple(self.client.inputs), name, release, fallback)
+
+    def _wait_ready(self, number: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.client.ready(str(number)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Triton did not make {MODEL_NAME} version {number} ready")
+            time.sleep(0.1)
+
+    def _give_up(self, number: int) -> None:
+        """A version that failed to load: out of the repositories, and out of Triton if it
+        answers (if it does not, the next load after it is back leaves the version out)."""
+        with self._lock:
+            self._remove(number)
+            with contextlib.suppress(Exception):
+                self.load()

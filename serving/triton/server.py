@@ -2,8 +2,10 @@
 
 `TritonServer` runs the tritonserver that nvidia-pytriton bundles (the `.venv-triton`
 environment, `make triton-env`) on the local repository, bound to 127.0.0.1, in explicit
-model-control mode so that versions are added and loaded only when asked (the hot swap). Its
-CLI is `python -m serving triton`.
+model-control mode so that versions are added and loaded only when asked (the hot swap). Only
+this object can load or unload models: Triton's model-repository API is restricted to requests
+carrying a secret made at each start (`control_key`), so another local process cannot unload
+the user tower. Its CLI is `python -m serving triton`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 ENV_VARIABLE = "TOWERLINE_TRITON_ENV"
 DEFAULT_ENV = REPO / ".venv-triton"
+CONTROL_HEADER = "towerline-control-key"
+"""The header Triton's model-repository API (load, unload, index) requires (--http-restricted-api
+and --grpc-restricted-protocol)."""
 
 
 class TritonEnvError(FileNotFoundError):
@@ -166,6 +172,7 @@ class TritonServer:
         startup_timeout_s: float = 60.0,
         exit_timeout_s: int = 5,
         die_with_parent: bool = True,
+        restrict_control: bool = True,
         extra_args: list[str] | tuple[str, ...] = (),
     ):
         self.repository = Path(repository).resolve()
@@ -177,6 +184,8 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.die_with_parent = die_with_parent
         self.extra_args = list(extra_args)
+        self.restrict_control = restrict_control
+        self.control_key: str | None = None
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self._owned_work_dir: Path | None = None
@@ -218,6 +227,7 @@ class TritonServer:
                 f"repository --onnx FILE --output DIR`)"
             )
         env = triton_env(self._env_dir)
+        self.control_key = secrets.token_urlsafe(24) if self.restrict_control else None
         work = self._work_dir or Path(tempfile.mkdtemp(prefix="towerline-triton-"))
         self._owned_work_dir = None if self._work_dir else work
         work.mkdir(parents=True, exist_ok=True)
@@ -257,6 +267,9 @@ class TritonServer:
             "--model-control-mode=explicit",
             "--log-verbose=0",
         ]
+        if self.control_key:
+            secret = f"model-repository:{CONTROL_HEADER}={self.control_key}"
+            cmd += [f"--http-restricted-api={secret}", f"--grpc-restricted-protocol={secret}"]
         return cmd + [f"--load-model={m}" for m in self.models] + self.extra_args
 
     def _launch(self, env: Path, backends: Path, work: Path) -> None:
@@ -300,15 +313,16 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, _keep_work_dir: bool = False) -> int | None:
-        """SIGTERM, wait out Triton's exit timeout, then SIGKILL the whole process group.
-        Returns the server's exit code (None when it was never started)."""
+    def stop(self, _keep_work_dir: bool = False, graceful: bool = True) -> int | None:
+        """SIGTERM, wait out Triton's exit timeout, then SIGKILL the whole process group (at
+        once when not `graceful`: a hung server). Returns the server's exit code (None when it
+        was never started)."""
         with self._lock:
             proc, self.process = self.process, None
         if proc is None:
             return None
         atexit.unregister(self.stop)
-        if proc.poll() is None:
+        if graceful and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(self.exit_timeout_s + 10)
@@ -328,22 +342,36 @@ class TritonServer:
             self._owned_work_dir = None
 
     # -- HTTP API (urllib: nothing beyond the standard library for the launcher)
-    def _request(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        timeout: float = 5.0,
+        control: bool = False,
+    ):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method)
+        headers = {CONTROL_HEADER: self.control_key} if control and self.control_key else {}
+        url = f"http://{self.http_url}{path}"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
             payload = r.read()
         return json.loads(payload) if payload else None
 
-    def _ok(self, path: str) -> bool:
+    def _ok(self, path: str, timeout: float = 2.0) -> bool:
         try:
-            self._request("GET", path, timeout=2.0)
+            self._request("GET", path, timeout=timeout)
             return True
         except (urllib.error.URLError, OSError):
             return False
 
     def is_ready(self) -> bool:
         return self._ok("/v2/health/ready")
+
+    def is_live(self, timeout: float = 1.0) -> bool:
+        """The server answers its liveness endpoint within `timeout` (a paused or hung one
+        does not)."""
+        return self._ok("/v2/health/live", timeout)
 
     def model_ready(self, name: str, version: str | int = "") -> bool:
         return self._ok(
@@ -360,7 +388,8 @@ class TritonServer:
 
     def _control(self, name: str, action: str, timeout_s: float) -> None:
         try:
-            self._request("POST", f"/v2/repository/models/{name}/{action}", {}, timeout_s)
+            path = f"/v2/repository/models/{name}/{action}"
+            self._request("POST", path, {}, timeout_s, control=True)
         except urllib.error.HTTPError as e:
             reason = e.read().decode(errors="replace")
             raise RuntimeError(
@@ -380,7 +409,7 @@ class TritonServer:
 
     def repository_index(self) -> list[dict]:
         """Every model in the repository with its versions' states (READY, UNAVAILABLE, ...)."""
-        return self._request("POST", "/v2/repository/index", {})
+        return self._request("POST", "/v2/repository/index", {}, control=True)
 
 
 # -- command line (`python -m serving triton`) --------------------------------------------------

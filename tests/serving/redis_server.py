@@ -68,6 +68,12 @@ class RedisServer:
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
 
+    def restart(self) -> None:
+        """Start it again on the same port and folder (it loads the dump a SAVE left there)."""
+        self.stop()
+        with open(os.path.join(self.folder, "redis.log"), "ab") as log:
+            self.process = _start(self.port, self.folder, log).process
+
     def stop(self) -> None:
         if self.process.poll() is not None:
             return

@@ -50,10 +50,14 @@ def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
         "--run_dir", str(tmp_path / "run"), "--triton.repository", str(tmp_path / "triton"),
     ]  # fmt: skip
 
+    scratch = tmp_path / "scratch"  # the service's temporary folders (Triton's work folder)
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+
     def serving(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "serving", *command, *args],
-            cwd=REPO, capture_output=True, text=True, timeout=240,
+            cwd=REPO, capture_output=True, text=True, timeout=240, env=env,
         )  # fmt: skip
 
     up = serving("up", "--detach")
@@ -84,3 +88,9 @@ def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
     leftover = [line for line in session if line.split()[1][0] != "Z"]
     assert leftover == [], f"processes left in the service's session: {leftover}"
     assert not os.path.exists(tmp_path / "run" / "service.pid")
+    # Triton was stopped by the service, not killed with it: its work folder is gone too
+    # (onnxruntime keeps a `.ses` file of its own in the temporary folder)
+    ours = [p.name for p in scratch.iterdir() if p.name.startswith("towerline-")]
+    assert ours == [], f"temporary folders left behind: {ours}"
+    triton = subprocess.run(["pgrep", "-f", str(tmp_path / "triton")], capture_output=True)
+    assert triton.stdout == b"", "a tritonserver or stub of the service is still running"

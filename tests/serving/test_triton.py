@@ -296,3 +296,26 @@ def test_cli_serves_until_sigterm(triton_repositories, user_batch):
             proc.wait()
         if pid and group_members(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_the_model_repository_api_is_closed_to_other_processes(triton_server):
+    """Loading and unloading need the per-start secret this service holds: an unauthenticated
+    unload over HTTP or gRPC is refused and the model keeps serving."""
+    import urllib.error
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    url = f"http://{triton_server.http_url}/v2/repository/models/{MODEL}/unload"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=5)
+    assert refused.value.code in (401, 403)
+    with (
+        grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+        pytest.raises(InferenceServerException, match=r"(?i)auth|restricted|permission|header"),
+    ):
+        client.unload_model(MODEL)
+    time.sleep(0.5)
+    assert triton_server.model_ready(MODEL)
+    assert any(m["name"] == MODEL for m in triton_server.repository_index())  # with the key
