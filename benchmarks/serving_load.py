@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,20 @@ class Service:
 
 def wrk(url: str, users: Path, connections: int, seconds: float) -> dict:
     return wrk_raw(url, WRK_SCRIPT, {"TOWERLINE_USERS": str(users)}, connections, seconds)
+
+
+def ensure_wrk() -> None:
+    """The load generator is Debian's `wrk`: installed here when missing (as root, like
+    .ci/run installs redis-server), or a clear error saying how."""
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SystemExit("this benchmark drives its load with wrk: apt-get install wrk")
+    print("installing wrk (Debian's package)", flush=True)
+    subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "wrk"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def wrk_raw(url: str, script: str, env: dict, connections: int, seconds: float) -> dict:
@@ -291,6 +306,7 @@ def main() -> None:
         return
     from index import store
 
+    ensure_wrk()
     ensure_index()
     users = known_users()
     manifest = store.read_manifest(REPO / "artifacts" / "index" / NAME)
