@@ -19,6 +19,8 @@ Everything is package-scoped, so the model is trained and the server started onc
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +89,20 @@ def fans(tiny_data) -> list[str]:
     t = pq.read_table(tiny_data / tables.USERS, columns=["user_id", "train_count"])
     ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
     return sorted(ids.tolist())[:40]
+
+
+def serve_http(app):
+    """`app` on a real uvicorn server on a free loopback port, started: (server, base URL).
+    Set `server.should_exit` to stop it."""
+    import uvicorn
+
+    from serving.triton.server import free_ports
+
+    port = free_ports(1)[0]
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}"

@@ -3,18 +3,16 @@ response is counted; the OpenAPI spec lists every status a route can return."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
 from serving.api.app import create_app
 from serving.features.embedded import EmbeddedStore
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.towers import InProcessTowers
-from serving.triton.server import free_ports
+from tests.serving.conftest import serve_http
 
 NON_FINITE = [
     b'{"user_id": "u1", "k": NaN}',
@@ -33,19 +31,10 @@ def http(store_root, features_dir):
     """The app on a real uvicorn server (keep-alive connections, real Content-Length)."""
     rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
     rec.refresh()
-    port = free_ports(1)[0]
-    app = create_app(rec, poll_seconds=None, max_body_bytes=64 * 1024)
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    server, url = serve_http(create_app(rec, poll_seconds=None, max_body_bytes=64 * 1024))
+    with httpx.Client(base_url=url, timeout=10) as client:
         yield client
     server.should_exit = True
-    thread.join(10)
 
 
 def post(client, body: bytes) -> httpx.Response:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from serving.api.app import create_app
 from serving.config import TritonSettings
@@ -25,8 +24,9 @@ from serving.features.embedded import EmbeddedStore
 from serving.features.redis_store import RedisStore
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.towers import InProcessTowers, TritonTowers
-from serving.triton.server import TritonServer, free_ports
+from serving.triton.server import TritonServer
 from serving.triton.supervisor import Supervisor
+from tests.serving.conftest import serve_http
 from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
 
 
@@ -86,19 +86,6 @@ class Load:
         raise AssertionError(f"{what} not within {timeout} s: {Counter(r[2:4] for r in recent)}")
 
 
-def serve(rec: Recommender):
-    port = free_ports(1)[0]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rec, poll_seconds=0.5), port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def supervised(store_root, features_dir, tmp_path):
     """The service as `python -m serving up` wires it: a local Triton under a supervisor
@@ -114,7 +101,7 @@ def supervised(store_root, features_dir, tmp_path):
         rec = Recommender(root, EmbeddedStore.open(features_dir), towers)
         rec.health["triton"] = supervisor.status
         assert rec.refresh()
-        http, url = serve(rec)
+        http, url = serve_http(create_app(rec, poll_seconds=0.5))
         try:
             yield rec, triton, supervisor, url, root
         finally:
@@ -232,7 +219,7 @@ def test_a_stopped_redis_degrades_flagged_and_recovers(store_root, features_dir,
         RedisStore.load(features_dir, redis.url)
         rec = Recommender(store_root, RedisStore(redis.url), InProcessTowers())
         rec.refresh()
-        http, url = serve(rec)
+        http, url = serve_http(create_app(rec, poll_seconds=0.5))
         try:
             with Load(url, fans) as load, httpx.Client(base_url=url) as client:
                 time.sleep(1.0)

@@ -18,7 +18,7 @@ from serving.features.embedded import EmbeddedStore
 from serving.features.redis_store import RedisStore
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.towers import InProcessTowers, TritonTowers
-from serving.triton.server import free_ports
+from tests.serving.conftest import serve_http
 from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
 
 
@@ -230,7 +230,6 @@ def test_hot_swap_under_concurrent_load_drops_nothing(
     """A new model + index version is published while 4 clients hammer a real HTTP server:
     every request answers 200 from the model, naming one of the two consistent pairs."""
     import httpx
-    import uvicorn
 
     from index import rebuild
     from tests.index.conftest import index_config, train_tiny
@@ -241,22 +240,14 @@ def test_hot_swap_under_concurrent_load_drops_nothing(
     rec = Recommender(root, EmbeddedStore.open(features_dir), towers)
     rec.refresh()
     old = (rec.bundle.model_version, rec.bundle.index_version)
-    port = free_ports(1)[0]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rec, poll_seconds=0.2), port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    server, url = serve_http(create_app(rec, poll_seconds=0.2))
 
     stop = threading.Event()
     seen: Counter = Counter()
     failures: list[str] = []
 
     def hammer(i: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        with httpx.Client(base_url=url, timeout=10) as http:
             n = 0
             while not stop.is_set():
                 fan = fans[(i * 7 + n) % len(fans)]
