@@ -32,18 +32,30 @@ class Batcher:
         self.pending: list[tuple[object, asyncio.Future]] = []
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="recommend")
         self.tasks: set[asyncio.Task] = set()  # referenced: not garbage-collected mid-drain
+        # Drains still looping. Not len(self.tasks): a drain that has left its loop stays in
+        # `tasks` until its done-callback runs, so a request queued in between found every
+        # worker "busy" and waited for some later request to start a drain (a client of the
+        # chaos test once timed out after 10 s, during a Redis outage's very short batches).
+        self.draining = 0
 
     async def submit(self, request):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((request, future))
-        if len(self.tasks) < self.workers:
+        if self.draining < self.workers:
+            self.draining += 1  # counted now, before the task first runs
             task = loop.create_task(self._drain())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _drain(self) -> None:
+        try:
+            await self._answer_pending()
+        finally:
+            self.draining -= 1  # in the same step as the loop's last check: no gap
+
+    async def _answer_pending(self) -> None:
         loop = asyncio.get_running_loop()
         while self.pending:
             batch = self.pending[: self.max_batch]

@@ -62,7 +62,9 @@ class Load:
                 try:
                     r = http.post("/recommend", json={"user_id": fan, "k": 5})
                 except httpx.HTTPError as e:
-                    self.failures.append(f"{type(e).__name__}: {e}")
+                    self.failures.append(
+                        f"{sent - self.started:.1f} s, {fan}: {type(e).__name__}: {e}"
+                    )
                     continue
                 body = r.json() if r.status_code == 200 else {}
                 self.results.append((sent - self.started, r.status_code, body.get("source", ""),
