@@ -376,6 +376,7 @@ def summary(cfg: IndexConfig, manifest: dict, removed: list[str], seconds: float
         f"index rebuild {cfg.name}: published {manifest['version']} ({idx['mode']}{added}, "
         f"{manifest['count']:,} creators, {idx['factory']}, recall@{t['k']} "
         f"{chosen['recall']:.3f} at {params}, {chosen['qps']:,.0f} q/s = "
-        f"{t['speedup_vs_exact']:.1f}× exact) in {seconds:.1f} s"
+        f"{t['speedup_vs_exact']:.1f}× exact; {t['distinct_exact']:,} distinct creators in "
+        f"{t['queries']:,} fans' exact top-{t['k']}s) in {seconds:.1f} s"
         + (f"; removed {len(removed)} old version(s)" if removed else "")
     )

@@ -158,6 +158,9 @@ def tune(
         "recall_target": target,
         "queries": len(xq),
         "exact_qps": exact_qps,
+        # how much the fans' lists differ: a model that sends everyone the same creators makes
+        # the search trivially easy (and the recall figure meaningless), which this shows
+        "distinct_exact": int(np.unique(truth[truth >= 0]).size),
         "curve": [asdict(p) for p in points],
         "chosen": asdict(chosen),
         "speedup_vs_exact": chosen.qps / exact_qps,

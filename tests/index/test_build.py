@@ -76,6 +76,7 @@ def test_default_ivf_pq_reaches_the_target_on_held_out_queries(corpus):
     assert index.ntotal == len(xb) and timings["build_s"] > 0
     result = tune.tune(index, xb, tuning, 10, 0.95, IP, repeats=1)
     assert result["chosen"]["recall"] >= 0.95
+    assert result["distinct_exact"] == len(np.unique(exact(xb, tuning, 10)[1]))  # lists differ
     D, I = index.search(held_out, 10)  # noqa: E741 - the chosen parameters are applied
     I0 = exact(xb, held_out, 10)[1]
     assert tune.recall_at_k(I, I0, 10) >= 0.95 - 0.03
