@@ -127,6 +127,7 @@ def up(cfg: ServingConfig) -> int:
             max_batch=cfg.max_batch,
             batch_workers=cfg.batch_workers,
             max_body_bytes=cfg.max_body_bytes,
+            opentelemetry=cfg.opentelemetry,
             answer_log=AnswerLog(log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups)
             if log_cfg.path
             else None,

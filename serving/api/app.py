@@ -39,10 +39,12 @@ def create_app(
     batch_workers: int = 2,
     answer_log: AnswerLog | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    opentelemetry: bool = False,
 ) -> FastAPI:
     """The service around a recommender. `max_batch` caps how many requests are answered
     together (1 = one at a time), `batch_workers` how many batches run at once; `answer_log`
-    (closed with the app) records sampled answers; a body over `max_body_bytes` is a 413."""
+    (closed with the app) records sampled answers; a body over `max_body_bytes` is a 413;
+    `opentelemetry` turns on FastAPI's native tracing, metrics and logs (serving.config)."""
     metrics = Metrics()
     svc = Services(
         recommender, metrics, Batcher(recommender.recommend_many, max_batch, batch_workers),
@@ -74,6 +76,7 @@ def create_app(
         version="1",
         summary="Creators a fan will love: two-tower candidate generation.",
         lifespan=lifespan,
+        telemetry=None if opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = svc
     for router in ROUTERS:

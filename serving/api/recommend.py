@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from serving.api.schemas import ERRORS, RecommendRequest, RecommendResponse, response
 from serving.api.state import ServicesDep
@@ -24,7 +24,7 @@ router = APIRouter(tags=["recommend"])
     response_model_exclude={"creator_id"},
     responses=ERRORS,
 )
-async def recommend(req: RecommendRequest, svc: ServicesDep) -> RecommendResponse:
+async def recommend(req: RecommendRequest, svc: ServicesDep) -> Response:
     started = time.perf_counter()
     svc.bundle()
     answer, bundle = await svc.batcher.submit(Request(req.user_id, req.k, tuple(req.exclude)))

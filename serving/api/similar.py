@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 
 from data.schema import ID_PATTERN
 from serving.api.schemas import ERRORS, MAX_ID_CHARS, MAX_K, Problem, RecommendResponse, response
@@ -26,7 +26,7 @@ def similar(
     svc: ServicesDep,
     creator_id: str = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS),
     k: int = Query(20, ge=1, le=MAX_K),
-) -> RecommendResponse:
+) -> Response:
     started = time.perf_counter()
     served = svc.bundle()
     found = svc.recommender.similar(creator_id, k)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from index import store as index_store
 from serving.api.app import create_app
+from serving.api.schemas import RecommendResponse
 from serving.features.embedded import EmbeddedStore
 from serving.features.redis_store import RedisStore
 from serving.pipeline.recommender import Recommender
@@ -52,6 +53,8 @@ def test_known_fans_get_k_new_creators_with_the_versions_that_answered(service, 
         assert (body["source"], body["cold_start"], body["degraded"]) == ("model", False, None)
         assert body["model_version"] == manifest["model"]["version"]
         assert body["index_version"] == manifest["version"]
+        # the body is dumped straight to JSON: it must still be the documented shape, whole
+        assert RecommendResponse.model_validate(body).model_dump(exclude={"creator_id"}) == body
 
 
 def test_answers_agree_with_exact_search_of_the_same_tower(service, fans):
@@ -142,6 +145,7 @@ def test_similar_creators(service):
     ids = [i["creator_id"] for i in body["items"]]
     assert len(ids) == 8 and some not in ids
     assert body["creator_id"] == some and body["source"] == "model"
+    assert RecommendResponse.model_validate(body).model_dump(exclude={"user_id"}) == body
     r = client.get("/similar/no-such-creator")
     assert r.status_code == 404 and "no-such-creator" in r.text
 
