@@ -7,6 +7,8 @@ an index version for a bundle (serving.pipeline.bundle.PrepareEncoder).
   ONNX in-process as the fallback. A version whose load fails (Triton down or hung during a
   publish) is taken out of the repositories again, so a retry starts clean and Triton never
   keeps a version the service gave up on.
+- `SharedTritonTowers` — the same towers, in a service worker: another process (the workers'
+  parent) publishes and retires versions; a worker waits for a version to answer.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import contextlib
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from common.errors import UnavailableError
 from index.onnx import OnnxEncoder
 from index.store import USER_TOWER
 from serving.pipeline.bundle import Tower, version_number
@@ -24,6 +28,10 @@ from serving.triton import repository
 from serving.triton.client import UserTowerClient
 from serving.triton.repository import MODEL_NAME
 from serving.triton.server import CONTROL_HEADER
+
+READY_TIMEOUT_S = 60.0
+"""How long a version may take to load on Triton before the swap to it is given up (retried
+at the next poll)."""
 
 
 class InProcessTowers:
@@ -106,7 +114,9 @@ class TritonTowers:
         with self._lock:
             self.load()
 
-    def __call__(self, folder: Path, version: str):
+    def publish(self, folder: Path, version: str) -> int:
+        """Make an index version's tower ready on Triton (added, loaded, answering); returns
+        its model version number. A version that fails is taken out again, then raises."""
         number = version_number(version)
         try:
             with self._lock:
@@ -116,22 +126,31 @@ class TritonTowers:
         except Exception:
             self._give_up(number)
             raise
+        return number
+
+    def retire(self, number: int) -> None:
+        """Unload a version that no longer serves (out of the repositories, then a load)."""
+        with self._lock:
+            for kind in (repository.LOCAL, repository.PRODUCTION):
+                repository.remove_version(self.repository / kind / MODEL_NAME, number)
+            self.load()
+
+    def __call__(self, folder: Path, version: str):
+        number = self.publish(folder, version)
+        return self.tower(folder, number, release=lambda: self.retire(number))
+
+    def tower(self, folder: Path, number: int, release=None) -> Tower:
+        """Version `number` on Triton as a Tower, with the same ONNX in this process as the
+        fallback for when Triton does not answer."""
 
         def encode(inputs):
             return self.client.encode(inputs, model_version=str(number))
 
-        def release():
-            with self._lock:
-                for kind in (repository.LOCAL, repository.PRODUCTION):
-                    repository.remove_version(self.repository / kind / MODEL_NAME, number)
-                self.load()
-
-        # the same file in this process, for when Triton does not answer
         fallback = OnnxEncoder(folder / USER_TOWER, threads=1).encode
         name = f"{self.name} {MODEL_NAME}/{number}"
         return Tower(encode, tuple(self.client.inputs), name, release, fallback)
 
-    def _wait_ready(self, number: int, timeout_s: float = 60.0) -> None:
+    def _wait_ready(self, number: int, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while not self.client.ready(str(number)):
             if time.monotonic() > deadline:
@@ -145,3 +164,25 @@ class TritonTowers:
             self._remove(number)
             with contextlib.suppress(Exception):
                 self.load()
+
+
+class SharedTritonTowers(TritonTowers):
+    """A worker's view of a Triton whose repository another process publishes to (the parent
+    of several service workers, serving.workers.Publisher): a version's tower is used once
+    `published()` lists its number, never added, loaded or unloaded from here."""
+
+    def __init__(self, repository: Path, url: str, settings, published: Callable[[], list[int]]):
+        super().__init__(repository, url, settings)
+        self.published = published
+
+    def __call__(self, folder: Path, version: str):
+        number = version_number(version)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while number not in self.published():
+            if time.monotonic() > deadline:
+                raise UnavailableError(
+                    f"{MODEL_NAME}/{number} ({version}) was not published on Triton within "
+                    f"{READY_TIMEOUT_S:.0f} s; the service's parent process publishes it"
+                )
+            time.sleep(0.2)
+        return self.tower(folder, number)
