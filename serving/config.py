@@ -82,6 +82,10 @@ class ServingConfig:
     triton: TritonSettings = field(default_factory=TritonSettings)
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
+    """Service processes sharing the port (serving.workers): one process answers about one
+    core's worth of HTTP (the GIL), so a machine with more cores answers more with more. Each
+    holds its own copy of the index; Triton, when it runs, stays one server."""
     poll_seconds: float = 2.0
     """How often the index store's `current` pointer is checked for a new version (0 = never)."""
     max_batch: int = 64
@@ -113,8 +117,13 @@ class ServingConfig:
             raise ConfigError(f"--encoder={self.encoder!r}: use one of {ENCODERS}")
         if self.triton.protocol not in ("grpc", "http"):
             raise ConfigError(f"--triton.protocol={self.triton.protocol!r}: use grpc or http")
-        for name in ("max_batch", "batch_workers", "search_threads", "max_body_bytes"):
+        for name in ("workers", "max_batch", "batch_workers", "search_threads", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)} must be >= 1")
+        if self.workers > 1 and self.answer_log.path:
+            raise ConfigError(
+                f"--workers={self.workers} with --answer_log.path: the answer log is one file "
+                f"rotated by one process; use --workers 1, or no answer log"
+            )
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port={self.port} is not a TCP port")

@@ -12,7 +12,6 @@ the index's probe vectors, and only then swapped in; the old version is unloaded
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -27,18 +26,16 @@ from pathlib import Path
 from common.config import to_yaml
 from common.io import write_bytes
 from serving.config import ServingConfig
-from serving.pipeline.recommender import Recommender
 from serving.pipeline.towers import InProcessTowers, TritonTowers
 from serving.triton.repository import LOCAL
 
 log = logging.getLogger(__name__)
 
 
-def features_store(cfg: ServingConfig):
-    """Open the configured feature store, materialising a missing folder from the dataset the
-    current index was built from, hashed as its user tower expects."""
+def materialise_features(cfg: ServingConfig) -> None:
+    """Materialise a configured feature-store folder that does not exist yet, from the dataset
+    the current index was built from, hashed as its user tower expects."""
     from index import store
-    from serving.features import open_store
     from serving.features.materialise import materialise
 
     spec = cfg.features
@@ -48,7 +45,6 @@ def features_store(cfg: ServingConfig):
         data = cfg.data or manifest["catalog"]["data_dir"]
         log.info("materialising features from %s into %s", data, spec)
         materialise(data, spec, tower["attribute_buckets"], tower["attribute_width"])
-    return open_store(spec)
 
 
 @contextlib.contextmanager
@@ -86,52 +82,26 @@ def towers(cfg: ServingConfig):
             provider.supervisor.close()  # stops Triton gracefully, from the thread that restarts it
 
 
-def freeze_heap() -> None:
-    """Move everything loaded so far (the bundle: a million-entry id map, the index) out of the
-    garbage collector's sight: a full collection otherwise walks it all, a pause of hundreds of
-    milliseconds that lands on whichever requests are in flight."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
 def up(cfg: ServingConfig) -> int:
-    """Run everything in the foreground until SIGINT/SIGTERM."""
+    """Run everything in the foreground until SIGINT/SIGTERM: one service process, or with
+    `workers` > 1 the parent of that many (serving.workers)."""
     import faiss
     import uvicorn
 
-    from serving.answer_log import AnswerLog
-    from serving.api.app import create_app
+    from serving import workers
+    from serving.features import open_store
 
-    faiss.omp_set_num_threads(cfg.search_threads)
     # uvicorn re-raises the SIGTERM it handled once it has drained: with the default action
     # that ended the process before Triton was stopped and its folders removed
     signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: stopping"))
-    store = features_store(cfg)
+    materialise_features(cfg)
     with towers(cfg) as provider:
-        recommender = Recommender(cfg.index, store, provider, verify=cfg.verify)
-        if getattr(provider, "supervisor", None) is not None:
-            recommender.health["triton"] = provider.supervisor.status
-        recommender.refresh()
-        freeze_heap()
-        recommender.on_swap.append(lambda _bundle: freeze_heap())
-        b = recommender.bundle
-        log.info(
-            "serving %s (model %s) with %s on http://%s:%d",
-            b.index_version, b.model_version[:12], b.encoder_name, cfg.host, cfg.port,
-        )  # fmt: skip
-        log_cfg = cfg.answer_log
-        app = create_app(
-            recommender,
-            poll_seconds=cfg.poll_seconds or None,
-            max_batch=cfg.max_batch,
-            batch_workers=cfg.batch_workers,
-            max_body_bytes=cfg.max_body_bytes,
-            opentelemetry=cfg.opentelemetry,
-            answer_log=AnswerLog(log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups)
-            if log_cfg.path
-            else None,
-        )
+        if cfg.workers > 1:
+            return workers.serve(cfg, provider)
+        faiss.omp_set_num_threads(cfg.search_threads)
+        store = open_store(cfg.features)
+        status = provider.supervisor.status if getattr(provider, "supervisor", None) else None
+        app = workers.build_app(cfg, store, provider, status)
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     store.close()
     return 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.api.state import ServicesDep
 
@@ -50,7 +52,7 @@ def readiness(svc) -> dict:
         ("user_tower_unavailable", not checks["user_tower"]),
     ) if on]  # fmt: skip
     out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
-    out |= {"dependencies": deps, "swaps": rec.swaps}
+    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid()}
     if bundle is not None:
         out |= bundle.versions | {"encoder": bundle.encoder_name}
     if rec.last_refresh_error:
@@ -81,7 +83,7 @@ def _tower(rec, bundle) -> dict:
 )
 def prometheus(svc: ServicesDep) -> Response:
     svc.metrics.dependencies(readiness(svc))
-    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _ping(features) -> bool:

@@ -1,6 +1,10 @@
 """The service's Prometheus metrics, in a registry of the app's own (several apps can live in
 one process, as in tests).
 
+Several service processes (serving.workers) share one set of numbers through prometheus_client's
+multiprocess folder (PROMETHEUS_MULTIPROC_DIR): counters and histograms add up over the workers;
+a gauge says how its values combine (`multiprocess_mode`). One process ignores the modes.
+
 Per-stage latency is observed once per batch, as the pipeline timed it (serving.pipeline.
 stages); per-route latency, requests and fallbacks once per request; every HTTP response, 4xx
 and 5xx included, by route and status (`CountResponses`).
@@ -8,7 +12,10 @@ and 5xx included, by route and status (`CountResponses`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from serving.pipeline.bundle import Bundle
 from serving.pipeline.stages import Answer, Batch
@@ -42,22 +49,24 @@ class Metrics:
         self.version = Gauge(
             "towerline_serving_info", "The served versions (value 1)",
             ["model_version", "index_version", "encoder"], registry=self.registry,
+            multiprocess_mode="livemax",  # 1 while any live worker serves that pair
         )  # fmt: skip
+        self._served: tuple[str, ...] | None = None
         self.responses = Counter(
             "towerline_http_responses", "HTTP responses by route template and status code",
             ["route", "status"], registry=self.registry,
         )  # fmt: skip
         self.up = Gauge(
             "towerline_dependency_up", "1 when a dependency answers (as /readyz checks it)",
-            ["dependency"], registry=self.registry,
+            ["dependency"], registry=self.registry, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.breaker_open = Gauge(
             "towerline_breaker_open", "1 while a dependency's circuit breaker turns calls away",
-            ["dependency"], registry=self.registry,
+            ["dependency"], registry=self.registry, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.triton_restarts = Gauge(
             "towerline_triton_restarts", "Times the supervisor restarted the Triton server",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.answer_log = Counter(
             "towerline_answer_log_records", "Answers offered to the answer log, by outcome",
@@ -65,8 +74,20 @@ class Metrics:
         )  # fmt: skip
 
     def served(self, bundle: Bundle) -> None:
-        self.version.clear()
-        self.version.labels(bundle.model_version, bundle.index_version, bundle.encoder_name).set(1)
+        if self._served is not None:  # to 0 first: a worker's file keeps what clear() forgets
+            self.version.labels(*self._served).set(0)
+            self.version.remove(*self._served)
+        self._served = (bundle.model_version, bundle.index_version, bundle.encoder_name)
+        self.version.labels(*self._served).set(1)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text: of every worker's numbers when the service has several."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, folder)
+        return generate_latest(registry)
 
     def swapped(self, bundle: Bundle) -> None:
         self.swaps.inc()
