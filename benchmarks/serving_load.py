@@ -1,18 +1,23 @@
 """Load on the /recommend service over loopback, with a 1 M-creator index (issue 5).
 
-    python benchmarks/serving_load.py [--seconds 10] [--concurrency 1 2 4 8 16 32 64]
+    python benchmarks/serving_load.py [--seconds 10] [--concurrency 1 2 4 8 16 32 64] [--rounds 2]
 
 Builds what is missing or stale first (benchmarks/serving_set.py: prepare 1 M creators, train
 four epochs, build and publish the default IVF-PQ index — ~12 min on 2 cores), reports how much
 fans' served lists differ (distinct creators in 1,000 fans' top-10s) and the tuned search, then
 for each way of running the user tower —
 
-    triton          the service → Triton (Python backend, dynamic batching on) over gRPC
-    triton-nobatch  the same with Triton's dynamic batching off
-    onnx            the service with onnxruntime in-process (no Triton)
+    triton          the service (2 workers, as configured) → Triton (Python backend, dynamic
+                    batching on) over gRPC
+    triton-1        the same with one service process (--workers 1)
+    triton-nobatch  2 workers, Triton's dynamic batching off
+    onnx            the service (2 workers) with onnxruntime in-process (no Triton)
+    onnx-1          the same with one service process
 
 — starts `python -m serving up` and drives it with wrk (Debian's `wrk`, one thread, N
-connections = N requests in flight, random known fans, k=20) for `--seconds` per level.
+connections = N requests in flight, random known fans, k=20) for `--seconds` per level. The
+machine's speed drifts (the same run has measured 1,600 and 3,000 req/s minutes apart), so with
+`--rounds R` the modes take turns R times and each level reports the median of its rounds.
 Separately it drives Triton alone with single-user requests at rising concurrency, dynamic
 batching on and off (a Python gRPC load generator: the service's own view of Triton).
 
@@ -250,6 +255,37 @@ def triton_direct(levels, seconds: int) -> dict:
     return out
 
 
+def medians(runs: list[dict]) -> list[dict]:
+    """One line per mode: each level's median req/s, p50 and p99 over the mode's rounds."""
+    out = {}
+    for run in runs:
+        out.setdefault(run["mode"], []).append(run["levels"])
+    summary = []
+    for mode, rounds in out.items():
+        levels = []
+        for rows in zip(*rounds, strict=True):
+            med = {k: float(np.median([r[k] for r in rows])) for k in ("rps", "p50_ms", "p99_ms")}
+            levels.append({"in_flight": rows[0]["in_flight"], **med, "rounds": len(rows),
+                           "errors": sum(r["errors"] for r in rows)})  # fmt: skip
+        summary.append({"mode": mode, "levels": levels})
+    return summary
+
+
+def goals(summary: list[dict]) -> dict:
+    """Issue 14's goals per mode: p99 at 1 in flight, and the most req/s at p99 <= 15 ms."""
+    out = {}
+    for run in summary:
+        one = next((r for r in run["levels"] if r["in_flight"] == 1), None)
+        ok = [r for r in run["levels"] if r["p99_ms"] <= 15.0]
+        best = max(ok, key=lambda r: r["rps"], default=None)
+        out[run["mode"]] = {
+            "p99_ms_at_1": one and round(one["p99_ms"], 2),
+            "rps_at_p99_le_15ms": best and round(best["rps"]),
+            "in_flight": best and best["in_flight"],
+        }
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -257,7 +293,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for run, color in zip(results["service"], ("C0", "C1", "C2"), strict=False):
+    for i, run in enumerate(results["summary"]):
+        color = f"C{i}"
         x = [r["in_flight"] for r in run["levels"]]
         a.plot(x, [r["p99_ms"] for r in run["levels"]], marker="o", color=color,
                label=f"{run['mode']} p99")  # fmt: skip
@@ -272,7 +309,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("requests in flight")
         ax.grid(alpha=0.3)
-    a.set_ylabel("latency (ms)")
+    a.set_ylabel("latency (ms), median of rounds")
     a.axhline(5, color="grey", lw=0.8)  # issue 14's goals: p99 at 1 in flight, under load
     a.axhline(15, color="grey", lw=0.8)
     b.set_ylabel("requests/s (inferences/s for Triton alone)")
@@ -280,48 +317,60 @@ def plot(results: dict, path: Path) -> None:
     b.axhline(2000, color="grey", lw=0.8)
     a.legend(fontsize=7)
     b.legend(fontsize=7)
-    fig.suptitle(f"/recommend on loopback, {results['creators']:,} creators ({results['machine']})")
+    rounds = results.get("rounds", 1)
+    fig.suptitle(f"/recommend on loopback, {results['creators']:,} creators "
+                 f"({results['machine']}, median of {rounds} rounds)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+SETS = {
+    "triton": ["--encoder", "triton", "--triton.dynamic_batching", "true"],
+    "triton-1": ["--encoder", "triton", "--triton.dynamic_batching", "true", "--workers", "1"],
+    "triton-nobatch": ["--encoder", "triton", "--triton.dynamic_batching", "false"],
+    "onnx": ["--encoder", "onnx"],
+    "onnx-1": ["--encoder", "onnx", "--workers", "1"],
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    ap.add_argument("--modes", nargs="+", default=["triton", "triton-nobatch", "onnx"])
+    ap.add_argument("--modes", nargs="+", choices=sorted(SETS),
+                    default=["triton", "triton-1", "onnx", "onnx-1"])  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=2, help="turns each mode takes (medians)")
     ap.add_argument("--no-direct", action="store_true", help="skip Triton-only load")
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--out", default="artifacts/bench/serving")
     ap.add_argument("--replot", action="store_true", help="redraw the plot of the last run")
     args = ap.parse_args()
+    out = REPO / args.out
     if args.replot:
-        out = REPO / args.out
         plot(json.loads((out / "results.json").read_text()), out / "latency.png")
         return
     ensure_wrk()
     serving_set.ensure_built()
     users = known_users()
-    sets = {
-        "triton": ["--encoder", "triton", "--triton.dynamic_batching", "true"],
-        "triton-nobatch": ["--encoder", "triton", "--triton.dynamic_batching", "false"],
-        "onnx": ["--encoder", "onnx"],
-    }
     results = {
         **serving_set.index_figures(),
         "machine": f"{os.cpu_count()} cores, no GPU" if not _gpu() else "GPU",
         "seconds_per_level": args.seconds,
+        "rounds": args.rounds,
         "service": [],
     }
-    for i, mode in enumerate(args.modes):
-        print(f"{mode}:", flush=True)
-        results["service"].append(
-            service_run(mode, sets[mode], users, args.concurrency, args.seconds, args.port + i)
-        )
+    for turn in range(args.rounds):
+        for i, mode in enumerate(args.modes):
+            print(f"{mode} (round {turn + 1} of {args.rounds}):", flush=True)
+            port = args.port + turn * len(args.modes) + i
+            run = service_run(mode, SETS[mode], users, args.concurrency, args.seconds, port)
+            results["service"].append(run | {"round": turn + 1})
+    results["summary"] = medians(results["service"])
+    results["goals"] = goals(results["summary"])
+    print(json.dumps(results["goals"], indent=2))
     if not args.no_direct:
         print("Triton alone:", flush=True)
         results["triton_direct"] = triton_direct(args.concurrency, args.seconds)
-    out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "latency.png")
