@@ -76,6 +76,17 @@ def user_ids(user, trained=None):
     return _fill(user, keep, UNK)
 
 
+def history_row(creators: Sequence[int], length: int) -> np.ndarray:
+    """One fan's history as the tower takes it: the newest `length` creator indices of
+    `creators` (oldest first), most recent in the last column, PAD-filled on the left
+    (data.features.histories writes the same layout)."""
+    out = np.full(length, PAD, dtype=np.int64)
+    kept = np.asarray(list(creators)[-length:] if length else [], dtype=np.int64)
+    if len(kept):
+        out[length - len(kept) :] = kept
+    return out
+
+
 def user_inputs(user, trained, history, attributes, num_creators: int) -> dict:
     """encode_users arguments for users as the feature tables hold them (`user` vocabulary
     indices, `trained` whether each has training pairs, `history` [B, N], `attributes`

@@ -77,6 +77,20 @@ class Bundle:
     def versions(self) -> dict:
         return {"model_version": self.model_version, "index_version": self.index_version}
 
+    def vocabulary(self, creator_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The creator vocabulary indices of ids the index holds, and the ids it does not."""
+        rows = [self.row_of.get(c) for c in creator_ids]
+        missing = [c for c, r in zip(creator_ids, rows, strict=True) if r is None]
+        found = np.asarray([r for r in rows if r is not None], np.int64)
+        return self.index.creator_idx[found].astype(np.int64), missing
+
+    def ids(self, creator_idx: np.ndarray) -> list[str | None]:
+        """The creator id of each vocabulary index; None where the index does not hold it."""
+        idx, indexed = np.asarray(creator_idx, np.int64), self.index.creator_idx
+        pos = np.minimum(np.searchsorted(indexed, idx), max(len(indexed) - 1, 0))
+        hit = indexed[pos] == idx if len(indexed) else np.zeros(len(idx), bool)
+        return [str(self.index.creator_id[p]) if h else None for p, h in zip(pos, hit, strict=True)]
+
     def rows(self, creator_idx: np.ndarray) -> np.ndarray:
         """The faiss rows of creator vocabulary indices (those the index holds)."""
         if len(creator_idx) == 0:

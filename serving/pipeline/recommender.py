@@ -19,9 +19,11 @@ import numpy as np
 from common.errors import MissingInputError
 from index import search
 from index import store as index_store
+from serving.pipeline import whatif
 from serving.pipeline.breaker import Breaker
 from serving.pipeline.bundle import Bundle, PrepareEncoder, load_bundle, release_later
 from serving.pipeline.stages import Answer, Pipeline, Rank, Request, default_pipeline
+from serving.pipeline.whatif import Profile
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +140,22 @@ class Recommender:
         [(rows, scores)] = search.filtered_search(b.index.index, q, [k], [[row]], b.embeddings)
         ids = [str(b.index.creator_id[r]) for r in rows]
         return Answer(ids, scores.tolist(), "model"), b
+
+    # -- what if, and why (the explorer's questions) ------------------------------------------
+
+    def profile(self, user_id: str | None) -> Profile:
+        """A fan as the feature store knows them; None: an invented fan with nothing yet."""
+        m = self.features.manifest
+        if user_id is None:
+            return whatif.invented(m["history_len"], m["attribute_width"])
+        return Profile.of(self.features.lookup([user_id]), 0)
+
+    def what_if(self, profile: Profile, request: Request, bundle: Bundle) -> Answer:
+        """`request` answered from `bundle` for `profile` instead of the fan the store holds."""
+        return whatif.pipeline_for(self.pipeline, [profile]).run([request], bundle).answers[0]
+
+    def why(self, profile: Profile, bundle: Bundle, creator_ids: Sequence[str]):
+        """[history, creators] contributions (whatif.contributions) for creators of `bundle`,
+        and how the tower ran."""
+        rows = np.asarray([bundle.row_of[c] for c in creator_ids], np.int64)
+        return whatif.contributions(self.pipeline, bundle, profile, rows)

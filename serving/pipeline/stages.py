@@ -130,13 +130,19 @@ class Lookup:
             batch.leave_model_path(everyone, FEATURE_STORE_UNAVAILABLE)
             return
         self.breaker.success()
-        batch.features = f
-        for i in everyone:
-            batch.banned[i].update(batch.bundle.rows(f.followed[i]).tolist())
-            if f.known[i] and (f.trained[i] or (f.history[i] > 0).any()):
-                batch.model.append(i)
-            else:
-                batch.cold_start[i] = True
+        admit(batch, f)
+
+
+def admit(batch: Batch, f: UserFeaturesBatch) -> None:
+    """The batch's fans are `f`: each bans what they follow; a fan with something to go on
+    (training pairs, or a history) takes the model path, the rest are cold starts."""
+    batch.features = f
+    for i in range(len(batch.requests)):
+        batch.banned[i].update(batch.bundle.rows(f.followed[i]).tolist())
+        if f.known[i] and (f.trained[i] or (f.history[i] > 0).any()):
+            batch.model.append(i)
+        else:
+            batch.cold_start[i] = True
 
 
 class Encode:
