@@ -106,3 +106,20 @@ def serve_http(app):
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     return server, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def service(store_root, features_dir):
+    """The app with the in-process ONNX tower, through FastAPI's test client: (client,
+    recommender), one per test module."""
+    from fastapi.testclient import TestClient
+
+    from serving.api.app import create_app
+    from serving.features.embedded import EmbeddedStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+
+    rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh()
+    with TestClient(create_app(rec, poll_seconds=None)) as client:
+        yield client, rec

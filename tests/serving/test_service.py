@@ -23,15 +23,6 @@ from tests.serving.conftest import serve_http
 from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
 
 
-@pytest.fixture(scope="module")
-def service(store_root, features_dir):
-    """The app with the in-process ONNX tower, through FastAPI's test client."""
-    rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
-    assert rec.refresh()
-    with TestClient(create_app(rec, poll_seconds=None)) as client:
-        yield client, rec
-
-
 def followed_ids(rec: Recommender, user_id: str) -> set[str]:
     b = rec.bundle
     rows = b.rows(rec.features.lookup([user_id]).followed[0])
