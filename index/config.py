@@ -60,6 +60,9 @@ class IndexConfig:
     incremental_max_fraction: float = 0.25
     """Above this many new creators per indexed creator, rebuild instead: the IVF cells were
     trained without them and would drift out of balance."""
+    map_points: int = 50_000
+    """Creators on the version's map (index.projection: a 2-D UMAP of a sample stratified by
+    popularity and category, for the relevance explorer); 0 = no map."""
     use_gpu: bool | None = None
     """None = use a GPU when faiss sees one."""
     seed: int = 0
@@ -95,7 +98,7 @@ class IndexConfig:
 # makes the current version stale. Paths, retention and the device do not change the artifact.
 BUILD_FIELDS = (
     "factory", "metric", "nlist", "pq_m", "k", "recall_target", "recall_floor",
-    "tuning_users", "nprobe", "k_factor", "seed",
+    "tuning_users", "nprobe", "k_factor", "seed", "map_points",
 )  # fmt: skip
 
 

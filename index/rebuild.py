@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from common.config import to_dict, to_yaml
 from common.errors import (
@@ -39,7 +40,7 @@ from common.errors import (
 )
 from common.io import save_npy, write_bytes
 from data.tables import history_length
-from index import build, catalog, checkpoint, export, store, tune, user_tower
+from index import build, catalog, checkpoint, export, projection, store, tune, user_tower
 from index.config import IndexConfig, settings_sha256
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ def build_version(
         cfg.nprobe, cfg.k_factor, cfg.repeats, use_gpu,
     )  # fmt: skip
     check_fit(cfg, index, tuning, len(inputs.catalog))
+    creator_map = write_map(cfg, inputs, emb, folder)
     build.write_index(index, folder / store.INDEX_FILE)
     write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())
     record["bytes"] = (folder / store.INDEX_FILE).stat().st_size
@@ -242,8 +244,20 @@ def build_version(
         "tuning": tuning,
         "search_params": tuning["chosen"]["params"],
         "user_tower": tower,
+        "map": creator_map,
         "config": to_dict(cfg),
     }
+
+
+def write_map(cfg: IndexConfig, inputs: Inputs, emb: export.Embeddings, folder: Path):
+    """The version's creator map (index.projection), or None with `map_points` 0."""
+    if not cfg.map_points:
+        return None
+    rows = pq.read_table(folder / store.CREATORS)
+    data_dir = inputs.catalog.data_dir
+    return projection.write_map(
+        folder / store.MAP, emb.xb, rows, data_dir, cfg.map_points, cfg.seed
+    )
 
 
 def write_user_tower(inputs: Inputs, path: Path) -> dict:
@@ -378,5 +392,6 @@ def summary(cfg: IndexConfig, manifest: dict, removed: list[str], seconds: float
         f"{chosen['recall']:.3f} at {params}, {chosen['qps']:,.0f} q/s = "
         f"{t['speedup_vs_exact']:.1f}× exact; {t['distinct_exact']:,} distinct creators in "
         f"{t['queries']:,} fans' exact top-{t['k']}s) in {seconds:.1f} s"
+        + (f"; a map of {m['points']:,} creators ({m['method']})" if (m := manifest["map"]) else "")
         + (f"; removed {len(removed)} old version(s)" if removed else "")
     )
