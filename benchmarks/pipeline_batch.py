@@ -67,7 +67,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from serving_load import ensure_index
 
-    from serving.demo import sample_fans
+    from serving.pipeline.versions import sample_fans
 
     ensure_index()
     rec = recommender(args.encoder)

@@ -81,7 +81,7 @@ def sh(*cmd: str) -> None:
 
 def known_users(n: int = 20000) -> Path:
     """A file of n random fans with history (a seeded sample), one id per line, for wrk."""
-    from serving.demo import sample_fans
+    from serving.pipeline.versions import sample_fans
 
     ids = sample_fans(REPO / "artifacts" / "data" / NAME, n)
     path = REPO / "artifacts" / "bench" / "serving" / "users.txt"

@@ -8,11 +8,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from data import tables
 from serving.config import ServingConfig
+from serving.pipeline.versions import sample_fans
 
 
 def post(url: str, body: dict, timeout: float = 5.0) -> dict:
@@ -21,14 +21,6 @@ def post(url: str, body: dict, timeout: float = 5.0) -> dict:
     )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def sample_fans(data_dir: Path, n: int, seed: int = 0) -> list[str]:
-    """n fans with training history, seeded."""
-    t = pq.read_table(data_dir / tables.USERS, columns=["user_id", "train_count"])
-    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(ids, min(n, len(ids)), replace=False).tolist())
 
 
 def creator_names(data_dir: Path) -> dict[str, str]:

@@ -19,10 +19,11 @@ import numpy as np
 from common.errors import MissingInputError
 from index import search
 from index import store as index_store
-from serving.pipeline import whatif
+from serving.pipeline import versions, whatif
 from serving.pipeline.breaker import Breaker
 from serving.pipeline.bundle import Bundle, PrepareEncoder, load_bundle, release_later
 from serving.pipeline.stages import Answer, Pipeline, Rank, Request, default_pipeline
+from serving.pipeline.versions import Versions
 from serving.pipeline.whatif import Profile
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Recommender:
         self.swaps = 0
         self.last_refresh_error: str | None = None
         self.on_swap: list[Callable[[Bundle], None]] = []
+        self.versions = Versions(self.index_root, features, verify)
+        """Other published versions, for comparisons (loaded on demand, in-process)."""
 
     @property
     def bundle(self) -> Bundle | None:
@@ -159,3 +162,17 @@ class Recommender:
         and how the tower ran."""
         rows = np.asarray([bundle.row_of[c] for c in creator_ids], np.int64)
         return whatif.contributions(self.pipeline, bundle, profile, rows)
+
+    def bundle_of(self, version: str | None) -> Bundle:
+        """The served bundle (for None or its name), else a published version loaded for
+        comparison (MissingInputError naming the published ones when there is none)."""
+        b = self._current()
+        return b if version in (None, b.index_version) else self.versions.get(version)
+
+    def answer(self, requests: Sequence[Request], bundle: Bundle) -> list[Answer]:
+        """Requests answered from any bundle, off the books (no metrics, no answer log): the
+        served one through the service's stages, another with an encoder of its own."""
+        stages = (
+            self.pipeline if bundle is self._bundle else versions.with_own_encoder(self.pipeline)
+        )
+        return Pipeline(stages.stages).run(requests, bundle).answers

@@ -1,0 +1,80 @@
+"""Published versions beside the served one, for comparisons (the relevance explorer's "compare
+two versions"): any version of the index store, loaded on demand with its own user tower run
+in-process, answered through the recommender's stages with an encode stage of its own. The
+served version's Triton and breakers are never touched by a comparison.
+
+A loaded 1 M-creator version holds a few hundred MB (index, id map), so at most `keep` stay
+loaded, the least recently asked for going first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from common.errors import MissingInputError
+from data import tables
+from index import store as index_store
+from serving.pipeline.bundle import Bundle, load_bundle
+from serving.pipeline.stages import Encode, Pipeline
+from serving.pipeline.towers import InProcessTowers
+
+
+class Versions:
+    def __init__(self, root: Path, features, verify: bool = True, keep: int = 2):
+        self.root, self.features, self.verify, self.keep = Path(root), features, verify, keep
+        self._loaded: OrderedDict[str, Bundle] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def published(self) -> list[dict]:
+        """Every version in the store, oldest first: name, model, when, measured recall."""
+        out = []
+        for version in index_store.list_versions(self.root):
+            m = index_store.read_manifest(self.root, version)
+            chosen = m.get("tuning", {}).get("chosen", {})
+            out.append({
+                "index_version": version, "model_version": m["model"]["version"],
+                "count": m.get("count"), "recall": chosen.get("recall"),
+                "params": chosen.get("params"), "has_map": bool(m.get("map")),
+            })  # fmt: skip
+        return out
+
+    def get(self, version: str) -> Bundle:
+        """A published version's bundle (loaded once, kept while among the `keep` newest
+        asked for); MissingInputError naming the published ones when it is not there."""
+        with self._lock:
+            if version in self._loaded:
+                self._loaded.move_to_end(version)
+                return self._loaded[version]
+            if version not in index_store.list_versions(self.root):
+                names = index_store.list_versions(self.root)
+                raise MissingInputError(f"index version {version!r} is not published; have {names}")
+            bundle = load_bundle(self.root, version, InProcessTowers(), self.verify, self.features)
+            self._loaded[version] = bundle
+            while len(self._loaded) > self.keep:
+                self._loaded.popitem(last=False)
+            return bundle
+
+
+def with_own_encoder(base: Pipeline) -> Pipeline:
+    """`base`'s stages with an encode stage (and breaker) of its own: a version compared runs
+    its tower in-process, whatever the served tower's breaker says."""
+    return Pipeline([Encode() if isinstance(s, Encode) else s for s in base.stages])
+
+
+def sample_fans(data_dir: Path, n: int, seed: int = 0) -> list[str]:
+    """n fans with training history from a prepared dataset, seeded (the same fans each time)."""
+    t = pq.read_table(Path(data_dir) / tables.USERS, columns=["user_id", "train_count"])
+    ids = np.asarray(t["user_id"].to_pylist())[t["train_count"].to_numpy() > 0]
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, min(n, len(ids)), replace=False).tolist())
+
+
+def overlap(a: Sequence[str], b: Sequence[str], k: int) -> float:
+    """|top-k of a ∩ top-k of b| / k."""
+    return len(set(a[:k]) & set(b[:k])) / k if k else 0.0
