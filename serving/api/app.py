@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from serving.answer_log import AnswerLog
-from serving.api import compare, health, recommend, similar, whatif
+from serving.api import compare, creators, health, recommend, similar, whatif
 from serving.api.batcher import Batcher
 from serving.api.guard import MAX_BODY_BYTES, BodyLimit, invalid_request
 from serving.api.metrics import CountResponses, Metrics
@@ -29,7 +29,10 @@ from serving.pipeline.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (recommend.router, similar.router, whatif.router, compare.router, health.router)
+ROUTERS = (
+    recommend.router, similar.router, whatif.router, compare.router, creators.router,
+    health.router,
+)  # fmt: skip
 
 
 def create_app(

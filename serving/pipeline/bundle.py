@@ -8,6 +8,7 @@ store hashed for another model, or a tower that does not reproduce the index's p
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 
 from common.errors import IntegrityError, MissingInputError
 from data import tables
+from index import projection
 from index import store as index_store
 from serving.features.base import check_hashing
 
@@ -60,6 +62,13 @@ class Bundle:
     embeddings: np.ndarray  # [N, d] float32, memory-mapped (GET /similar, exact fallback)
     row_of: dict[str, int]  # creator_id → faiss row
     loaded_at: float = field(default_factory=time.time)
+
+    @functools.cached_property
+    def catalog(self) -> dict[str, np.ndarray]:
+        """Name, category and training count by faiss row, read from the catalog the version
+        was built from on first use (the explorer's labels)."""
+        data_dir = Path(self.index.manifest["catalog"]["data_dir"])
+        return projection.catalog_info(data_dir, self.index.creator_idx)
 
     @property
     def encoder_name(self) -> str:

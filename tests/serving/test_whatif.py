@@ -110,3 +110,27 @@ def test_bad_input_names_the_value(service, fans):
     r = client.post("/what-if", json={"user_id": fans[0], "why": 99})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "why"]
     assert client.post("/what-if", json={"history": ["a"] * 1001}).status_code == 422
+
+
+def test_creators_are_labelled_from_the_catalog(service, tiny_data):
+    import pyarrow.parquet as pq
+
+    from data import tables
+
+    client, rec = service
+    known = list(rec.bundle.row_of)[:3]
+    r = client.post("/creators", json={"ids": [*known, "cr_not_there"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index_version"] == rec.bundle.index_version
+    t = pq.read_table(tiny_data / tables.CREATORS).to_pylist()
+    catalog = {row["creator_id"]: row for row in t}
+    for c in body["creators"][:3]:
+        row = catalog[c["creator_id"]]
+        assert c["indexed"] and (c["name"], c["category"]) == (row["name"], row["category"])
+        assert c["popularity"] == row["train_count"]
+    assert body["creators"][3] == {
+        "creator_id": "cr_not_there", "indexed": False, "name": None, "category": None,
+        "popularity": None,
+    }  # fmt: skip
+    assert client.post("/creators", json={"ids": ["a"] * 1001}).status_code == 422
