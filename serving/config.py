@@ -107,6 +107,9 @@ class ServingConfig:
     """FastAPI's native OpenTelemetry (a span, metrics and logs per request) when the process
     has a tracer or meter provider. Off by default: the service's metrics are Prometheus
     (/metrics), and asking for the providers on every request cost ~40 µs of ~440 (issue 14)."""
+    rooms: list[str] = field(default_factory=lambda: ["explorer"])
+    """Rooms above the service mounted on it by name (entry points `towerline.rooms`):
+    `explorer`, the relevance explorer at /explorer; [] = the JSON API alone."""
     answer_log: AnswerLogSettings = field(default_factory=AnswerLogSettings)
 
     def __post_init__(self):

@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from common.errors import ConfigError
 from serving.answer_log import AnswerLog
 from serving.api import compare, creators, health, recommend, similar, whatif
 from serving.api.batcher import Batcher
@@ -29,6 +32,7 @@ from serving.pipeline.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
+ROOMS_GROUP = "towerline.rooms"
 ROUTERS = (
     recommend.router, similar.router, whatif.router, compare.router, creators.router,
     health.router,
@@ -43,11 +47,13 @@ def create_app(
     answer_log: AnswerLog | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     opentelemetry: bool = False,
+    rooms: Sequence[str] = (),
 ) -> FastAPI:
     """The service around a recommender. `max_batch` caps how many requests are answered
     together (1 = one at a time), `batch_workers` how many batches run at once; `answer_log`
     (closed with the app) records sampled answers; a body over `max_body_bytes` is a 413;
-    `opentelemetry` turns on FastAPI's native tracing, metrics and logs (serving.config)."""
+    `opentelemetry` turns on FastAPI's native tracing, metrics and logs (serving.config);
+    `rooms` are mounted by name (`mount_rooms`)."""
     metrics = Metrics()
     svc = Services(
         recommender, metrics, Batcher(recommender.recommend_many, max_batch, batch_workers),
@@ -86,9 +92,23 @@ def create_app(
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    routes = [route for router in ROUTERS for route in router.routes]
-    app.add_middleware(CountResponses, metrics=metrics, routes=routes)  # outermost
+    mount_rooms(app, rooms)
+    app.add_middleware(CountResponses, metrics=metrics, routes=app.router.routes)  # outermost
     return app
+
+
+def mount_rooms(app: FastAPI, names: Sequence[str]) -> None:
+    """Mount the rooms above the service (the explorer) by their entry points in the
+    `towerline.rooms` group: a room imports serving, never the reverse, so it is found by
+    name at start, not imported here."""
+    found = {ep.name: ep for ep in entry_points(group=ROOMS_GROUP)}
+    for name in names:
+        if name not in found:
+            raise ConfigError(
+                f"--rooms: no room {name!r} is installed (installed: {sorted(found)}); "
+                f"reinstall the package (`make env`) or drop it from the config"
+            )
+        found[name].load()(app)
 
 
 def _poll(recommender: Recommender, seconds: float, stop: threading.Event) -> None:
