@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-env: $(VENV)/.installed
+# The explorer's front-end libraries (explorer/web/package.json, pinned by its lock file),
+# served from node_modules by the service: nothing is fetched at run time.
+explorer/web/node_modules/.installed: explorer/web/package.json explorer/web/package-lock.json
+	npm ci --prefix explorer/web --no-audit --no-fund --loglevel=error
+	touch $@
+
+env: $(VENV)/.installed explorer/web/node_modules/.installed
 
 # The local Triton server's own environment (serving/triton-requirements.txt says why it is
 # separate); serving finds it at $(TRITON_VENV) or TOWERLINE_TRITON_ENV.

@@ -53,9 +53,10 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
     except urllib.error.URLError as e:
         print(f"no service at {url}: {e}; start it with `python -m serving up --config ...`")
         return 1
+    explorer = f"\nThe relevance explorer: {url}/explorer" if "explorer" in cfg.rooms else ""
     print(
-        f"\nThe service is running. Point a browser at {url}/docs (OpenAPI: {url}/openapi.json, "
-        f"metrics: {url}/metrics).\nStop it with `make stop` (or `python -m serving down --config "
-        f"<config>`)."
+        f"{explorer}\nThe service is running. Point a browser at {url}/docs (OpenAPI: "
+        f"{url}/openapi.json, metrics: {url}/metrics).\nStop it with `make stop` (or "
+        f"`python -m serving down --config <config>`)."
     )
     return 0

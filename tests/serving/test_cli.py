@@ -73,6 +73,9 @@ def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
         assert tried.stdout.count("(model;") == 2
         assert "cold start: popular creators" in tried.stdout
         assert f"http://127.0.0.1:{port}/docs" in tried.stdout
+        assert f"The relevance explorer: http://127.0.0.1:{port}/explorer" in tried.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/explorer", timeout=5) as r:
+            assert b"Towerline explorer" in r.read()  # the room is mounted by the real service
         again = serving("up", "--detach")
         assert again.returncode == 0 and "already running" in again.stdout
         pid = int((tmp_path / "run" / "service.pid").read_text())

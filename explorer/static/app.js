@@ -1,0 +1,210 @@
+// The fan's view: history beside recommendations, why each one, and what if the history changed.
+// Everything comes from the service's JSON API (/what-if, /creators, /versions); the page keeps
+// its state in the URL (?fan=…&k=…&history=a,b,c), so a view can be shared as a link.
+
+const $ = (id) => document.getElementById(id);
+
+async function api(path, body) {
+  const init = body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  };
+  const response = await fetch(path, init);
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(problem(data, response.status));
+  return data;
+}
+
+function problem(data, status) {
+  // the service's 4xx name the field and a short prefix of the value
+  if (Array.isArray(data.detail)) {
+    return data.detail.map((d) => `${d.loc.slice(1).join(".")}: ${d.msg}${d.input ? ` (${d.input})` : ""}`).join("; ");
+  }
+  return data.detail || `the service answered ${status}`;
+}
+
+function readState() {
+  const q = new URLSearchParams(location.search);
+  const history = q.get("history");
+  return {
+    fan: q.get("fan") || "",
+    k: Math.min(100, Math.max(1, Number(q.get("k")) || 10)),
+    history: history === null ? null : history.split(",").filter(Boolean),
+    invented: q.get("invented") === "1",
+  };
+}
+
+function writeState(state) {
+  const q = new URLSearchParams();
+  if (state.fan) q.set("fan", state.fan);
+  if (state.invented) q.set("invented", "1");
+  q.set("k", String(state.k));
+  if (state.history !== null) q.set("history", state.history.join(","));
+  history.pushState(null, "", `${location.pathname}?${q}`);
+}
+
+function say(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function labels(ids) {
+  const unique = [...new Set(ids)].slice(0, 1000);
+  if (!unique.length) return new Map();
+  const { creators } = await api("/creators", { ids: unique });
+  return new Map(creators.map((c) => [c.creator_id, c]));
+}
+
+function name(info, id) {
+  const c = info.get(id);
+  return c && c.name ? c.name : id;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.append(td);
+  return td;
+}
+
+// `label` must contain the visible text (WCAG 2.5.3: a voice user says what they see)
+function button(text, label, onClick, quiet = true) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  if (quiet) b.className = "quiet";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function renderHistory(state, answer, info) {
+  const list = $("history");
+  list.replaceChildren();
+  answer.history.forEach((id, i) => {
+    const li = document.createElement("li");
+    li.dataset.creatorId = id;
+    const c = info.get(id) || {};
+    li.append(`${name(info, id)} `);
+    const meta = document.createElement("span");
+    meta.className = "muted";
+    meta.textContent = `${c.category || ""} · ${id} `;
+    li.append(meta, button("Remove", `Remove ${name(info, id)}`, () => {
+      edit(state, answer.history.filter((_, j) => j !== i));
+    }));
+    list.append(li);
+  });
+  if (!answer.history.length) list.append(Object.assign(document.createElement("li"), { textContent: "(empty)" }));
+}
+
+function signed(x) {
+  return `${x < 0 ? "−" : "+"}${Math.abs(x).toFixed(3)}`;
+}
+
+function change(id, rank, before) {
+  if (!before) return ["", ""];
+  const was = before.get(id);
+  if (was === undefined) return ["entered", "new"];
+  if (was > rank) return [`rose ${was - rank}`, "up"];
+  if (was < rank) return [`fell ${rank - was}`, "down"];
+  return ["same", ""];
+}
+
+function renderRecs(state, answer, base, info) {
+  const before = base ? new Map(base.items.map((it, i) => [it.creator_id, i + 1])) : null;
+  const body = $("recs").querySelector("tbody");
+  body.replaceChildren();
+  answer.items.forEach((item, i) => {
+    const row = document.createElement("tr");
+    row.dataset.creatorId = item.creator_id;
+    const c = info.get(item.creator_id) || {};
+    cell(row, String(i + 1), "num");
+    cell(row, name(info, item.creator_id));
+    cell(row, c.category || "");
+    cell(row, item.score === null ? "" : item.score.toFixed(3), "num");
+    cell(row, c.popularity === undefined || c.popularity === null ? "" : String(c.popularity), "num");
+    cell(row, item.why.map((w) => `${name(info, w.creator_id)} ${signed(w.contribution)}`).join(", "), "why");
+    const [text, cls] = change(item.creator_id, i + 1, before);
+    cell(row, text, cls);
+    const actions = document.createElement("td");
+    actions.append(button("Add to history", `Add to history: ${name(info, item.creator_id)}`, () => {
+      edit(state, [...answer.history, item.creator_id]);
+    }));
+    row.append(actions);
+    body.append(row);
+  });
+  const gone = base ? base.items.filter((it) => !answer.items.some((x) => x.creator_id === it.creator_id)) : [];
+  $("left-box").hidden = !gone.length;
+  $("left").replaceChildren(...gone.map((it) => Object.assign(document.createElement("li"), {
+    textContent: `${name(info, it.creator_id)} (was ${before.get(it.creator_id)})`,
+  })));
+}
+
+function edit(state, history) {
+  state.history = history;
+  writeState(state);
+  show(state);
+}
+
+async function show(state) {
+  $("fan").value = state.fan;
+  $("k").value = String(state.k);
+  if (!state.fan && !state.invented) return say("Enter a fan id, or start from an empty fan.");
+  say("Asking the model…");
+  const who = state.fan ? { user_id: state.fan } : {};
+  try {
+    const base = await api("/what-if", { ...who, k: state.k, why: 3 });
+    const edited = state.history === null ? null : await api("/what-if", { ...who, history: state.history, k: state.k, why: 3 });
+    const answer = edited || base;
+    const ids = [...base.history, ...answer.history, ...base.items.map((x) => x.creator_id),
+      ...answer.items.flatMap((x) => [x.creator_id, ...x.why.map((w) => w.creator_id)])];
+    const info = await labels(ids);
+    $("edited").hidden = edited === null;
+    $("reset").hidden = edited === null;
+    renderHistory(state, answer, info);
+    renderRecs(state, answer, edited ? base : null, info);
+    const flag = answer.degraded ? `, degraded: ${answer.degraded}` : "";
+    say(`${answer.items.length} creators from the ${answer.source}${answer.cold_start ? " (cold start)" : ""}${flag}, ${answer.index_version}, in ${answer.took_ms.toFixed(0)} ms.`);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function showVersions() {
+  try {
+    const v = await api("/versions");
+    const served = v.versions.find((x) => x.index_version === v.served) || {};
+    $("versions").textContent = `Serving ${v.served} (model ${String(served.model_version || "").slice(0, 12)}), ${v.versions.length} published.`;
+  } catch (error) {
+    $("versions").textContent = error.message;
+  }
+}
+
+function start() {
+  const state = readState();
+  $("find").addEventListener("submit", (event) => {
+    event.preventDefault();
+    Object.assign(state, { fan: $("fan").value.trim(), k: Number($("k").value) || 10, history: null, invented: false });
+    writeState(state);
+    show(state);
+  });
+  $("invent").addEventListener("click", () => {
+    Object.assign(state, { fan: "", history: [], invented: true });
+    writeState(state);
+    show(state);
+  });
+  $("add").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = $("add-id").value.trim();
+    if (!id) return;
+    const current = state.history ?? [...$("history").querySelectorAll("li[data-creator-id]")].map((li) => li.dataset.creatorId);
+    $("add-id").value = "";
+    edit(state, [...current, id]);
+  });
+  $("reset").addEventListener("click", () => edit(state, null));
+  addEventListener("popstate", () => show(Object.assign(state, readState())));
+  showVersions();
+  show(state);
+}
+
+start();

@@ -1,0 +1,52 @@
+"""Fixtures of the explorer tests: the serving tests' tiny model, published index and feature
+store (tests/serving/conftest.py), registered here too, and the explorer on a real server."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.serving import conftest as serving_fixtures
+
+one_thread = serving_fixtures.one_thread
+tiny_data = serving_fixtures.tiny_data
+tiny_checkpoint = serving_fixtures.tiny_checkpoint
+trained = serving_fixtures.trained
+published = serving_fixtures.published
+store_root = serving_fixtures.store_root
+features_dir = serving_fixtures.features_dir
+fans = serving_fixtures.fans
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_CHROMIUM = "Debian's chromium is not installed: apt-get install chromium (.ci/run does)"
+
+
+@pytest.fixture(scope="package")
+def site(store_root, features_dir):
+    """The service with the explorer room, in-process tower, on a real uvicorn server:
+    (base URL, recommender)."""
+    from serving.api.app import create_app
+    from serving.features.embedded import EmbeddedStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+
+    rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh()
+    http, url = serving_fixtures.serve_http(create_app(rec, poll_seconds=None, rooms=["explorer"]))
+    yield url, rec
+    http.should_exit = True
+
+
+@pytest.fixture(scope="package")
+def browser():
+    """Headless chromium (Debian's, by path: Playwright cannot download its own here)."""
+    if CHROMIUM is None:
+        pytest.skip(NO_CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()

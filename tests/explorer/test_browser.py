@@ -1,0 +1,132 @@
+"""The explorer in a real browser (Debian's chromium, headless, driven by Playwright): find a
+fan, see the service's own answer, remove a history creator and see the tower's answer for the
+edited history, share the view as a link, use it from the keyboard, and no serious or critical
+accessibility violation (axe-core). Screenshots of each view go to artifacts/test-screens/."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from explorer.room import NODE_MODULES
+from tests.conftest import REPO
+
+SHOTS = REPO / "artifacts" / "test-screens"
+K = 10
+
+
+@pytest.fixture
+def page(browser):
+    p = browser.new_page(viewport={"width": 1366, "height": 800})
+    errors: list[str] = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    yield p
+    p.close()
+    assert errors == [], f"the page raised: {errors}"
+
+
+def shown(page) -> list[str]:
+    return page.locator("#recs tbody tr").evaluate_all("rows => rows.map(r => r.dataset.creatorId)")
+
+
+def history(page) -> list[str]:
+    return page.locator("#history li[data-creator-id]").evaluate_all(
+        "items => items.map(li => li.dataset.creatorId)"
+    )
+
+
+def rows_ready(page, n: int = K) -> None:
+    page.wait_for_function(f"document.querySelectorAll('#recs tbody tr').length === {n}")
+    page.wait_for_function("!document.getElementById('status').textContent.startsWith('Asking')")
+
+
+def ids(body: dict) -> list[str]:
+    return [i["creator_id"] for i in body["items"]]
+
+
+def no_serious_violations(page, view: str) -> None:
+    page.add_script_tag(path=str(NODE_MODULES / "axe-core" / "axe.min.js"))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    bad = [(v["id"], v["impact"], len(v["nodes"])) for v in result["violations"]
+           if v["impact"] in ("serious", "critical")]  # fmt: skip
+    assert bad == [], f"{view}: {bad}"
+
+
+def test_a_fans_view_is_the_services_answer_and_a_removal_is_the_towers(site, page, fans):
+    url, _ = site
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{url}/explorer")
+    page.fill("#fan", fans[0])
+    page.fill("#k", str(K))
+    page.click("#find button[type=submit]")
+    rows_ready(page)
+    served = httpx.post(f"{url}/recommend", json={"user_id": fans[0], "k": K}).json()
+    assert shown(page) == ids(served)
+    labels = httpx.post(f"{url}/creators", json={"ids": ids(served)}).json()["creators"]
+    names = page.locator("#recs tbody tr td:nth-child(2)").all_inner_texts()
+    assert names == [c["name"] for c in labels]
+    assert all(page.locator("#recs tbody tr td.why").all_inner_texts())  # every item has a why
+    page.screenshot(path=str(SHOTS / "fan.png"), full_page=True)
+    no_serious_violations(page, "fan view")
+
+    before = history(page)
+    page.locator("#history li").first.get_by_role("button").click()
+    page.wait_for_selector("#edited:not([hidden])")
+    rows_ready(page)
+    assert history(page) == before[1:]
+    edited = httpx.post(
+        f"{url}/what-if", json={"user_id": fans[0], "history": before[1:], "k": K, "why": 0}
+    ).json()
+    assert shown(page) == ids(edited)
+    assert "history=" in page.url
+    page.screenshot(path=str(SHOTS / "what-if.png"), full_page=True)
+    no_serious_violations(page, "what-if view")
+
+    # the link is the view: opened afresh, it shows the same edited list
+    link = page.url
+    page.goto("about:blank")
+    page.goto(link)
+    rows_ready(page)
+    assert shown(page) == ids(edited) and history(page) == before[1:]
+
+
+def test_an_empty_fan_starts_cold_and_gets_personal_as_creators_are_added(site, page, fans):
+    url, _ = site
+    page.goto(f"{url}/explorer?k={K}")
+    page.click("#invent")
+    rows_ready(page)
+    cold = httpx.post(f"{url}/what-if", json={"k": K, "why": 0}).json()
+    assert shown(page) == ids(cold) and cold["source"] == "popular"
+    first = shown(page)[0]
+    page.locator("#recs tbody tr").first.get_by_role("button").click()  # add it to the history
+    page.wait_for_function("document.querySelectorAll('#history li[data-creator-id]').length === 1")
+    rows_ready(page)
+    warm = httpx.post(f"{url}/what-if", json={"history": [first], "k": K, "why": 0}).json()
+    assert warm["source"] == "model" and shown(page) == ids(warm)
+    page.screenshot(path=str(SHOTS / "empty-fan.png"), full_page=True)
+
+
+def test_keyboard_only(site, page, fans):
+    url, _ = site
+    page.goto(f"{url}/explorer")
+    page.keyboard.press("Tab")  # the skip link first
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "fan"
+    page.keyboard.type(fans[1])
+    page.keyboard.press("Enter")
+    rows_ready(page)
+    before = history(page)
+    page.focus("#history li button")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#edited:not([hidden])")
+    rows_ready(page)
+    assert history(page) == before[1:]
+
+
+def test_a_bad_fan_id_is_said_plainly(site, page):
+    url, _ = site
+    page.goto(f"{url}/explorer?fan={'x' * 200}")
+    page.wait_for_selector("#status.error")
+    text = page.inner_text("#status")
+    assert "user_id" in text and len(text) < 300
