@@ -93,7 +93,9 @@ def create_app(
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     mount_rooms(app, rooms)
-    app.add_middleware(CountResponses, metrics=metrics, routes=app.router.routes)  # outermost
+    # the routers' own routes: app.router holds included routers as wrappers without a path
+    routes = [route for router in ROUTERS for route in router.routes]
+    app.add_middleware(CountResponses, metrics=metrics, routes=routes)  # outermost
     return app
 
 
