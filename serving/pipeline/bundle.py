@@ -64,6 +64,30 @@ class Bundle:
     loaded_at: float = field(default_factory=time.time)
 
     @functools.cached_property
+    def creator_map(self) -> dict[str, np.ndarray] | None:
+        """The version's creator map (index.projection) as columns, with `at` (faiss row → map
+        position) for placing creators; None for a version built without one."""
+        path = self.index.folder / index_store.MAP
+        if not path.exists():
+            return None
+        t = pq.read_table(path)
+        out = {name: t[name].to_numpy(zero_copy_only=False) for name in t.column_names}
+        out["at"] = {int(r): i for i, r in enumerate(out["row"])}
+        return out
+
+    def place(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map coordinates [n, 2] of faiss rows, and whether each is on the map itself (else it
+        sits at its nearest neighbour on the map, by the towers' inner product)."""
+        m = self.creator_map
+        on_map = np.array([int(r) in m["at"] for r in rows], bool)
+        at = np.array([m["at"].get(int(r), -1) for r in rows], np.int64)
+        if (~on_map).any():
+            sample = np.asarray(self.embeddings[m["row"]], np.float32)
+            queries = np.asarray(self.embeddings[rows[~on_map]], np.float32)
+            at[~on_map] = np.argmax(queries @ sample.T, axis=1)
+        return np.stack([m["x"][at], m["y"][at]], axis=1), on_map
+
+    @functools.cached_property
     def catalog(self) -> dict[str, np.ndarray]:
         """Name, category and training count by faiss row, read from the catalog the version
         was built from on first use (the explorer's labels)."""

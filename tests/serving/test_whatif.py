@@ -134,3 +134,41 @@ def test_creators_are_labelled_from_the_catalog(service, tiny_data):
         "popularity": None,
     }  # fmt: skip
     assert client.post("/creators", json={"ids": ["a"] * 1001}).status_code == 422
+
+
+def test_the_map_is_served_as_columns_and_places_any_creator(service):
+    client, rec = service
+    b = rec.bundle
+    body = client.get("/map").json()
+    n = body["points"]
+    assert n == b.creator_map["row"].size > 0
+    assert all(len(body[c]) == n for c in ("creator_id", "name", "category", "x", "y"))
+    assert max(body["category"]) < len(body["categories"])
+    on_map = body["creator_id"][:3]
+    placed = client.post("/map/place", json={"ids": [*on_map, "cr_nope"]}).json()
+    got = {c["creator_id"]: c for c in placed["creators"]}
+    assert "cr_nope" not in got
+    for i, c in enumerate(on_map):
+        assert got[c]["on_map"] and (got[c]["x"], got[c]["y"]) == pytest.approx(
+            (body["x"][i], body["y"][i]), abs=1e-3
+        )
+
+
+def test_a_creator_off_the_map_sits_at_its_nearest_neighbour_on_it(service):
+    """The tiny catalog is all on its map: keep the first 100 points, place the others."""
+    import copy
+
+    _, rec = service
+    b = copy.copy(rec.bundle)
+    full = rec.bundle.creator_map
+    part = {k: v[:100] for k, v in full.items() if k != "at"}
+    part["at"] = {int(r): i for i, r in enumerate(part["row"])}
+    b.__dict__["creator_map"] = part  # the cached property, replaced on the copy only
+    rows = full["row"][100:110]
+    xy, on_map = b.place(rows)
+    sample = np.asarray(b.embeddings[part["row"]])
+    nearest = np.argmax(np.asarray(b.embeddings[rows]) @ sample.T, axis=1)
+    assert not on_map.any()
+    assert np.allclose(xy, np.stack([part["x"][nearest], part["y"][nearest]], axis=1))
+    xy, on_map = b.place(part["row"][:5])
+    assert on_map.all() and np.allclose(xy[:, 0], part["x"][:5])
