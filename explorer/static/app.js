@@ -140,6 +140,55 @@ function renderRecs(state, answer, base, info) {
   })));
 }
 
+// -- the map: plotly.js scattergl (WebGL), one trace per category, the fan's creators on top
+const map = { data: null, shown: false, marked: { history: [], items: [] } };
+
+function traces(data) {
+  const byCategory = data.categories.map(() => ({ x: [], y: [], text: [] }));
+  data.category.forEach((c, i) => {
+    const t = byCategory[c];
+    t.x.push(data.x[i]);
+    t.y.push(data.y[i]);
+    t.text.push(`${data.name[i]} (${data.categories[c]}, ${data.popularity[i]} fans)`);
+  });
+  return byCategory.map((t, c) => ({
+    type: "scattergl", mode: "markers", name: data.categories[c] || "(none)", x: t.x, y: t.y,
+    text: t.text, hoverinfo: "text", marker: { size: 3, opacity: 0.6 },
+  }));
+}
+
+async function marks(ids, name, symbol, color) {
+  if (!ids.length) return { type: "scattergl", mode: "markers", name, x: [], y: [] };
+  const placed = (await api("/map/place", { ids })).creators;
+  return {
+    type: "scattergl", mode: "markers", name, x: placed.map((c) => c.x), y: placed.map((c) => c.y),
+    text: placed.map((c) => c.creator_id), hoverinfo: "text",
+    marker: { size: 11, symbol, color, line: { width: 1.5, color: "#000" } },
+  };
+}
+
+async function drawMap() {
+  if (!map.shown) return;
+  try {
+    if (!map.data) {
+      $("map-status").textContent = "Loading the map…";
+      map.data = await api("/map");
+    }
+    const extra = [
+      await marks(map.marked.history, "history", "diamond", "#ffd400"),
+      await marks(map.marked.items, "recommended", "star", "#ff3b8d"),
+    ];
+    $("map").hidden = false;
+    await Plotly.react("map", [...traces(map.data), ...extra], {
+      margin: { l: 10, r: 10, t: 10, b: 10 }, xaxis: { visible: false }, yaxis: { visible: false },
+      legend: { itemsizing: "constant" }, dragmode: "pan",
+    }, { responsive: true, scrollZoom: true, displaylogo: false });
+    $("map-status").textContent = `${map.data.points.toLocaleString()} creators; history: ${extra[0].x.length}, recommended: ${extra[1].x.length}.`;
+  } catch (error) {
+    $("map-status").textContent = error.message;
+  }
+}
+
 function edit(state, history) {
   state.history = history;
   writeState(state);
@@ -163,6 +212,8 @@ async function show(state) {
     $("reset").hidden = edited === null;
     renderHistory(state, answer, info);
     renderRecs(state, answer, edited ? base : null, info);
+    map.marked = { history: answer.history, items: answer.items.map((x) => x.creator_id) };
+    drawMap();
     const flag = answer.degraded ? `, degraded: ${answer.degraded}` : "";
     say(`${answer.items.length} creators from the ${answer.source}${answer.cold_start ? " (cold start)" : ""}${flag}, ${answer.index_version}, in ${answer.took_ms.toFixed(0)} ms.`);
   } catch (error) {
@@ -202,6 +253,11 @@ function start() {
     edit(state, [...current, id]);
   });
   $("reset").addEventListener("click", () => edit(state, null));
+  $("show-map").addEventListener("click", () => {
+    map.shown = true;
+    $("show-map").hidden = true;
+    drawMap();
+  });
   addEventListener("popstate", () => show(Object.assign(state, readState())));
   showVersions();
   show(state);

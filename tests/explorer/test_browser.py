@@ -130,3 +130,27 @@ def test_a_bad_fan_id_is_said_plainly(site, page):
     page.wait_for_selector("#status.error")
     text = page.inner_text("#status")
     assert "user_id" in text and len(text) < 300
+
+
+def test_the_map_marks_the_fans_history_and_recommendations(site, page, fans):
+    url, _ = site
+    page.goto(f"{url}/explorer?fan={fans[2]}&k={K}")
+    rows_ready(page)
+    page.click("#show-map")
+    page.wait_for_function(
+        "document.getElementById('map-status').textContent.includes('recommended')"
+    )
+    served = httpx.get(f"{url}/map").json()
+    # every map point is drawn, in a WebGL trace per category, plus the two marked traces
+    drawn = page.evaluate(
+        "() => document.getElementById('map').data.map(t => [t.name, t.type, t.x.length])"
+    )
+    by_name = {name: n for name, _, n in drawn}
+    assert (
+        sum(n for name, _, n in drawn if name not in ("history", "recommended")) == served["points"]
+    )
+    assert {t for _, t, _ in drawn} == {"scattergl"}
+    assert by_name["recommended"] == K and by_name["history"] == len(history(page))
+    assert page.locator("#map canvas").count() > 0
+    page.screenshot(path=str(SHOTS / "map.png"), full_page=True)
+    no_serious_violations(page, "map view")
