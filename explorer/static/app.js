@@ -30,6 +30,8 @@ function readState() {
     k: Math.min(100, Math.max(1, Number(q.get("k")) || 10)),
     history: history === null ? null : history.split(",").filter(Boolean),
     invented: q.get("invented") === "1",
+    a: q.get("a"),
+    b: q.get("b"),
   };
 }
 
@@ -39,6 +41,10 @@ function writeState(state) {
   if (state.invented) q.set("invented", "1");
   q.set("k", String(state.k));
   if (state.history !== null) q.set("history", state.history.join(","));
+  if (state.a && state.b) {
+    q.set("a", state.a);
+    q.set("b", state.b);
+  }
   history.pushState(null, "", `${location.pathname}?${q}`);
 }
 
@@ -189,6 +195,64 @@ async function drawMap() {
   }
 }
 
+// -- compare two published versions: one fan side by side, or a fixed sample summarised
+function versionPair(state) {
+  return { a: state.a || null, b: state.b || null };
+}
+
+function sideTable(id, items, otherRank, info) {
+  const table = $(id);
+  const body = table.querySelector("tbody");
+  body.replaceChildren(...items.map((item, i) => {
+    const row = document.createElement("tr");
+    row.dataset.creatorId = item.creator_id;
+    cell(row, String(i + 1), "num");
+    cell(row, name(info, item.creator_id));
+    const other = otherRank.get(item.creator_id);
+    cell(row, other === undefined ? "not in top" : String(other), other === undefined ? "new" : "num");
+    return row;
+  }));
+  table.hidden = false;
+}
+
+async function compareFan(state) {
+  if (!state.fan) return ($("compare-status").textContent = "Find a fan first.");
+  $("compare-status").textContent = "Comparing…";
+  try {
+    const c = await api("/compare", { user_id: state.fan, ...versionPair(state), k: state.k });
+    const info = await labels([...c.a.items, ...c.b.items].map((x) => x.creator_id));
+    const rankA = new Map(c.a.items.map((x, i) => [x.creator_id, i + 1]));
+    const rankB = new Map(c.b.items.map((x, i) => [x.creator_id, i + 1]));
+    $("compare-a").querySelector("caption").textContent = `A: ${c.a.index_version}`;
+    $("compare-b").querySelector("caption").textContent = `B: ${c.b.index_version}`;
+    sideTable("compare-a", c.a.items, rankB, info);
+    sideTable("compare-b", c.b.items, rankA, info);
+    $("compare-status").textContent = `overlap@${c.k}: ${c.overlap.toFixed(2)}`;
+  } catch (error) {
+    $("compare-status").textContent = error.message;
+  }
+}
+
+async function compareSample(state) {
+  $("compare-status").textContent = "Comparing over the sample…";
+  try {
+    const s = await api("/compare/sample", { ...versionPair(state), k: state.k, fans: 200 });
+    const rows = [
+      ["Versions", `${s.a} → ${s.b}`], ["Fans", String(s.fans)],
+      [`Mean overlap@${s.k}`, s.mean_overlap.toFixed(3)], ["Lists changed", `${(100 * s.share_changed).toFixed(1)} %`],
+      ["Mean popularity (fans) of what is recommended", `${s.popularity.a.toFixed(1)} → ${s.popularity.b.toFixed(1)}`],
+    ];
+    $("compare-summary").replaceChildren(...rows.flatMap(([k, v]) => [
+      Object.assign(document.createElement("dt"), { textContent: k }),
+      Object.assign(document.createElement("dd"), { textContent: v }),
+    ]));
+    $("compare-summary").hidden = false;
+    $("compare-status").textContent = `${s.fans} fans in ${s.took_ms.toFixed(0)} ms.`;
+  } catch (error) {
+    $("compare-status").textContent = error.message;
+  }
+}
+
 function edit(state, history) {
   state.history = history;
   writeState(state);
@@ -221,9 +285,23 @@ async function show(state) {
   }
 }
 
-async function showVersions() {
+async function showVersions(state) {
   try {
     const v = await api("/versions");
+    // A: the served version; B: the newest other one (the candidate), else the served one
+    const others = v.versions.filter((x) => x.index_version !== v.served);
+    const picks = { "version-a": v.served, "version-b": others.length ? others.at(-1).index_version : v.served };
+    for (const [id, pick] of Object.entries(picks)) {
+      $(id).replaceChildren(...[...v.versions].reverse().map((x) => Object.assign(document.createElement("option"), {
+        value: x.index_version, textContent: `${x.index_version}${x.index_version === v.served ? " (served)" : ""}`,
+      })));
+      $(id).value = pick;
+    }
+    if (state.a && state.b) {  // a shared comparison
+      $("version-a").value = state.a;
+      $("version-b").value = state.b;
+      if (state.fan) compareFan(state);
+    }
     const served = v.versions.find((x) => x.index_version === v.served) || {};
     $("versions").textContent = `Serving ${v.served} (model ${String(served.model_version || "").slice(0, 12)}), ${v.versions.length} published.`;
   } catch (error) {
@@ -253,13 +331,26 @@ function start() {
     edit(state, [...current, id]);
   });
   $("reset").addEventListener("click", () => edit(state, null));
+  const pick = () => {
+    Object.assign(state, { a: $("version-a").value, b: $("version-b").value });
+    writeState(state);
+  };
+  $("compare").addEventListener("submit", (event) => {
+    event.preventDefault();
+    pick();
+    compareFan(state);
+  });
+  $("compare-sample").addEventListener("click", () => {
+    pick();
+    compareSample(state);
+  });
   $("show-map").addEventListener("click", () => {
     map.shown = true;
     $("show-map").hidden = true;
     drawMap();
   });
   addEventListener("popstate", () => show(Object.assign(state, readState())));
-  showVersions();
+  showVersions(state);
   show(state);
 }
 

@@ -50,3 +50,17 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         yield b
         b.close()
+
+
+@pytest.fixture(scope="package")
+def second_version(site, tiny_data, tmp_path_factory) -> str:
+    """A second model's version published into the site's store (another seed, no map); the
+    site keeps serving the first (it does not poll)."""
+    from index import rebuild
+    from tests.index.conftest import index_config, train_tiny
+
+    _, rec = site
+    run = train_tiny(tiny_data, tmp_path_factory.mktemp("run2"), epochs=1, seed=7, workers=0)
+    result = rebuild.run(index_config(rec.index_root, run, tiny_data, map_points=0))
+    assert result.status == "published", result.summary
+    return result.version

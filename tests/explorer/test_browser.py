@@ -154,3 +154,41 @@ def test_the_map_marks_the_fans_history_and_recommendations(site, page, fans):
     assert page.locator("#map canvas").count() > 0
     page.screenshot(path=str(SHOTS / "map.png"), full_page=True)
     no_serious_violations(page, "map view")
+
+
+def test_two_versions_side_by_side_and_over_a_sample(site, second_version, page, fans):
+    url, rec = site
+    first = rec.bundle.index_version
+    page.goto(f"{url}/explorer?fan={fans[3]}&k={K}")
+    rows_ready(page)
+    page.wait_for_function("document.getElementById('version-b').options.length === 2")
+    assert page.input_value("#version-a") == first  # the served one
+    assert page.input_value("#version-b") == second_version  # the candidate
+    page.click("#compare button[type=submit]")
+    page.wait_for_function(
+        "document.getElementById('compare-status').textContent.startsWith('overlap')"
+    )
+    pair = {"a": first, "b": second_version, "k": K}
+    api = httpx.post(f"{url}/compare", json={"user_id": fans[3], **pair}).json()
+    for side in ("a", "b"):
+        rows = page.locator(f"#compare-{side} tbody tr")
+        assert rows.evaluate_all("rs => rs.map(r => r.dataset.creatorId)") == ids(api[side])
+    assert f"{api['overlap']:.2f}" in page.inner_text("#compare-status")
+    page.click("#compare-sample")
+    page.wait_for_selector("#compare-summary:not([hidden])")
+    sample = httpx.post(f"{url}/compare/sample", json={**pair, "fans": 200}).json()
+    summary = page.inner_text("#compare-summary")
+    assert f"{sample['mean_overlap']:.3f}" in summary
+    assert f"{100 * sample['share_changed']:.1f} %" in summary
+    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+    no_serious_violations(page, "comparison view")
+
+    link = page.url  # the comparison is a link too
+    assert f"a={first}" in link and f"b={second_version}" in link
+    page.goto("about:blank")
+    page.goto(link)
+    page.wait_for_function(
+        "document.getElementById('compare-status').textContent.startsWith('overlap')"
+    )
+    rows = page.locator("#compare-b tbody tr")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.creatorId)") == ids(api["b"])
