@@ -3,11 +3,12 @@ the served index; an id the index does not hold comes back with `indexed` false.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.api.schemas import ERRORS, Id
+from data.schema import ID_PATTERN
+from serving.api.schemas import ERRORS, MAX_ID_CHARS, Id, Problem
 from serving.api.state import ServicesDep
 
 router = APIRouter(tags=["explore"])
@@ -49,3 +50,36 @@ async def creators(req: CreatorsRequest, svc: ServicesDep) -> dict:
             "category": str(info["category"][row]), "popularity": int(info["train_count"][row]),
         })  # fmt: skip
     return {"index_version": bundle.index_version, "creators": out}
+
+
+class AudienceResponse(BaseModel):
+    creator_id: str
+    index_version: str
+    fans: int = Field(description="Fans in the fixed sample.")
+    recommended_to: int = Field(description="Sampled fans with the creator in their top k.")
+    mix: dict[str, float] = Field(description="Their history's mean category mix.")
+    overall: dict[str, float] = Field(description="The whole sample's, for comparison.")
+
+
+@router.get(
+    "/creators/{creator_id}/audience",
+    response_model=AudienceResponse,
+    responses={404: {"model": Problem, "description": "Not in the served index."}, **ERRORS},
+)
+async def audience(
+    svc: ServicesDep,
+    creator_id: str = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS),
+    k: int = Query(20, ge=1, le=100),
+    fans: int = Query(1000, ge=10, le=5000, description="The fixed, seeded sample's size."),
+) -> dict:
+    """Which kinds of fans get this creator recommended: the category mix of the histories of
+    the sampled fans whose top k hold it (the sample is answered once per version, then cached)."""
+    bundle = svc.bundle()
+    if creator_id not in bundle.row_of:
+        raise HTTPException(404, f"creator_id {creator_id!r} is not in {bundle.index_version}")
+    who = await run_in_threadpool(svc.recommender.audience, bundle, k, fans)
+    count, mix = who.of(creator_id)
+    return {
+        "creator_id": creator_id, "index_version": bundle.index_version, "fans": len(who.fans),
+        "recommended_to": count, "mix": mix, "overall": who.overall(),
+    }  # fmt: skip

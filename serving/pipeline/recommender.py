@@ -62,6 +62,8 @@ class Recommender:
         self.last_refresh_error: str | None = None
         self.on_swap: list[Callable[[Bundle], None]] = []
         self.versions = Versions(self.index_root, features, verify)
+        self._audiences: dict[tuple, versions.Audience] = {}
+        self._audience_lock = threading.Lock()
         """Other published versions, for comparisons (loaded on demand, in-process)."""
 
     @property
@@ -176,3 +178,22 @@ class Recommender:
             self.pipeline if bundle is self._bundle else versions.with_own_encoder(self.pipeline)
         )
         return Pipeline(stages.stages).run(requests, bundle).answers
+
+    def audience(self, bundle: Bundle, k: int, fans: int, seed: int = 0) -> versions.Audience:
+        """Who `bundle` recommends each creator to in a fixed sample of fans (cached per
+        version, k and sample: one batch of the sample answers every creator's question)."""
+        key = (bundle.index_version, k, fans, seed)
+        with self._audience_lock:
+            cached = self._audiences.get(key)
+        if cached is not None:
+            return cached
+        data_dir = Path(bundle.index.manifest["catalog"]["data_dir"])
+        ids = versions.sample_fans(data_dir, fans, seed)
+        answers = self.answer([Request(f, k) for f in ids], bundle)
+        f = self.features.lookup(ids)
+        histories = [bundle.rows(h[h != 0]) for h in f.history]
+        names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
+        made = versions.Audience(ids, answers, histories, (codes, names.tolist()))
+        with self._audience_lock:
+            self._audiences = {key: made}  # one sample at a time: a version's is a few MB
+        return made

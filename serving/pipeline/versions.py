@@ -78,3 +78,38 @@ def sample_fans(data_dir: Path, n: int, seed: int = 0) -> list[str]:
 def overlap(a: Sequence[str], b: Sequence[str], k: int) -> float:
     """|top-k of a ∩ top-k of b| / k."""
     return len(set(a[:k]) & set(b[:k])) / k if k else 0.0
+
+
+class Audience:
+    """Who a version recommends each creator to, over a fixed sample of fans: their top-k
+    answered once per (version, k, sample), then any creator's audience is a lookup. A fan's
+    kind is the category mix of their history."""
+
+    def __init__(self, fans: list[str], answers, histories: list[np.ndarray], categories):
+        self.fans = fans
+        self.recipients: dict[str, list[int]] = {}
+        for i, answer in enumerate(answers):
+            for c in answer.creator_ids:
+                self.recipients.setdefault(c, []).append(i)
+        self.mix = np.stack([_mix(h, categories) for h in histories]) if fans else None
+        self.categories = categories
+
+    def of(self, creator_id: str) -> tuple[int, dict[str, float]]:
+        """How many sampled fans get the creator, and their mean category mix."""
+        who = self.recipients.get(creator_id, [])
+        if not who:
+            return 0, {}
+        return len(who), dict(zip(self.categories[1], self.mix[who].mean(axis=0), strict=True))
+
+    def overall(self) -> dict[str, float]:
+        return dict(zip(self.categories[1], self.mix.mean(axis=0), strict=True))
+
+
+def _mix(rows: np.ndarray, categories) -> np.ndarray:
+    """Shares of each category in a fan's history (faiss rows)."""
+    codes, names = categories
+    out = np.zeros(len(names))
+    if len(rows):
+        np.add.at(out, codes[rows], 1.0)
+        out /= len(rows)
+    return out

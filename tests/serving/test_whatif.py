@@ -172,3 +172,31 @@ def test_a_creator_off_the_map_sits_at_its_nearest_neighbour_on_it(service):
     assert np.allclose(xy, np.stack([part["x"][nearest], part["y"][nearest]], axis=1))
     xy, on_map = b.place(part["row"][:5])
     assert on_map.all() and np.allclose(xy[:, 0], part["x"][:5])
+
+
+def test_a_creators_audience_is_the_category_mix_of_the_fans_it_is_recommended_to(service):
+    from collections import Counter
+
+    from serving.pipeline.versions import sample_fans
+
+    client, rec = service
+    b = rec.bundle
+    fans = sample_fans(b.index.manifest["catalog"]["data_dir"], 50, seed=0)
+    tops = {f: ids(client.post("/recommend", json={"user_id": f, "k": 5}).json()) for f in fans}
+    creator = Counter(c for top in tops.values() for c in top).most_common(1)[0][0]
+    r = client.get(f"/creators/{creator}/audience", params={"k": 5, "fans": 50})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    got = [f for f, top in tops.items() if creator in top]
+    assert body["fans"] == 50 and body["recommended_to"] == len(got) > 0
+    category = b.catalog["category"]
+    expected = Counter()
+    for f in got:
+        history = b.rows(rec.features.lookup([f]).history[0])
+        for cat, n in Counter(str(category[r]) for r in history).items():
+            expected[cat] += n / len(history) / len(got)
+    assert {c: round(v, 6) for c, v in body["mix"].items() if v} == {
+        c: round(v, 6) for c, v in expected.items()
+    }
+    assert sum(body["overall"].values()) == pytest.approx(1.0)
+    assert client.get("/creators/cr_nope/audience").status_code == 404
