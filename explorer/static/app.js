@@ -32,6 +32,7 @@ function readState() {
     invented: q.get("invented") === "1",
     a: q.get("a"),
     b: q.get("b"),
+    creator: q.get("creator"),
   };
 }
 
@@ -41,6 +42,7 @@ function writeState(state) {
   if (state.invented) q.set("invented", "1");
   q.set("k", String(state.k));
   if (state.history !== null) q.set("history", state.history.join(","));
+  if (state.creator) q.set("creator", state.creator);
   if (state.a && state.b) {
     q.set("a", state.a);
     q.set("b", state.b);
@@ -125,7 +127,15 @@ function renderRecs(state, answer, base, info) {
     row.dataset.creatorId = item.creator_id;
     const c = info.get(item.creator_id) || {};
     cell(row, String(i + 1), "num");
-    cell(row, name(info, item.creator_id));
+    const who = document.createElement("td");
+    const open = button(name(info, item.creator_id), `${name(info, item.creator_id)}: open the creator's view`, () => {
+      state.creator = item.creator_id;
+      writeState(state);
+      showCreator(state);
+    });
+    open.className = "link";
+    who.append(open);
+    row.append(who);
     cell(row, c.category || "");
     cell(row, item.score === null ? "" : item.score.toFixed(3), "num");
     cell(row, c.popularity === undefined || c.popularity === null ? "" : String(c.popularity), "num");
@@ -253,6 +263,38 @@ async function compareSample(state) {
   }
 }
 
+// -- a creator's view: similar creators, and the kinds of fans it is recommended to
+async function showCreator(state) {
+  if (!state.creator) return;
+  $("creator-box").hidden = false;
+  $("creator-status").textContent = "Asking…";
+  try {
+    const id = encodeURIComponent(state.creator);
+    const [similar, audience] = await Promise.all([
+      api(`/similar/${id}?k=10`), api(`/creators/${id}/audience?k=${state.k}&fans=1000`),
+    ]);
+    const info = await labels([state.creator, ...similar.items.map((x) => x.creator_id)]);
+    $("creator-title").textContent = `Creator: ${name(info, state.creator)}`;
+    $("similar").replaceChildren(...similar.items.map((x) => Object.assign(document.createElement("li"), {
+      textContent: `${name(info, x.creator_id)} (${(info.get(x.creator_id) || {}).category || ""})`,
+    })));
+    const cats = Object.keys(audience.overall).sort((p, q) => (audience.mix[q] || 0) - (audience.mix[p] || 0));
+    $("audience").querySelector("tbody").replaceChildren(...cats.map((cat) => {
+      const row = document.createElement("tr");
+      row.dataset.category = cat;
+      cell(row, cat);
+      cell(row, `${(100 * (audience.mix[cat] || 0)).toFixed(1)} %`, "num");
+      cell(row, `${(100 * audience.overall[cat]).toFixed(1)} %`, "num");
+      return row;
+    }));
+    $("audience-note").textContent = `In the top ${state.k} of ${audience.recommended_to} of ${audience.fans} sampled fans; the category mix of their histories:`;
+    $("creator-status").textContent = "";
+    $("creator-box").scrollIntoView({ block: "start" });
+  } catch (error) {
+    $("creator-status").textContent = error.message;
+  }
+}
+
 function edit(state, history) {
   state.history = history;
   writeState(state);
@@ -352,6 +394,7 @@ function start() {
   addEventListener("popstate", () => show(Object.assign(state, readState())));
   showVersions(state);
   show(state);
+  showCreator(state);
 }
 
 start();

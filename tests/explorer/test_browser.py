@@ -98,7 +98,7 @@ def test_an_empty_fan_starts_cold_and_gets_personal_as_creators_are_added(site, 
     cold = httpx.post(f"{url}/what-if", json={"k": K, "why": 0}).json()
     assert shown(page) == ids(cold) and cold["source"] == "popular"
     first = shown(page)[0]
-    page.locator("#recs tbody tr").first.get_by_role("button").click()  # add it to the history
+    page.locator("#recs tbody tr").first.locator("button.quiet").click()  # add it to the history
     page.wait_for_function("document.querySelectorAll('#history li[data-creator-id]').length === 1")
     rows_ready(page)
     warm = httpx.post(f"{url}/what-if", json={"history": [first], "k": K, "why": 0}).json()
@@ -192,3 +192,27 @@ def test_two_versions_side_by_side_and_over_a_sample(site, second_version, page,
     )
     rows = page.locator("#compare-b tbody tr")
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.creatorId)") == ids(api["b"])
+
+
+def test_a_creators_view_shows_similar_creators_and_who_gets_it(site, page, fans):
+    url, _ = site
+    page.goto(f"{url}/explorer?fan={fans[4]}&k={K}")
+    rows_ready(page)
+    creator = shown(page)[0]
+    page.locator("#recs tbody tr").first.locator("button.link").click()
+    page.wait_for_function("document.querySelectorAll('#audience tbody tr').length > 0")
+    assert f"creator={creator}" in page.url
+    similar = httpx.get(f"{url}/similar/{creator}", params={"k": 10}).json()
+    names = httpx.post(f"{url}/creators", json={"ids": ids(similar)}).json()["creators"]
+    shown_similar = page.locator("#similar li").all_inner_texts()
+    assert [t.split(" (")[0] for t in shown_similar] == [c["name"] for c in names]
+    audience = httpx.get(f"{url}/creators/{creator}/audience", params={"k": K}).json()
+    assert f"{audience['recommended_to']} of {audience['fans']}" in page.inner_text(
+        "#audience-note"
+    )
+    top = page.locator("#audience tbody tr").first
+    category = top.get_attribute("data-category")
+    assert category == max(audience["mix"], key=audience["mix"].get)
+    assert f"{100 * audience['mix'][category]:.1f} %" in top.inner_text()
+    page.screenshot(path=str(SHOTS / "creator.png"), full_page=True)
+    no_serious_violations(page, "creator view")
