@@ -83,3 +83,26 @@ async def audience(
         "creator_id": creator_id, "index_version": bundle.index_version, "fans": len(who.fans),
         "recommended_to": count, "mix": mix, "overall": who.overall(),
     }  # fmt: skip
+
+
+@router.get(
+    "/creators/{creator_id}/fans",
+    responses={404: {"model": Problem, "description": "Not in the served index."}, **ERRORS},
+)
+async def fans(
+    svc: ServicesDep,
+    creator_id: str = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS),
+    limit: int = Query(20, ge=1, le=1000),
+) -> dict:
+    """Fans who follow the creator in the training data, newest first: how the explorer finds
+    a fan by a creator they follow."""
+    bundle = svc.bundle()
+    row = bundle.row_of.get(creator_id)
+    if row is None:
+        raise HTTPException(404, f"creator_id {creator_id!r} is not in {bundle.index_version}")
+    indptr, users = await run_in_threadpool(lambda: bundle.followers)
+    start, end = int(indptr[row]), int(indptr[row + 1])
+    return {
+        "creator_id": creator_id, "index_version": bundle.index_version, "total": end - start,
+        "fans": [str(u) for u in users[start : min(end, start + limit)]],
+    }  # fmt: skip

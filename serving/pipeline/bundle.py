@@ -88,6 +88,28 @@ class Bundle:
         return np.stack([m["x"][at], m["y"][at]], axis=1), on_map
 
     @functools.cached_property
+    def followers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Who follows each creator in the training pairs of the version's dataset, each fan
+        once, newest first: (indptr [N + 1] by faiss row, user ids in that order). Read on
+        first use (the explorer's "find a fan by a creator they follow")."""
+        data_dir = Path(self.index.manifest["catalog"]["data_dir"])
+        pairs = pq.read_table(data_dir / tables.TRAIN, columns=["user_idx", "creator_idx", "ts"])
+        creator = pairs["creator_idx"].to_numpy().astype(np.int64)
+        known = np.isin(creator, self.index.creator_idx)
+        rows = self.rows(creator[known])  # same order as the known pairs
+        user = pairs["user_idx"].to_numpy()[known].astype(np.int64)
+        order = np.lexsort((-pairs["ts"].to_numpy()[known], rows))
+        key = rows[order] * (int(user.max(initial=0)) + 1) + user[order]
+        _, first = np.unique(key, return_index=True)  # each (creator, fan) once: the newest
+        order = order[np.sort(first)]
+        indptr = np.zeros(len(self.index.creator_idx) + 1, np.int64)
+        np.add.at(indptr, rows[order] + 1, 1)
+        users = pq.read_table(data_dir / tables.USERS, columns=["user_idx", "user_id"])
+        names = np.empty(int(users["user_idx"].to_numpy().max(initial=0)) + 1, dtype=object)
+        names[users["user_idx"].to_numpy()] = users["user_id"].to_pylist()
+        return np.cumsum(indptr), names[user[order]]
+
+    @functools.cached_property
     def catalog(self) -> dict[str, np.ndarray]:
         """Name, category and training count by faiss row, read from the catalog the version
         was built from on first use (the explorer's labels)."""

@@ -200,3 +200,30 @@ def test_a_creators_audience_is_the_category_mix_of_the_fans_it_is_recommended_t
     }
     assert sum(body["overall"].values()) == pytest.approx(1.0)
     assert client.get("/creators/cr_nope/audience").status_code == 404
+
+
+def test_fans_of_a_creator_are_found_newest_first(service, tiny_data):
+    import pyarrow.parquet as pq
+
+    from data import tables
+
+    client, rec = service
+    pairs = pq.read_table(tiny_data / tables.TRAIN).to_pylist()
+    users = {
+        r["user_idx"]: r["user_id"] for r in pq.read_table(tiny_data / tables.USERS).to_pylist()
+    }
+    creator = next(iter(rec.bundle.row_of))
+    idx = int(rec.bundle.vocabulary([creator])[0][0])
+    newest: dict[str, int] = {}
+    for p in pairs:
+        if p["creator_idx"] == idx:
+            u = users[p["user_idx"]]
+            newest[u] = max(newest.get(u, p["ts"]), p["ts"])
+    expected = sorted(newest, key=lambda u: -newest[u])
+    body = client.get(f"/creators/{creator}/fans", params={"limit": 1000}).json()
+    assert body["total"] == len(expected) > 0
+    assert sorted(body["fans"]) == sorted(expected)
+    times = [newest[u] for u in body["fans"]]
+    assert times == sorted(times, reverse=True)
+    assert len(client.get(f"/creators/{creator}/fans", params={"limit": 2}).json()["fans"]) == 2
+    assert client.get("/creators/cr_nope/fans").status_code == 404
