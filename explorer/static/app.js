@@ -359,6 +359,27 @@ function start() {
     writeState(state);
     show(state);
   });
+  $("by-creator").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = $("followed").value.trim();
+    if (!id) return;
+    try {
+      const found = await api(`/creators/${encodeURIComponent(id)}/fans?limit=20`);
+      $("found").replaceChildren(...found.fans.map((fan) => {
+        const li = document.createElement("li");
+        li.append(button(fan, `${fan}: show this fan`, () => {
+          Object.assign(state, { fan, history: null, invented: false, creator: null });
+          writeState(state);
+          show(state);
+        }));
+        return li;
+      }));
+      $("found").hidden = false;
+      say(`${found.total} fans follow ${id}${found.total > found.fans.length ? `; the ${found.fans.length} newest` : ""}.`);
+    } catch (error) {
+      say(error.message, true);
+    }
+  });
   $("invent").addEventListener("click", () => {
     Object.assign(state, { fan: "", history: [], invented: true });
     writeState(state);

@@ -216,3 +216,21 @@ def test_a_creators_view_shows_similar_creators_and_who_gets_it(site, page, fans
     assert f"{100 * audience['mix'][category]:.1f} %" in top.inner_text()
     page.screenshot(path=str(SHOTS / "creator.png"), full_page=True)
     no_serious_violations(page, "creator view")
+
+
+def test_a_fan_is_found_by_a_creator_they_follow(site, page):
+    url, rec = site
+    creator = next(iter(rec.bundle.row_of))
+    page.goto(f"{url}/explorer")
+    page.fill("#followed", creator)
+    page.click("#by-creator button[type=submit]")
+    page.wait_for_selector("#found:not([hidden]) li")
+    listed = page.locator("#found li button").all_inner_texts()
+    api = httpx.get(f"{url}/creators/{creator}/fans", params={"limit": 20}).json()
+    assert listed == api["fans"] and listed
+    page.locator("#found li button").first.click()
+    rows_ready(page, n=10)
+    assert f"fan={listed[0]}" in page.url
+    followed = rec.features.lookup([listed[0]]).followed[0]
+    assert int(rec.bundle.vocabulary([creator])[0][0]) in set(followed.tolist())
+    no_serious_violations(page, "find by creator")
