@@ -94,9 +94,8 @@ class Bundle:
         first use (the explorer's "find a fan by a creator they follow")."""
         data_dir = Path(self.index.manifest["catalog"]["data_dir"])
         pairs = pq.read_table(data_dir / tables.TRAIN, columns=["user_idx", "creator_idx", "ts"])
-        creator = pairs["creator_idx"].to_numpy().astype(np.int64)
-        known = np.isin(creator, self.index.creator_idx)
-        rows = self.rows(creator[known])  # same order as the known pairs
+        found, known = self._find(pairs["creator_idx"].to_numpy())
+        rows = found[known]
         user = pairs["user_idx"].to_numpy()[known].astype(np.int64)
         order = np.lexsort((-pairs["ts"].to_numpy()[known], rows))
         key = rows[order] * (int(user.max(initial=0)) + 1) + user[order]
@@ -141,18 +140,22 @@ class Bundle:
 
     def ids(self, creator_idx: np.ndarray) -> list[str | None]:
         """The creator id of each vocabulary index; None where the index does not hold it."""
-        idx, indexed = np.asarray(creator_idx, np.int64), self.index.creator_idx
-        pos = np.minimum(np.searchsorted(indexed, idx), max(len(indexed) - 1, 0))
-        hit = indexed[pos] == idx if len(indexed) else np.zeros(len(idx), bool)
+        pos, hit = self._find(creator_idx)
         return [str(self.index.creator_id[p]) if h else None for p, h in zip(pos, hit, strict=True)]
 
     def rows(self, creator_idx: np.ndarray) -> np.ndarray:
         """The faiss rows of creator vocabulary indices (those the index holds)."""
-        if len(creator_idx) == 0:
-            return np.zeros(0, np.int64)
-        indexed = self.index.creator_idx
-        pos = np.minimum(np.searchsorted(indexed, creator_idx), len(indexed) - 1)
-        return pos[indexed[pos] == creator_idx].astype(np.int64)
+        pos, hit = self._find(creator_idx)
+        return pos[hit]
+
+    def _find(self, creator_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each vocabulary index: its faiss row where the index holds it, and whether it
+        does (the index's creator_idx ascends by row)."""
+        idx, indexed = np.asarray(creator_idx, np.int64), self.index.creator_idx
+        if len(idx) == 0 or len(indexed) == 0:
+            return np.zeros(len(idx), np.int64), np.zeros(len(idx), bool)
+        pos = np.minimum(np.searchsorted(indexed, idx), len(indexed) - 1).astype(np.int64)
+        return pos, indexed[pos] == idx
 
 
 def version_number(version: str) -> int:
