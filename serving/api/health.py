@@ -42,9 +42,10 @@ def readiness(svc) -> dict:
             "ok": _ping(rec.features),
             "breaker": rec.breakers["feature_store"].status(),
         },
-        "user_tower": _tower(rec, bundle),
-        **{name: status() for name, status in rec.health.items()},
     }
+    # each status read once: in a worker, Triton's is a file the parent writes
+    health = {name: status() for name, status in rec.health.items()}
+    deps |= {"user_tower": _tower(rec, bundle, health.get("triton")), **health}
     checks = {name: deps[name]["ok"] for name in ("index", "feature_store", "user_tower")}
     degraded = [reason for reason, on in (
         ("feature_store_unavailable", not checks["feature_store"]),
@@ -60,12 +61,12 @@ def readiness(svc) -> dict:
     return out
 
 
-def _tower(rec, bundle) -> dict:
+def _tower(rec, bundle, server: dict | None) -> dict:
     """The user tower: its server is trusted while the breaker is closed and (for a Triton the
-    service supervises) the server runs; the in-process fallback covers the rest."""
+    service supervises, `server` its status) the server runs; the in-process fallback covers
+    the rest."""
     breaker = rec.breakers["user_tower"].status()
-    server = rec.health.get("triton")
-    server_ok = breaker["state"] == "closed" and (server is None or server()["state"] == "running")
+    server_ok = breaker["state"] == "closed" and (server is None or server["state"] == "running")
     fallback = bundle is not None and bundle.tower.fallback is not None
     return {
         "ok": bundle is not None and (server_ok or fallback),
