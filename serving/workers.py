@@ -24,7 +24,6 @@ crashed) is started again by uvicorn's supervisor; a worker whose parent died st
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import gc
 import json
@@ -55,6 +54,7 @@ from serving.config import ServingConfig
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.towers import READY_TIMEOUT_S, InProcessTowers, SharedTritonTowers
 from serving.triton.client import TritonUnavailable
+from serving.triton.server import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +350,6 @@ def read_state(state: Path) -> dict:
 
 def _stop_with_parent(parent: int) -> None:
     """SIGTERM this worker (a graceful stop) when the parent dies, even by SIGKILL."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)

@@ -137,12 +137,13 @@ def free_ports(n: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the process that started it dies, however it dies."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child process: `sig` when the process that started it dies, however it dies
+    (Linux's PR_SET_PDEATHSIG; a no-op where there is none)."""
     import ctypes
 
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ class TritonServer:
                 env=server_environment(env),
                 cwd=work,
                 start_new_session=True,  # its own process group: stop() ends the stubs too
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
         atexit.register(self.stop)
         log.info("tritonserver pid %d on %s (log %s)", self.pid, self.repository, self.log_path)
