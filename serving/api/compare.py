@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import MissingInputError
-from serving.api.schemas import ERRORS, MAX_K, Id, Item, Problem
+from serving.api.schemas import ERRORS, MAX_K, Id, Item, Problem, items
 from serving.api.state import ServicesDep
 from serving.pipeline.stages import Request
 from serving.pipeline.versions import overlap, sample_fans
@@ -109,7 +109,8 @@ async def compare(req: CompareRequest, svc: ServicesDep) -> dict:
 async def compare_sample(req: SampleRequest, svc: ServicesDep) -> dict:
     started = time.perf_counter()
     a, b = await run_in_threadpool(_pair, svc, req.a, req.b)
-    fans = sample_fans(Path(a.index.manifest["catalog"]["data_dir"]), req.fans, req.seed)
+    data_dir = Path(a.index.manifest["catalog"]["data_dir"])
+    fans = await run_in_threadpool(sample_fans, data_dir, req.fans, req.seed)  # reads a table
     xs, ys = await run_in_threadpool(_both, svc, [Request(f, req.k) for f in fans], a, b)
     overlaps = [overlap(x.creator_ids, y.creator_ids, req.k) for x, y in zip(xs, ys, strict=True)]
     changed = [x.creator_ids != y.creator_ids for x, y in zip(xs, ys, strict=True)]
@@ -146,11 +147,7 @@ def _both(svc, requests: list[Request], a, b):
 
 
 def _side(bundle, answer) -> dict:
-    items = [
-        {"creator_id": c, "score": s}
-        for c, s in zip(answer.creator_ids, answer.scores, strict=True)
-    ]
-    return {**bundle.versions, "items": items, "source": answer.source}
+    return {**bundle.versions, "items": items(answer), "source": answer.source}
 
 
 def _changes(a: list[str], b: list[str]) -> list[dict]:

@@ -92,10 +92,7 @@ def response(answer, bundle, started: float, **who) -> Response:
     serialise it again cost ~8% of the service's CPU under load (tests check the shape)."""
     body = {
         **who,
-        "items": [
-            {"creator_id": c, "score": s if math.isfinite(s) else None}  # as pydantic would
-            for c, s in zip(answer.creator_ids, answer.scores, strict=True)
-        ],
+        "items": items(answer),
         **bundle.versions,
         "source": answer.source,
         "cold_start": answer.cold_start,
@@ -103,3 +100,12 @@ def response(answer, bundle, started: float, **who) -> Response:
         "took_ms": round((time.perf_counter() - started) * 1e3, 3),
     }
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+def items(answer) -> list[dict]:
+    """An answer's creators and scores as Item bodies (a non-finite score is null, as pydantic
+    would render it: JSON has no NaN)."""
+    return [
+        {"creator_id": c, "score": s if math.isfinite(s) else None}
+        for c, s in zip(answer.creator_ids, answer.scores, strict=True)
+    ]

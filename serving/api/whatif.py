@@ -10,7 +10,6 @@ to the user tower.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import UnavailableError
+from serving.api import schemas
 from serving.api.guard import echo
 from serving.api.schemas import ERRORS, MAX_K, Id, Item
 from serving.api.state import ServicesDep
@@ -114,24 +114,24 @@ def _answer(svc, req: WhatIfRequest):
     if req.history is not None:
         profile = profile.edited(creators.tolist())
     answer = rec.what_if(profile, Request(req.user_id or "", req.k, tuple(req.exclude)), bundle)
-    items = [{"creator_id": c, "score": s if math.isfinite(s) else None, "why": []}
-             for c, s in zip(answer.creator_ids, answer.scores, strict=True)]  # fmt: skip
-    history = [c for c in bundle.ids(profile.items()) if c is not None]
+    items = [item | {"why": []} for item in schemas.items(answer)]
+    names = bundle.ids(profile.items())  # the history's ids (None: not in the index)
+    history = [c for c in names if c is not None]
     out = {"user_id": req.user_id, "history": history, "items": items, **bundle.versions,
            "source": answer.source, "cold_start": answer.cold_start,
            "degraded": answer.degraded, "why_unavailable": None}  # fmt: skip
     if req.why and answer.source == "model" and len(profile.items()):
-        out["why_unavailable"] = _reasons(rec, profile, bundle, answer, items, req.why)
+        out["why_unavailable"] = _reasons(rec, profile, bundle, answer, items, names, req.why)
     return out, answer
 
 
-def _reasons(rec, profile, bundle, answer, items: list[dict], top: int) -> str | None:
-    """Fill each item's `why` with the history creators adding most to its score."""
+def _reasons(rec, profile, bundle, answer, items: list[dict], names: list, top: int):
+    """Fill each item's `why` with the history creators (`names`, by history position) adding
+    most to its score; the reason when the tower cannot say, else None."""
     try:
         delta, _ = rec.why(profile, bundle, answer.creator_ids)  # [history, items]
     except UnavailableError as e:
         return str(e)
-    names = bundle.ids(profile.items())
     for r, item in enumerate(items):
         best = [j for j in np.argsort(-delta[:, r], kind="stable") if names[j] is not None]
         item["why"] = [{"creator_id": names[j], "contribution": round(float(delta[j, r]), 6)}
