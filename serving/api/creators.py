@@ -14,6 +14,8 @@ from serving.api.state import ServicesDep
 router = APIRouter(tags=["explore"])
 
 MAX_IDS = 1000
+CREATOR_ID = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS)
+NOT_INDEXED = {404: {"model": Problem, "description": "Not in the served index."}}
 
 
 class CreatorsRequest(BaseModel):
@@ -64,19 +66,17 @@ class AudienceResponse(BaseModel):
 @router.get(
     "/creators/{creator_id}/audience",
     response_model=AudienceResponse,
-    responses={404: {"model": Problem, "description": "Not in the served index."}, **ERRORS},
+    responses={**NOT_INDEXED, **ERRORS},
 )
 async def audience(
     svc: ServicesDep,
-    creator_id: str = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS),
+    creator_id: str = CREATOR_ID,
     k: int = Query(20, ge=1, le=100),
     fans: int = Query(1000, ge=10, le=5000, description="The fixed, seeded sample's size."),
 ) -> dict:
     """Which kinds of fans get this creator recommended: the category mix of the histories of
     the sampled fans whose top k hold it (the sample is answered once per version, then cached)."""
-    bundle = svc.bundle()
-    if creator_id not in bundle.row_of:
-        raise HTTPException(404, f"creator_id {creator_id!r} is not in {bundle.index_version}")
+    bundle, _ = _indexed(svc, creator_id)
     who = await run_in_threadpool(svc.recommender.audience, bundle, k, fans)
     count, mix = who.of(creator_id)
     return {
@@ -87,22 +87,29 @@ async def audience(
 
 @router.get(
     "/creators/{creator_id}/fans",
-    responses={404: {"model": Problem, "description": "Not in the served index."}, **ERRORS},
+    responses={**NOT_INDEXED, **ERRORS},
 )
 async def fans(
     svc: ServicesDep,
-    creator_id: str = Path(pattern=ID_PATTERN, max_length=MAX_ID_CHARS),
+    creator_id: str = CREATOR_ID,
     limit: int = Query(20, ge=1, le=1000),
 ) -> dict:
     """Fans who follow the creator in the training data, newest first: how the explorer finds
     a fan by a creator they follow."""
-    bundle = svc.bundle()
-    row = bundle.row_of.get(creator_id)
-    if row is None:
-        raise HTTPException(404, f"creator_id {creator_id!r} is not in {bundle.index_version}")
+    bundle, row = _indexed(svc, creator_id)
     indptr, users = await run_in_threadpool(lambda: bundle.followers)
     start, end = int(indptr[row]), int(indptr[row + 1])
     return {
         "creator_id": creator_id, "index_version": bundle.index_version, "total": end - start,
         "fans": [str(u) for u in users[start : min(end, start + limit)]],
     }  # fmt: skip
+
+
+def _indexed(svc, creator_id: str):
+    """The served bundle and the creator's row in it; a 404 naming the version when it is
+    not there."""
+    bundle = svc.bundle()
+    row = bundle.row_of.get(creator_id)
+    if row is None:
+        raise HTTPException(404, f"creator_id {creator_id!r} is not in {bundle.index_version}")
+    return bundle, row
