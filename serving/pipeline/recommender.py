@@ -62,9 +62,9 @@ class Recommender:
         self.last_refresh_error: str | None = None
         self.on_swap: list[Callable[[Bundle], None]] = []
         self.versions = Versions(self.index_root, features, verify)
+        """Other published versions, for comparisons (loaded on demand, in-process)."""
         self._audiences: dict[tuple, versions.Audience] = {}
         self._audience_lock = threading.Lock()
-        """Other published versions, for comparisons (loaded on demand, in-process)."""
 
     @property
     def bundle(self) -> Bundle | None:
@@ -174,10 +174,11 @@ class Recommender:
     def answer(self, requests: Sequence[Request], bundle: Bundle) -> list[Answer]:
         """Requests answered from any bundle, off the books (no metrics, no answer log): the
         served one through the service's stages, another with an encoder of its own."""
-        stages = (
-            self.pipeline if bundle is self._bundle else versions.with_own_encoder(self.pipeline)
-        )
-        return Pipeline(stages.stages).run(requests, bundle).answers
+        if bundle is self._bundle:
+            pipeline = Pipeline(self.pipeline.stages)  # the same stages, without the observers
+        else:
+            pipeline = versions.with_own_encoder(self.pipeline)
+        return pipeline.run(requests, bundle).answers
 
     def audience(self, bundle: Bundle, k: int, fans: int, seed: int = 0) -> versions.Audience:
         """Who `bundle` recommends each creator to in a fixed sample of fans (cached per

@@ -51,8 +51,8 @@ class Versions:
             if version in self._loaded:
                 self._loaded.move_to_end(version)
                 return self._loaded[version]
-            if version not in index_store.list_versions(self.root):
-                names = index_store.list_versions(self.root)
+            names = index_store.list_versions(self.root)
+            if version not in names:
                 raise MissingInputError(f"index version {version!r} is not published; have {names}")
             bundle = load_bundle(self.root, version, InProcessTowers(), self.verify, self.features)
             self._loaded[version] = bundle
