@@ -295,10 +295,15 @@ async function showCreator(state) {
   }
 }
 
-function edit(state, history) {
-  state.history = history;
+// a new view: the state changes, the URL says so (a new history entry), the page redraws
+function go(state, changes) {
+  Object.assign(state, changes);
   writeState(state);
   show(state);
+}
+
+function edit(state, history) {
+  go(state, { history });
 }
 
 async function show(state) {
@@ -355,9 +360,7 @@ function start() {
   const state = readState();
   $("find").addEventListener("submit", (event) => {
     event.preventDefault();
-    Object.assign(state, { fan: $("fan").value.trim(), k: Number($("k").value) || 10, history: null, invented: false });
-    writeState(state);
-    show(state);
+    go(state, { fan: $("fan").value.trim(), k: Number($("k").value) || 10, history: null, invented: false });
   });
   $("by-creator").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -368,9 +371,7 @@ function start() {
       $("found").replaceChildren(...found.fans.map((fan) => {
         const li = document.createElement("li");
         li.append(button(fan, `${fan}: show this fan`, () => {
-          Object.assign(state, { fan, history: null, invented: false, creator: null });
-          writeState(state);
-          show(state);
+          go(state, { fan, history: null, invented: false, creator: null });
         }));
         return li;
       }));
@@ -381,9 +382,7 @@ function start() {
     }
   });
   $("invent").addEventListener("click", () => {
-    Object.assign(state, { fan: "", history: [], invented: true });
-    writeState(state);
-    show(state);
+    go(state, { fan: "", history: [], invented: true });
   });
   $("add").addEventListener("submit", async (event) => {
     event.preventDefault();
