@@ -18,6 +18,7 @@ Everything is package-scoped, so the model is trained and the server started onc
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -123,3 +124,19 @@ def service(store_root, features_dir):
     assert rec.refresh()
     with TestClient(create_app(rec, poll_seconds=None)) as client:
         yield client, rec
+
+
+@contextlib.contextmanager
+def redis_recommender(store_root: Path, features_dir: Path):
+    """A real redis-server loaded with `features_dir` and a recommender reading it, tower
+    in-process, its first version loaded: (recommender, server)."""
+    from serving.features.redis_store import RedisStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+    from tests.serving.redis_server import redis_server
+
+    with redis_server() as redis:
+        RedisStore.load(features_dir, redis.url)
+        rec = Recommender(store_root, RedisStore(redis.url), InProcessTowers())
+        rec.refresh()
+        yield rec, redis

@@ -21,13 +21,12 @@ import pytest
 from serving.api.app import create_app
 from serving.config import TritonSettings
 from serving.features.embedded import EmbeddedStore
-from serving.features.redis_store import RedisStore
 from serving.pipeline.recommender import Recommender
-from serving.pipeline.towers import InProcessTowers, TritonTowers
+from serving.pipeline.towers import TritonTowers
 from serving.triton.server import TritonServer
 from serving.triton.supervisor import Supervisor
-from tests.serving.conftest import serve_http
-from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
+from tests.serving.conftest import redis_recommender, serve_http
+from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER
 
 
 class Load:
@@ -217,10 +216,7 @@ def test_a_publish_while_triton_is_down_lands_once_it_is_back(
 def test_a_stopped_redis_degrades_flagged_and_recovers(store_root, features_dir, fans):
     import redis as redis_py
 
-    with redis_server() as redis:
-        RedisStore.load(features_dir, redis.url)
-        rec = Recommender(store_root, RedisStore(redis.url), InProcessTowers())
-        rec.refresh()
+    with redis_recommender(store_root, features_dir) as (rec, redis):
         http, url = serve_http(create_app(rec, poll_seconds=0.5))
         try:
             with Load(url, fans) as load, httpx.Client(base_url=url) as client:

@@ -16,11 +16,10 @@ from index import store as index_store
 from serving.api.app import create_app
 from serving.api.schemas import RecommendResponse
 from serving.features.embedded import EmbeddedStore
-from serving.features.redis_store import RedisStore
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.towers import InProcessTowers, TritonTowers
-from tests.serving.conftest import serve_http
-from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER, redis_server
+from tests.serving.conftest import redis_recommender, serve_http
+from tests.serving.redis_server import MISSING_REASON, REDIS_SERVER
 
 
 def followed_ids(rec: Recommender, user_id: str) -> set[str]:
@@ -197,10 +196,7 @@ def test_the_triton_path_answers_as_the_in_process_tower(
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
 def test_redis_feature_store_and_its_outage(store_root, features_dir, fans):
-    with redis_server() as redis:
-        RedisStore.load(features_dir, redis.url)
-        rec = Recommender(store_root, RedisStore(redis.url), InProcessTowers())
-        rec.refresh()
+    with redis_recommender(store_root, features_dir) as (rec, redis):
         embedded = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
         embedded.refresh()
         for fan in fans[:5]:
