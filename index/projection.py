@@ -109,19 +109,20 @@ def catalog_info(data_dir: Path, creator_idx: np.ndarray) -> dict[str, np.ndarra
 
 
 def write_map(
-    path: Path, embeddings: np.ndarray, rows_table: pa.Table, data_dir: Path, points: int, seed: int
-) -> dict:
-    """Sample, project and write the map of a version (`rows_table`: the index's rows, with
-    creator_idx and creator_id); returns its manifest record."""
+    path: Path, embeddings: np.ndarray, creator_idx: np.ndarray, creator_id: np.ndarray,
+    data_dir: Path, points: int, seed: int,
+) -> dict:  # fmt: skip
+    """Sample, project and write the map of a version (`creator_idx`, `creator_id`: the index's
+    rows); returns its manifest record."""
     started = time.perf_counter()
-    info = catalog_info(data_dir, rows_table["creator_idx"].to_numpy())
+    info = catalog_info(data_dir, creator_idx)
     bands = popularity_band(info["train_count"])
     strata = np.asarray([f"{b}|{c}" for b, c in zip(bands, info["category"], strict=True)])
     rows = stratified_sample(strata, points, seed)
     xy, method = project(embeddings[rows], seed)
     table = pa.table({
         "row": pa.array(rows, pa.int64()),
-        "creator_id": rows_table["creator_id"].take(pa.array(rows)),
+        "creator_id": pa.array(np.asarray(creator_id)[rows].tolist(), pa.string()),
         "name": pa.array(info["name"][rows].tolist(), pa.string()),
         "category": pa.array(info["category"][rows].tolist(), pa.string()),
         "train_count": pa.array(info["train_count"][rows], pa.int64()),

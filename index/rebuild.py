@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from common.config import to_dict, to_yaml
 from common.errors import (
@@ -253,11 +252,10 @@ def write_map(cfg: IndexConfig, inputs: Inputs, emb: export.Embeddings, folder: 
     """The version's creator map (index.projection), or None with `map_points` 0."""
     if not cfg.map_points:
         return None
-    rows = pq.read_table(folder / store.CREATORS)
-    data_dir = inputs.catalog.data_dir
     return projection.write_map(
-        folder / store.MAP, emb.xb, rows, data_dir, cfg.map_points, cfg.seed
-    )
+        folder / store.MAP, emb.xb, emb.creator_idx, emb.creator_id, inputs.catalog.data_dir,
+        cfg.map_points, cfg.seed,
+    )  # fmt: skip
 
 
 def write_user_tower(inputs: Inputs, path: Path) -> dict:
