@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from common.errors import MissingInputError
 from data import contract
 from towers.model import TowerConfig, TwoTower
+from training.evaluate import EVALUATIONS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class TrainedModel:
     """The data module's arguments: data_dir, user_attribute_buckets, max_user_attributes, ..."""
     epoch: int | None = None
     global_step: int | None = None
+    evaluations: list[dict] = field(default_factory=list)
+    """The run's evaluations up to this checkpoint, epoch by epoch (training.evaluate); empty
+    for a checkpoint saved before training kept them."""
 
     @property
     def attribute_hashing(self) -> tuple[int, int]:
@@ -121,4 +125,5 @@ def load(path: str | Path) -> TrainedModel:
         data_hparams=data_hparams,
         epoch=ckpt.get("epoch"),
         global_step=ckpt.get("global_step"),
+        evaluations=list(ckpt.get(EVALUATIONS, [])),
     )

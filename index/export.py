@@ -141,6 +141,7 @@ def describe(trained, catalog, xb, xq, probes, seed) -> dict:
             "checkpoint": str(trained.path),
             "epoch": trained.epoch,
             "global_step": trained.global_step,
+            "evaluations": trained.evaluations,
             "towers": vars(trained.config),
         },
         "catalog": {

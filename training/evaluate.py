@@ -13,6 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+EVAL_SPLIT = "test"
+"""The split each epoch's evaluation scores (issue 17 moves it to a validation split carved
+from train); every evaluation record names it."""
+EVALUATIONS = "evaluations"
+"""The checkpoint key under which training keeps its evaluations, epoch by epoch (the index
+records them in its manifest for the explorer's health view)."""
+
 
 @dataclass
 class Interactions:

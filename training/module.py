@@ -24,7 +24,7 @@ from data.contract import FIRST_ID, UNK
 from data.tables import CreatorFeatures, UserFeatures
 from towers.model import TowerConfig, TwoTower
 from training.data import positive_index
-from training.evaluate import finalize, merge_sums, metric_sums, top_k
+from training.evaluate import EVAL_SPLIT, EVALUATIONS, finalize, merge_sums, metric_sums, top_k
 from training.loss import (
     MultiPositiveLoss,
     RetrievalLoss,
@@ -147,6 +147,9 @@ class TwoTowerModule(pl.LightningModule):
         self.loss = RetrievalLoss(logq_correction, cross_device, mask_accidental_hits)
         self.user_loss = MultiPositiveLoss(logq_correction, cross_device, mask_accidental_hits)
         self._eval_rows: list[list] = []
+        self.evaluations: list[dict] = []
+        """Every evaluation of the run so far, as evaluation.jsonl has it; kept in the checkpoint
+        so the index built from it can show the model's curve (the explorer's health view)."""
 
     # -- data the steps need, moved to the module's device once --------------------------------
     def setup(self, stage: str) -> None:
@@ -356,9 +359,16 @@ class TwoTowerModule(pl.LightningModule):
         """One line per evaluation in <log_dir>/evaluation.jsonl, for scripts and benchmarks."""
         folder.mkdir(parents=True, exist_ok=True)
         epoch = self.current_epoch if epoch is None else epoch
-        line = {"epoch": epoch, "step": self.global_step, **result}
+        line = {"epoch": epoch, "step": self.global_step, "split": EVAL_SPLIT, **result}
+        self.evaluations.append({k: v if isinstance(v, str) else float(v) for k, v in line.items()})
         with open(folder / "evaluation.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[EVALUATIONS] = list(self.evaluations)  # plain floats: loads weights_only
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.evaluations = list(checkpoint.get(EVALUATIONS, []))  # a resumed run goes on
 
     def _all_reduce(self, value) -> np.ndarray:
         t = torch.as_tensor(np.asarray(value, dtype=np.float64))
