@@ -23,7 +23,16 @@ from fastapi.exceptions import RequestValidationError
 
 from common.errors import ConfigError
 from serving.answer_log import AnswerLog
-from serving.api import compare, creator_map, creators, health, recommend, similar, whatif
+from serving.api import (
+    compare,
+    creator_map,
+    creators,
+    health,
+    recommend,
+    similar,
+    version_health,
+    whatif,
+)
 from serving.api.batcher import Batcher
 from serving.api.guard import MAX_BODY_BYTES, BodyLimit, invalid_request
 from serving.api.metrics import CountResponses, Metrics
@@ -35,7 +44,7 @@ log = logging.getLogger(__name__)
 ROOMS_GROUP = "towerline.rooms"
 ROUTERS = (
     recommend.router, similar.router, whatif.router, compare.router, creators.router,
-    creator_map.router, health.router,
+    creator_map.router, version_health.router, health.router,
 )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.schema import ID_PATTERN
-from serving.api.schemas import ERRORS, MAX_ID_CHARS, Id, Problem
+from serving.api.schemas import ERRORS, MAX_ID_CHARS, Id, Problem, SampleFans, SampleK
 from serving.api.state import ServicesDep
 
 router = APIRouter(tags=["explore"])
@@ -71,8 +71,8 @@ class AudienceResponse(BaseModel):
 async def audience(
     svc: ServicesDep,
     creator_id: str = CREATOR_ID,
-    k: int = Query(20, ge=1, le=100),
-    fans: int = Query(1000, ge=10, le=5000, description="The fixed, seeded sample's size."),
+    k: SampleK = 20,
+    fans: SampleFans = 1000,
 ) -> dict:
     """Which kinds of fans get this creator recommended: the category mix of the histories of
     the sampled fans whose top k hold it (the sample is answered once per version, then cached)."""

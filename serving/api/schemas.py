@@ -9,7 +9,7 @@ import math
 import time
 from typing import Annotated, Any
 
-from fastapi import Response
+from fastapi import Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.schema import ID_PATTERN
@@ -20,6 +20,13 @@ MAX_ID_CHARS = 128
 """The longest id data.schema.ID_PATTERN admits: checked first, so a huge id costs nothing."""
 
 Id = Annotated[str, Field(max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+
+SampleK = Annotated[int, Query(ge=1, le=100, description="List length for each sampled fan.")]
+SampleFans = Annotated[
+    int, Query(ge=10, le=5000, description="The fixed, seeded fan sample's size.")
+]
+"""The fan sample that answers "who gets this creator" and a version's health (the recommender's
+audience): one sample per version and k, answered once."""
 
 
 class RecommendRequest(BaseModel):

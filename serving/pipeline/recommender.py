@@ -33,6 +33,10 @@ RELEASE_AFTER_S = 5.0
 bundle just before the swap finish on it first)."""
 
 
+AUDIENCES_KEPT = 4
+"""Fan samples answered (version × k) kept: the served and a compared version, two k's."""
+
+
 class Recommender:
     """Holds the current bundle and answers requests from it; swaps bundles safely."""
 
@@ -196,5 +200,7 @@ class Recommender:
         names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
         made = versions.Audience(ids, answers, histories, (codes, names.tolist()))
         with self._audience_lock:
-            self._audiences = {key: made}  # one sample at a time: a version's is a few MB
+            self._audiences[key] = made  # a sample's is a few MB: the newest few are kept
+            while len(self._audiences) > AUDIENCES_KEPT:
+                self._audiences.pop(next(iter(self._audiences)))
         return made
