@@ -67,6 +67,10 @@ class WhyItem(Item):
 class WhatIfResponse(BaseModel):
     user_id: str | None
     history: list[str] = Field(description="The history the user tower read, oldest first.")
+    since: list[int | None] = Field(
+        description="When the fan last interacted with each history creator in the training "
+        "data (ms since the epoch); null: not there (added in this what-if, or no fan)."
+    )
     items: list[WhyItem]
     model_version: str
     index_version: str
@@ -116,8 +120,13 @@ def _answer(svc, req: WhatIfRequest):
     answer = rec.what_if(profile, Request(req.user_id or "", req.k, tuple(req.exclude)), bundle)
     items = [item | {"why": []} for item in schemas.items(answer)]
     names = bundle.ids(profile.items())  # the history's ids (None: not in the index)
-    history = [c for c in names if c is not None]
-    out = {"user_id": req.user_id, "history": history, "items": items, **bundle.versions,
+    known = [j for j, c in enumerate(names) if c is not None]
+    history = [names[j] for j in known]
+    since = (
+        bundle.since(req.user_id, profile.items()[known]) if req.user_id else [None] * len(known)
+    )
+    out = {"user_id": req.user_id, "history": history, "since": since, "items": items,
+           **bundle.versions,
            "source": answer.source, "cold_start": answer.cold_start,
            "degraded": answer.degraded, "why_unavailable": None}  # fmt: skip
     if req.why and answer.source == "model" and len(profile.items()):

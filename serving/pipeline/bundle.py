@@ -88,25 +88,52 @@ class Bundle:
         return np.stack([m["x"][at], m["y"][at]], axis=1), on_map
 
     @functools.cached_property
-    def followers(self) -> tuple[np.ndarray, np.ndarray]:
-        """Who follows each creator in the training pairs of the version's dataset, each fan
-        once, newest first: (indptr [N + 1] by faiss row, user ids in that order). Read on
-        first use (the explorer's "find a fan by a creator they follow")."""
+    def training_pairs(self) -> dict[str, np.ndarray]:
+        """The training pairs of the version's dataset (user_idx, creator_idx, ts in ms) and
+        each user_idx's id (`user_id`), read on first use: who follows whom, and since when."""
         data_dir = Path(self.index.manifest["catalog"]["data_dir"])
         pairs = pq.read_table(data_dir / tables.TRAIN, columns=["user_idx", "creator_idx", "ts"])
-        found, known = self._find(pairs["creator_idx"].to_numpy())
-        rows = found[known]
-        user = pairs["user_idx"].to_numpy()[known].astype(np.int64)
-        order = np.lexsort((-pairs["ts"].to_numpy()[known], rows))
+        out = {c: pairs[c].to_numpy().astype(np.int64) for c in pairs.column_names}
+        users = pq.read_table(data_dir / tables.USERS, columns=["user_idx", "user_id"])
+        idx = users["user_idx"].to_numpy()
+        out["user_id"] = np.empty(int(idx.max(initial=0)) + 1, dtype=object)
+        out["user_id"][idx] = users["user_id"].to_pylist()
+        order = np.argsort(out["user_idx"], kind="stable")  # a fan's pairs, one slice
+        out["by_user"] = order
+        out["user_start"] = np.searchsorted(
+            out["user_idx"][order], np.arange(len(out["user_id"]) + 1)
+        )
+        out["user_of"] = {str(u): int(i) for i, u in zip(idx, out["user_id"][idx], strict=True)}
+        return out
+
+    @functools.cached_property
+    def followers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Who follows each creator in the training pairs, each fan once, newest first:
+        (indptr [N + 1] by faiss row, user ids in that order) (the explorer's "find a fan by a
+        creator they follow")."""
+        p = self.training_pairs
+        found, known = self._find(p["creator_idx"])
+        rows, user, ts = found[known], p["user_idx"][known], p["ts"][known]
+        order = np.lexsort((-ts, rows))
         key = rows[order] * (int(user.max(initial=0)) + 1) + user[order]
         _, first = np.unique(key, return_index=True)  # each (creator, fan) once: the newest
         order = order[np.sort(first)]
         indptr = np.zeros(len(self.index.creator_idx) + 1, np.int64)
         np.add.at(indptr, rows[order] + 1, 1)
-        users = pq.read_table(data_dir / tables.USERS, columns=["user_idx", "user_id"])
-        names = np.empty(int(users["user_idx"].to_numpy().max(initial=0)) + 1, dtype=object)
-        names[users["user_idx"].to_numpy()] = users["user_id"].to_pylist()
-        return np.cumsum(indptr), names[user[order]]
+        return np.cumsum(indptr), p["user_id"][user[order]]
+
+    def since(self, user_id: str, creator_idx: np.ndarray) -> list[int | None]:
+        """When the fan last interacted with each creator in the training pairs (ms since the
+        epoch); None for a pair training never saw (a creator added in a what-if)."""
+        p = self.training_pairs
+        u = p["user_of"].get(user_id)
+        if u is None or u + 1 >= len(p["user_start"]):
+            return [None] * len(creator_idx)
+        mine = p["by_user"][p["user_start"][u] : p["user_start"][u + 1]]
+        last: dict[int, int] = {}
+        for c, t in zip(p["creator_idx"][mine].tolist(), p["ts"][mine].tolist(), strict=True):
+            last[c] = max(t, last.get(c, t))
+        return [last.get(int(c)) for c in creator_idx]
 
     @functools.cached_property
     def catalog(self) -> dict[str, np.ndarray]:

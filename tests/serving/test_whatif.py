@@ -227,3 +227,27 @@ def test_fans_of_a_creator_are_found_newest_first(service, tiny_data):
     assert times == sorted(times, reverse=True)
     assert len(client.get(f"/creators/{creator}/fans", params={"limit": 2}).json()["fans"]) == 2
     assert client.get("/creators/cr_nope/fans").status_code == 404
+
+
+def test_history_says_since_when_the_fan_follows_each_creator(service, fans, tiny_data):
+    import pyarrow.parquet as pq
+
+    from data import tables
+
+    client, rec = service
+    fan = fans[6]
+    pairs = pq.read_table(tiny_data / tables.TRAIN).to_pylist()
+    users = {
+        r["user_id"]: r["user_idx"] for r in pq.read_table(tiny_data / tables.USERS).to_pylist()
+    }
+    newest: dict[int, int] = {}
+    for p in pairs:
+        if p["user_idx"] == users[fan]:
+            newest[p["creator_idx"]] = max(p["ts"], newest.get(p["creator_idx"], p["ts"]))
+    body = ask(client, user_id=fan, k=5, why=0)
+    idx, _ = rec.bundle.vocabulary(body["history"])
+    assert body["since"] == [newest[int(c)] for c in idx] and body["since"]
+    added = ids(body)[0]  # a creator the fan does not follow, added here: no date
+    edited = ask(client, user_id=fan, history=[*body["history"], added], k=5, why=0)
+    assert edited["since"] == [*body["since"], None]
+    assert ask(client, history=[added], k=5, why=0)["since"] == [None]  # a fan nobody knows
