@@ -2,25 +2,8 @@
 // Everything comes from the service's JSON API (/what-if, /creators, /versions); the page keeps
 // its state in the URL (?fan=…&k=…&history=a,b,c), so a view can be shared as a link.
 
-const $ = (id) => document.getElementById(id);
-
-async function api(path, body) {
-  const init = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  };
-  const response = await fetch(path, init);
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(problem(data, response.status));
-  return data;
-}
-
-function problem(data, status) {
-  // the service's 4xx name the field and a short prefix of the value
-  if (Array.isArray(data.detail)) {
-    return data.detail.map((d) => `${d.loc.slice(1).join(".")}: ${d.msg}${d.input ? ` (${d.input})` : ""}`).join("; ");
-  }
-  return data.detail || `the service answered ${status}`;
-}
+import { $, api } from "./api.js";
+import { showHealth } from "./health.js";
 
 function readState() {
   const q = new URLSearchParams(location.search);
@@ -33,6 +16,7 @@ function readState() {
     a: q.get("a"),
     b: q.get("b"),
     creator: q.get("creator"),
+    health: q.get("health"),
   };
 }
 
@@ -43,6 +27,7 @@ function writeState(state) {
   q.set("k", String(state.k));
   if (state.history !== null) q.set("history", state.history.join(","));
   if (state.creator) q.set("creator", state.creator);
+  if (state.health) q.set("health", state.health);
   if (state.a && state.b) {
     q.set("a", state.a);
     q.set("b", state.b);
@@ -96,7 +81,8 @@ function renderHistory(state, answer, info) {
     li.append(`${name(info, id)} `);
     const meta = document.createElement("span");
     meta.className = "muted";
-    meta.textContent = `${c.category || ""} · ${id} `;
+    const since = answer.since[i] === null ? "added here" : `since ${new Date(answer.since[i]).toISOString().slice(0, 10)}`;
+    meta.textContent = `${c.category || ""} · ${since} · ${id} `;
     li.append(meta, button("Remove", `Remove ${name(info, id)}`, () => {
       edit(state, answer.history.filter((_, j) => j !== i));
     }));
@@ -337,7 +323,10 @@ async function showVersions(state) {
     const v = await api("/versions");
     // A: the served version; B: the newest other one (the candidate), else the served one
     const others = v.versions.filter((x) => x.index_version !== v.served);
-    const picks = { "version-a": v.served, "version-b": others.length ? others.at(-1).index_version : v.served };
+    const picks = {
+      "version-a": v.served, "version-b": others.length ? others.at(-1).index_version : v.served,
+      "health-version": state.health || v.served,
+    };
     for (const [id, pick] of Object.entries(picks)) {
       $(id).replaceChildren(...[...v.versions].reverse().map((x) => Object.assign(document.createElement("option"), {
         value: x.index_version, textContent: `${x.index_version}${x.index_version === v.served ? " (served)" : ""}`,
@@ -349,6 +338,7 @@ async function showVersions(state) {
       $("version-b").value = state.b;
       if (state.fan) compareFan(state);
     }
+    if (state.health) showHealth(state.health, state.k);
     const served = v.versions.find((x) => x.index_version === v.served) || {};
     $("versions").textContent = `Serving ${v.served} (model ${String(served.model_version || "").slice(0, 12)}), ${v.versions.length} published.`;
   } catch (error) {
@@ -405,6 +395,12 @@ function start() {
   $("compare-sample").addEventListener("click", () => {
     pick();
     compareSample(state);
+  });
+  $("health").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.health = $("health-version").value;
+    writeState(state);
+    showHealth(state.health, state.k);
   });
   $("show-map").addEventListener("click", () => {
     map.shown = true;

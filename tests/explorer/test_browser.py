@@ -5,6 +5,8 @@ accessibility violation (axe-core). Screenshots of each view go to artifacts/tes
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 import pytest
 
@@ -70,6 +72,9 @@ def test_a_fans_view_is_the_services_answer_and_a_removal_is_the_towers(site, pa
     no_serious_violations(page, "fan view")
 
     before = history(page)
+    stored = httpx.post(f"{url}/what-if", json={"user_id": fans[0], "k": K, "why": 0}).json()
+    day = dt.datetime.fromtimestamp(stored["since"][0] / 1000, dt.UTC).date().isoformat()
+    assert f"since {day}" in page.locator("#history li").first.inner_text()  # when, beside who
     page.locator("#history li").first.get_by_role("button").click()
     page.wait_for_selector("#edited:not([hidden])")
     rows_ready(page)
@@ -234,3 +239,31 @@ def test_a_fan_is_found_by_a_creator_they_follow(site, page):
     followed = rec.features.lookup([listed[0]]).followed[0]
     assert int(rec.bundle.vocabulary([creator])[0][0]) in set(followed.tolist())
     no_serious_violations(page, "find by creator")
+
+
+def test_health_plots_a_versions_training_search_coverage_and_popularity(site, page):
+    url, rec = site
+    version = rec.bundle.index_version
+    page.goto(f"{url}/explorer")
+    page.wait_for_function("document.getElementById('health-version').options.length > 0")
+    assert page.input_value("#health-version") == version  # the served one first
+    page.click("#health button[type=submit]")
+    page.wait_for_function("document.getElementById('health-status').textContent.includes('ms')")
+    assert f"health={version}" in page.url  # a link to it
+    h = httpx.get(f"{url}/versions/{version}/health", params={"k": K}).json()
+    drawn = page.evaluate(
+        "ids => ids.map(id => document.getElementById(id).data.map(t => [t.name, t.y]))",
+        ["health-training", "health-search", "health-coverage", "health-popularity"],
+    )
+    ev = h["training"]["evaluations"]
+    assert dict(drawn[0])["recall@20"] == [e["recall@20"] for e in ev]
+    assert dict(drawn[0])["ndcg@20"] == [e["ndcg@20"] for e in ev]
+    assert dict(drawn[1])["served"] == [h["search"]["chosen"]["recall"]]
+    assert dict(drawn[2])["coverage@20"] == [e["coverage@20"] for e in ev]
+    bands = h["recommended"]["bands"]
+    assert dict(drawn[3])["recommended (list slots)"] == [b["recommended_share"] for b in bands]
+    assert f"{h['recommended']['distinct']:,} distinct creators" in page.inner_text(
+        "#health-coverage-text"
+    )
+    page.screenshot(path=str(SHOTS / "health.png"), full_page=True)
+    no_serious_violations(page, "health view")

@@ -1,0 +1,123 @@
+// Health at a glance: one published version as four plots (plotly.js), from
+// GET /versions/{v}/health. How the model trained (recall and NDCG@k by epoch), how close the
+// index search comes to exact search, how much of the catalog the fixed fan sample is shown,
+// and how popular what it is shown is against the catalog. Each plot's caption says its figures
+// in words (a screen reader reads the caption, not the plot).
+
+import { $, api } from "./api.js";
+
+const CONFIG = { responsive: true, displaylogo: false };
+const BASE = { margin: { l: 60, r: 15, t: 40, b: 50 }, font: { size: 12 }, legend: { orientation: "h", y: -0.3 } };
+const pct = (x, digits = 1) => `${(100 * x).toFixed(digits)} %`;
+const times = (x) => `${x < 10 ? x.toFixed(1) : x.toFixed(0)}×`;
+const count = (x) => Math.round(x).toLocaleString("en");
+
+function layout(title, x, y, extra = {}) {
+  return { ...BASE, title: { text: title, font: { size: 14 } }, xaxis: { title: { text: x }, ...extra.x }, yaxis: { title: { text: y }, ...extra.y }, ...extra.rest };
+}
+
+function keysOf(evaluations, metric) {
+  const keys = new Set(evaluations.flatMap((e) => Object.keys(e).filter((key) => key.startsWith(`${metric}@`))));
+  return [...keys].sort();
+}
+
+function byEpoch(evaluations, metrics) {
+  const x = evaluations.map((e) => e.epoch);
+  return metrics.flatMap((m) => keysOf(evaluations, m)).map((key) => ({
+    type: "scatter", mode: "lines+markers", name: key, x, y: evaluations.map((e) => e[key]),
+  }));
+}
+
+function epochLine(epoch) {
+  return epoch === null || epoch === undefined ? [] : [{
+    type: "line", x0: epoch, x1: epoch, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#4a5360" },
+  }];
+}
+
+function training(h) {
+  const t = h.training;
+  const ev = t.evaluations;
+  if (!ev.length) {
+    $("health-training").replaceChildren();
+    return (($("health-training-text").textContent = `Training: ${t.note}`), null);
+  }
+  const last = ev.at(-1);
+  const figures = [...keysOf(ev, "recall"), ...keysOf(ev, "ndcg")].map((key) => `${key} ${last[key].toFixed(4)}`);
+  $("health-training-text").textContent = `Training's evaluation on the ${last.split} split, by epoch; ` +
+    `the served weights are from epoch ${t.checkpoint_epoch} (dotted line). Last: ${figures.join(", ")}.`;
+  return Plotly.react("health-training", byEpoch(ev, ["recall", "ndcg"]),
+    layout("Training: recall and NDCG by epoch", "epoch", "score", {
+      x: { dtick: 1 }, y: { rangemode: "tozero" }, rest: { shapes: epochLine(t.checkpoint_epoch) },
+    }), CONFIG);
+}
+
+function params(p) {
+  return Object.entries(p).map(([k, v]) => `${k} ${v}`).join(", ");
+}
+
+function search(h) {
+  const s = h.search;
+  if (!s) return (($("health-search-text").textContent = "The index was not tuned: no recall was measured."), null);
+  const at = `recall@${s.k}`;
+  const curve = {
+    type: "scatter", mode: "markers", name: "settings measured", x: s.curve.map((p) => p.qps),
+    y: s.curve.map((p) => p.recall), text: s.curve.map((p) => params(p.params)), hoverinfo: "text+x+y",
+  };
+  const chosen = {
+    type: "scatter", mode: "markers", name: "served", x: [s.chosen.qps], y: [s.chosen.recall],
+    text: [params(s.chosen.params)], marker: { size: 13, symbol: "star", color: "#a40e26" },
+  };
+  const exact = { type: "scatter", mode: "markers", name: "exact search", x: [s.exact_qps], y: [1], marker: { size: 10, symbol: "square" } };
+  $("health-search-text").textContent = `${s.factory}: ${at} ${s.chosen.recall.toFixed(3)} against exact search ` +
+    `on ${count(s.queries)} real fan vectors (target ${s.recall_target}), with ${params(s.chosen.params)}: ` +
+    `${count(s.chosen.qps)} queries/s, ${times(s.chosen.qps / s.exact_qps)} exact search's ${count(s.exact_qps)}.`;
+  return Plotly.react("health-search", [curve, chosen, exact],
+    layout(`Index search: ${at} against exact search`, "queries per second (one core, log)", at, {
+      x: { type: "log" }, y: { range: [Math.min(0.5, ...s.curve.map((p) => p.recall)) - 0.02, 1.02] },
+    }), CONFIG);
+}
+
+function coverage(h) {
+  const r = h.recommended;
+  const traces = byEpoch(h.training.evaluations, ["coverage"]);
+  const served = {
+    type: "line", xref: "paper", x0: 0, x1: 1, y0: r.coverage, y1: r.coverage, line: { dash: "dash", color: "#a40e26" },
+  };
+  $("health-coverage-text").textContent = `${count(r.distinct)} distinct creators in ${count(r.fans)} sampled fans' ` +
+    `top ${r.k}: ${pct(r.coverage, r.coverage < 0.01 ? 3 : 1)} of ${count(r.catalog)} creators (dashed line); the lines are training's ` +
+    "coverage of its evaluation fans' lists by epoch.";
+  return Plotly.react("health-coverage", traces,
+    layout("Catalog coverage", "epoch", "share of the catalog", {
+      x: { dtick: 1 }, y: { tickformat: ".2%", rangemode: "tozero" },
+      rest: { shapes: [served], annotations: [{ xref: "paper", x: 0, y: r.coverage, yanchor: "bottom", xanchor: "left", showarrow: false, text: `served, fan sample (top ${r.k})` }] },
+    }), CONFIG);
+}
+
+function popularity(h) {
+  const r = h.recommended;
+  const labels = r.bands.map((b) => b.label);
+  const bars = [
+    { type: "bar", name: "catalog's creators", x: labels, y: r.bands.map((b) => b.catalog_share), marker: { color: "#8c959f" } },
+    { type: "bar", name: "recommended (list slots)", x: labels, y: r.bands.map((b) => b.recommended_share), marker: { color: "#0b5cad" } },
+  ];
+  $("health-popularity-text").textContent = `A recommended creator has ${r.mean_popularity.toFixed(1)} training ` +
+    `interactions on average (the catalog's: ${r.catalog_mean_popularity.toFixed(1)}); ${pct(r.top_1pct_share)} ` +
+    "of the list slots go to the catalog's 1 % most popular creators.";
+  return Plotly.react("health-popularity", bars,
+    layout("Popularity of what is recommended", "training interactions of the creator", "share", {
+      x: { type: "category" }, y: { tickformat: ".0%" }, rest: { barmode: "group" },
+    }), CONFIG);
+}
+
+export async function showHealth(version, k) {
+  $("health-status").textContent = "Measuring…";
+  try {
+    const h = await api(`/versions/${encodeURIComponent(version)}/health?k=${k}`);
+    $("health-plots").hidden = false;
+    await Promise.all([training(h), search(h), coverage(h), popularity(h)]);
+    const served = h.served ? " (served)" : "";
+    $("health-status").textContent = `${h.index_version}${served}, model ${h.model_version.slice(0, 12)}; answered in ${h.took_ms.toFixed(0)} ms.`;
+  } catch (error) {
+    $("health-status").textContent = error.message;
+  }
+}
