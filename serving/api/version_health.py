@@ -56,6 +56,10 @@ class Band(BaseModel):
 
 class Recommended(BaseModel):
     fans: int
+    degraded: int = Field(
+        description="Sampled fans a fallback answered (Triton or the feature "
+        "store failed): the figures are not the model's; ask again."
+    )
     k: int
     slots: int = Field(description="fans × k, less short lists.")
     distinct: int = Field(description="Distinct creators in the sample's lists.")

@@ -199,6 +199,8 @@ class Recommender:
         histories = [bundle.rows(h[h != 0]) for h in f.history]
         names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
         made = versions.Audience(ids, answers, histories, (codes, names.tolist()))
+        if made.degraded:  # a fallback's lists say nothing of the model: ask again next time
+            return made
         with self._audience_lock:
             self._audiences[key] = made  # a sample's is a few MB: the newest few are kept
             while len(self._audiences) > AUDIENCES_KEPT:

@@ -90,6 +90,8 @@ class Audience:
 
     def __init__(self, fans: list[str], answers, histories: list[np.ndarray], categories):
         self.fans = fans
+        self.degraded = sum(a.source != "model" for a in answers)
+        """Fans a fallback list answered (a dependency failed), not the model."""
         self.recipients: dict[str, list[int]] = {}
         for i, answer in enumerate(answers):
             for c in answer.creator_ids:
@@ -119,7 +121,8 @@ class Audience:
         recommended = np.bincount(band_rec, weights=slots, minlength=bands) / max(slots.sum(), 1)
         top = np.argsort(-popularity, kind="stable")[: max(len(popularity) // 100, 1)]
         return {
-            "fans": len(self.fans), "distinct": len(rows), "catalog": len(popularity),
+            "fans": len(self.fans), "degraded": self.degraded, "distinct": len(rows),
+            "catalog": len(popularity),
             "coverage": len(rows) / max(len(popularity), 1), "slots": int(slots.sum()),
             "top_1pct_share": float(slots[np.isin(rows, top)].sum() / max(slots.sum(), 1)),
             "mean_popularity": float((popularity[rows] * slots).sum() / max(slots.sum(), 1)),
