@@ -69,6 +69,7 @@ class Recommender:
         """Other published versions, for comparisons (loaded on demand, in-process)."""
         self._audiences: dict[tuple, versions.Audience] = {}
         self._audience_lock = threading.Lock()
+        self._audience_making = threading.Lock()
 
     @property
     def bundle(self) -> Bundle | None:
@@ -186,23 +187,29 @@ class Recommender:
 
     def audience(self, bundle: Bundle, k: int, fans: int, seed: int = 0) -> versions.Audience:
         """Who `bundle` recommends each creator to in a fixed sample of fans (cached per
-        version, k and sample: one batch of the sample answers every creator's question)."""
+        version, k and sample: one batch of the sample answers every creator's question).
+        One sample is answered at a time: a request for the one being answered (the
+        explorer's warm-up) waits for it rather than answering it again."""
         key = (bundle.index_version, k, fans, seed)
-        with self._audience_lock:
-            cached = self._audiences.get(key)
-        if cached is not None:
-            return cached
+        with self._audience_making:
+            with self._audience_lock:
+                cached = self._audiences.get(key)
+            if cached is not None:
+                return cached
+            made = self._answer_sample(bundle, k, fans, seed)
+            if made.degraded:  # a fallback's lists say nothing of the model: ask again later
+                return made
+            with self._audience_lock:
+                self._audiences[key] = made  # a sample's is a few MB: the newest few are kept
+                while len(self._audiences) > AUDIENCES_KEPT:
+                    self._audiences.pop(next(iter(self._audiences)))
+            return made
+
+    def _answer_sample(self, bundle: Bundle, k: int, fans: int, seed: int) -> versions.Audience:
         data_dir = Path(bundle.index.manifest["catalog"]["data_dir"])
         ids = versions.sample_fans(data_dir, fans, seed)
         answers = self.answer([Request(f, k) for f in ids], bundle)
         f = self.features.lookup(ids)
         histories = [bundle.rows(h[h != 0]) for h in f.history]
         names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
-        made = versions.Audience(ids, answers, histories, (codes, names.tolist()))
-        if made.degraded:  # a fallback's lists say nothing of the model: ask again next time
-            return made
-        with self._audience_lock:
-            self._audiences[key] = made  # a sample's is a few MB: the newest few are kept
-            while len(self._audiences) > AUDIENCES_KEPT:
-                self._audiences.pop(next(iter(self._audiences)))
-        return made
+        return versions.Audience(ids, answers, histories, (codes, names.tolist()))
