@@ -95,12 +95,13 @@ def one_fan(call: Clock, fan: str, k: int, a: str, b: str) -> None:
     call("health other", f"/versions/{b}/health", k=k)
 
 
-def first_views(url: str, fans: list[str], k: int) -> list[float]:
-    """ms from navigation to the fan's recommendations on screen, each in a fresh browser
-    context (nothing cached)."""
+def first_views(url: str, fans: list[str], k: int) -> dict[str, list[float]]:
+    """In a fresh browser context each (nothing cached): ms from navigation to the fan's
+    recommendations on screen; then the map: ms from the click to all points drawn, and ms per
+    redraw while panning it (the WebGL scatter; headless chromium renders it in software)."""
     from playwright.sync_api import sync_playwright
 
-    out = []
+    out: dict[str, list[float]] = {"first_view_ms": [], "map_draw_ms": [], "map_pan_ms": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
@@ -110,10 +111,29 @@ def first_views(url: str, fans: list[str], k: int) -> list[float]:
             page = context.new_page()
             page.goto(f"{url}/explorer?fan={fan}&k={k}")
             page.wait_for_function(f"document.querySelectorAll('#recs tbody tr').length === {k}")
-            out.append(page.evaluate("performance.now()"))
+            out["first_view_ms"].append(page.evaluate("performance.now()"))
+            started = page.evaluate("performance.now()")
+            page.click("#show-map")
+            page.wait_for_function("document.getElementById('map-status').textContent"
+                                   ".includes('recommended')", timeout=60_000)  # fmt: skip
+            out["map_draw_ms"].append(page.evaluate("performance.now()") - started)
+            out["map_pan_ms"] += page.evaluate(PAN)
             context.close()
         browser.close()
     return out
+
+
+PAN = """async () => {
+  const map = document.getElementById('map'), times = [];
+  const [x0, x1] = map.layout.xaxis.range, step = (x1 - x0) / 40;
+  for (let i = 1; i <= 20; i++) {
+    const t = performance.now();
+    await Plotly.relayout(map, {'xaxis.range': [x0 + i * step, x1 + i * step]});
+    await new Promise(requestAnimationFrame);
+    times.push(performance.now() - t);
+  }
+  return times;
+}"""
 
 
 def summary(ms: list[float]) -> dict:
@@ -143,13 +163,13 @@ def main() -> None:
         call = Clock(client)
         for fan in fans:
             one_fan(call, fan, args.k, a, b)
-        loads = first_views(svc.url, list(fans[: args.loads]), args.k)
+        browser = first_views(svc.url, list(fans[: args.loads]), args.k)
     out = {
         "fans": len(fans), "encoder": args.encoder, "k": args.k, "versions": [a, b],
         "warm_s": round(warm_s, 2),
         "first_ms": {kind: round(v[0], 1) for kind, v in call.first.items()},
         "calls": {kind: summary(ms) for kind, ms in call.times.items()},
-        "first_view_ms": [round(x) for x in loads],
+        "browser": {name: summary(ms) for name, ms in browser.items()},
     }  # fmt: skip
     print(json.dumps(out, indent=2))
     folder = REPO / "artifacts" / "bench" / "explorer"

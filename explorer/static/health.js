@@ -116,7 +116,9 @@ export async function showHealth(version, k) {
     $("health-plots").hidden = false;
     await Promise.all([training(h), search(h), coverage(h), popularity(h)]);
     const served = h.served ? " (served)" : "";
-    $("health-status").textContent = `${h.index_version}${served}, model ${h.model_version.slice(0, 12)}; answered in ${h.took_ms.toFixed(0)} ms.`;
+    const r = h.recommended;
+    const flag = r.degraded ? ` ${r.degraded} of ${r.fans} sampled fans got a fallback list (a dependency failed): the coverage and popularity are not the model's; show again shortly.` : "";
+    $("health-status").textContent = `${h.index_version}${served}, model ${h.model_version.slice(0, 12)}; answered in ${h.took_ms.toFixed(0)} ms.${flag}`;
   } catch (error) {
     $("health-status").textContent = error.message;
   }
