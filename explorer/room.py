@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from common.errors import MissingInputError
 from serving.api.creator_map import map_body
+from serving.pipeline.versions import sample_fans
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ VENDOR = {  # what the page loads, by the package that ships it
     "axe-core": NODE_MODULES / "axe-core",
 }
 SAMPLE = {"k": 10, "fans": 1000}
+COMPARE_FANS = 200  # the page's "Summarise over 200 fans"
 """The fan sample the page asks about first (its default k): audience and health."""
 
 
@@ -65,6 +67,16 @@ def _in_background(recommender, bundle) -> None:
     ).start()
 
 
+def _comparison(recommender, bundle) -> None:
+    """The version the page compares the served one with first (the newest other published),
+    loaded with its fan sample answered; and the comparison's own fan sample drawn."""
+    others = [v["index_version"] for v in recommender.versions.published()]
+    others = [v for v in others if v != bundle.index_version]
+    sample_fans(Path(bundle.index.manifest["catalog"]["data_dir"]), COMPARE_FANS, 0)
+    if others:
+        recommender.audience(recommender.bundle_of(others[-1]), SAMPLE["k"], SAMPLE["fans"])
+
+
 def warm(recommender, bundle) -> None:
     """Make what the explorer reads of a version: each piece is made once and kept (a failure
     is logged; the request that needs the piece then makes it, or says why it cannot)."""
@@ -74,6 +86,7 @@ def warm(recommender, bundle) -> None:
         "followers": lambda: bundle.followers,
         "map": lambda: bundle.creator_map is not None and map_body(bundle),
         "fan sample": lambda: recommender.audience(bundle, SAMPLE["k"], SAMPLE["fans"]),
+        "comparison": lambda: _comparison(recommender, bundle),
     }
     for name, step in steps.items():
         try:

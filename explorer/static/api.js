@@ -19,3 +19,16 @@ function problem(data, status) {
   }
   return data.detail || `the service answered ${status}`;
 }
+
+// plotly.js (~4.6 MB) is loaded when a plot is first shown, not with the page: the fan's view,
+// the first thing a partner sees, needs none of it
+let plotly = null;
+export function loadPlotly() {
+  plotly ??= new Promise((resolve, reject) => {
+    const script = Object.assign(document.createElement("script"), { src: "/explorer/vendor/plotly/plotly.min.js" });
+    script.onload = () => resolve(window.Plotly);
+    script.onerror = () => reject(new Error("could not load plotly.js from /explorer/vendor: run `make env`"));
+    document.head.append(script);
+  });
+  return plotly;
+}

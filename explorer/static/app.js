@@ -2,7 +2,7 @@
 // Everything comes from the service's JSON API (/what-if, /creators, /versions); the page keeps
 // its state in the URL (?fan=…&k=…&history=a,b,c), so a view can be shared as a link.
 
-import { $, api } from "./api.js";
+import { $, api, loadPlotly } from "./api.js";
 import { showHealth } from "./health.js";
 
 function readState() {
@@ -180,6 +180,7 @@ async function drawMap() {
       await marks(map.marked.history, "history", "diamond", "#ffd400"),
       await marks(map.marked.items, "recommended", "star", "#ff3b8d"),
     ];
+    await loadPlotly();
     $("map").hidden = false;
     await Plotly.react("map", [...traces(map.data), ...extra], {
       margin: { l: 10, r: 10, t: 10, b: 10 }, xaxis: { visible: false }, yaxis: { visible: false },
@@ -409,7 +410,8 @@ function start() {
   });
   addEventListener("popstate", () => show(Object.assign(state, readState())));
   showVersions(state);
-  show(state);
+  // once the fan's view is on screen, fetch plotly.js in the background for the map and plots
+  show(state).finally(() => loadPlotly().catch(() => {}));
   showCreator(state);
 }
 

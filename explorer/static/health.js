@@ -4,7 +4,7 @@
 // and how popular what it is shown is against the catalog. Each plot's caption says its figures
 // in words (a screen reader reads the caption, not the plot).
 
-import { $, api } from "./api.js";
+import { $, api, loadPlotly } from "./api.js";
 
 const CONFIG = { responsive: true, displaylogo: false };
 const BASE = { margin: { l: 60, r: 15, t: 40, b: 50 }, font: { size: 12 }, legend: { orientation: "h", y: -0.3 } };
@@ -112,7 +112,7 @@ function popularity(h) {
 export async function showHealth(version, k) {
   $("health-status").textContent = "Measuring…";
   try {
-    const h = await api(`/versions/${encodeURIComponent(version)}/health?k=${k}`);
+    const [h] = await Promise.all([api(`/versions/${encodeURIComponent(version)}/health?k=${k}`), loadPlotly()]);
     $("health-plots").hidden = false;
     await Promise.all([training(h), search(h), coverage(h), popularity(h)]);
     const served = h.served ? " (served)" : "";

@@ -98,6 +98,7 @@ class Audience:
                 self.recipients.setdefault(c, []).append(i)
         self.mix = np.stack([_mix(h, categories) for h in histories]) if fans else None
         self.categories = categories
+        self._exposure: dict | None = None
 
     def of(self, creator_id: str) -> tuple[int, dict[str, float]]:
         """How many sampled fans get the creator, and their mean category mix."""
@@ -112,7 +113,13 @@ class Audience:
     def exposure(self, row_of: dict[str, int], popularity: np.ndarray) -> dict:
         """What the sample's lists cover of the catalog and how popular it is: distinct
         creators, and the share of list slots against the share of catalog creators in each
-        popularity band (training interactions 0, 1, 2–3, 4–7, …)."""
+        popularity band (training interactions 0, 1, 2–3, 4–7, …). Worked out once (~25 ms
+        over a 1 M catalog): a sample belongs to one version."""
+        if self._exposure is None:
+            self._exposure = self._work_out_exposure(row_of, popularity)
+        return self._exposure
+
+    def _work_out_exposure(self, row_of: dict[str, int], popularity: np.ndarray) -> dict:
         rows = np.asarray([row_of[c] for c in self.recipients], np.int64)
         slots = np.asarray([len(v) for v in self.recipients.values()], np.float64)
         band_all, band_rec = _band(popularity), _band(popularity[rows])
