@@ -144,7 +144,7 @@ def _before(rec, version: str) -> str:
 
 def _both(svc, requests: list[Request], a, b):
     """Both versions' answers, side by side in two threads: each spends most of its time in
-    the tower and the index search, which release the GIL (1.5× faster on 2 cores)."""
+    the tower and the index search, which release the GIL."""
     other = _SIDE.submit(svc.recommender.answer, requests, b)
     return svc.recommender.answer(requests, a), other.result()
 
