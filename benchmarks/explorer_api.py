@@ -3,6 +3,8 @@ p99 on 2 cores), one call at a time as a person clicking makes them, and how soo
 view is interactive in a real browser (< 2 s).
 
     python benchmarks/explorer_api.py [--fans 200] [--encoder triton|onnx] [--loads 5]
+    python benchmarks/explorer_api.py --url http://127.0.0.1:8080 \
+        --data artifacts/data/synthetic_demo
 
 Builds the set when missing (benchmarks/serving_set.py) and makes sure the store holds two
 versions to compare: epoch 3's model and epoch 4's (served), each published with its map.
@@ -15,7 +17,8 @@ of their first recommendation (/similar, /creators/{id}/audience, /creators/{id}
 (/map, /map/place), the comparison (/compare, /compare/sample over 200 fans), /versions and
 both versions' health. The first call of each kind is reported apart. Last, `--loads` fresh
 browser pages (Debian's chromium) open a fan's link; the time from navigation to the
-recommendations on screen is the first view's. Writes artifacts/bench/explorer/results.json.
+recommendations on screen is the first view's. Writes artifacts/bench/explorer/results.json
+(with --url, the same calls against a running service: results-url.json).
 """
 
 from __future__ import annotations
@@ -153,6 +156,29 @@ def summary(ms: list[float]) -> dict:
     return out | {"max": round(max(ms), 2), "calls": len(ms)}
 
 
+def measure(url: str, fans: list[str], k: int, loads: int) -> dict:
+    """Every explorer call for each fan, against a running service; then the browser's."""
+    with httpx.Client(base_url=url, timeout=60) as client:
+        started = time.perf_counter()
+        listed = client.get("/versions").json()
+        a = listed["served"]
+        others = [v["index_version"] for v in listed["versions"] if v["index_version"] != a]
+        b = others[-1] if others else a  # one version published: it is compared with itself
+        for version in (a, b):  # each waits while the explorer prepares that version
+            client.get(f"/versions/{version}/health", params={"k": k}).raise_for_status()
+        warm_s = time.perf_counter() - started
+        call = Clock(client)
+        for fan in fans:
+            one_fan(call, fan, k, a, b)
+    browser = first_views(url, fans[:loads], k)
+    return {
+        "fans": len(fans), "k": k, "versions": [a, b], "warm_s": round(warm_s, 2),
+        "first_ms": {kind: round(v[0], 1) for kind, v in call.first.items()},
+        "calls": {kind: summary(ms) for kind, ms in call.times.items()},
+        "browser": {name: summary(ms) for name, ms in browser.items()},
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fans", type=int, default=200)
@@ -160,34 +186,26 @@ def main() -> None:
     ap.add_argument("--encoder", default="triton", choices=["triton", "onnx"])
     ap.add_argument("--loads", type=int, default=5)
     ap.add_argument("--port", type=int, default=18300)
+    ap.add_argument("--url", help="a running service to measure instead (`make demo`'s: "
+                    "http://127.0.0.1:8080); its fans come from --data")  # fmt: skip
+    ap.add_argument("--data", type=Path, default=REPO / "artifacts" / "data" / serving_set.NAME)
     args = ap.parse_args()
-    serving_set.ensure_built()
-    ensure_two_versions()
-    fans = sample_fans(REPO / "artifacts" / "data" / serving_set.NAME, args.fans, seed=5)
-    sets = ["--encoder", args.encoder, "--workers", "1"]
-    with serving_load.Service(args.port, sets) as svc, httpx.Client(base_url=svc.url) as client:
-        started = time.perf_counter()
-        listed = client.get("/versions").json()
-        a = listed["served"]
-        b = [v["index_version"] for v in listed["versions"] if v["index_version"] != a][-1]
-        for version in (a, b):  # each waits while the explorer prepares that version
-            client.get(f"/versions/{version}/health", params={"k": args.k}).raise_for_status()
-        warm_s = time.perf_counter() - started
-        call = Clock(client)
-        for fan in fans:
-            one_fan(call, fan, args.k, a, b)
-        browser = first_views(svc.url, list(fans[: args.loads]), args.k)
-    out = {
-        "fans": len(fans), "encoder": args.encoder, "k": args.k, "versions": [a, b],
-        "warm_s": round(warm_s, 2),
-        "first_ms": {kind: round(v[0], 1) for kind, v in call.first.items()},
-        "calls": {kind: summary(ms) for kind, ms in call.times.items()},
-        "browser": {name: summary(ms) for name, ms in browser.items()},
-    }  # fmt: skip
+    if args.url:
+        fans = list(sample_fans(args.data, args.fans, seed=5))
+        out = {"service": args.url, **measure(args.url, fans, args.k, args.loads)}
+        name = "results-url.json"
+    else:
+        serving_set.ensure_built()
+        ensure_two_versions()
+        fans = list(sample_fans(args.data, args.fans, seed=5))
+        sets = ["--encoder", args.encoder, "--workers", "1"]
+        with serving_load.Service(args.port, sets) as svc:
+            out = {"encoder": args.encoder, **measure(svc.url, fans, args.k, args.loads)}
+        name = "results.json"
     print(json.dumps(out, indent=2))
     folder = REPO / "artifacts" / "bench" / "explorer"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(out, indent=2))
+    (folder / name).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
