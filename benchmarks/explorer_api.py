@@ -1,4 +1,4 @@
-"""Latency of every explorer API call on the 1 M-creator serving set (issue 15: each ≤ 100 ms
+r"""Latency of every explorer API call on the 1 M-creator serving set (issue 15: each ≤ 100 ms
 p99 on 2 cores), one call at a time as a person clicking makes them, and how soon the first
 view is interactive in a real browser (< 2 s).
 
