@@ -274,7 +274,8 @@ async function showCreator(state) {
       cell(row, `${(100 * audience.overall[cat]).toFixed(1)} %`, "num");
       return row;
     }));
-    $("audience-note").textContent = `In the top ${state.k} of ${audience.recommended_to} of ${audience.fans} sampled fans; the category mix of their histories:`;
+    const flag = audience.degraded ? ` (${audience.degraded} of them got a fallback list: a dependency failed; not the model's figures)` : "";
+    $("audience-note").textContent = `In the top ${state.k} of ${audience.recommended_to} of ${audience.fans} sampled fans${flag}; the category mix of their histories:`;
     $("creator-status").textContent = "";
     $("creator-box").scrollIntoView({ block: "start" });
   } catch (error) {

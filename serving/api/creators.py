@@ -59,6 +59,10 @@ class AudienceResponse(BaseModel):
     index_version: str
     fans: int = Field(description="Fans in the fixed sample.")
     recommended_to: int = Field(description="Sampled fans with the creator in their top k.")
+    degraded: int = Field(
+        description="Sampled fans a fallback answered (a dependency failed): "
+        "the figures are not the model's; ask again shortly."
+    )
     mix: dict[str, float] = Field(description="Their history's mean category mix.")
     overall: dict[str, float] = Field(description="The whole sample's, for comparison.")
 
@@ -81,7 +85,7 @@ async def audience(
     count, mix = who.of(creator_id)
     return {
         "creator_id": creator_id, "index_version": bundle.index_version, "fans": len(who.fans),
-        "recommended_to": count, "mix": mix, "overall": who.overall(),
+        "recommended_to": count, "degraded": who.degraded, "mix": mix, "overall": who.overall(),
     }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import MissingInputError
+from common.errors import MissingInputError, UnavailableError
 from index import search
 from index import store as index_store
 from serving.pipeline import versions, whatif
@@ -209,7 +209,10 @@ class Recommender:
         data_dir = Path(bundle.index.manifest["catalog"]["data_dir"])
         ids = versions.sample_fans(data_dir, fans, seed)
         answers = self.answer([Request(f, k) for f in ids], bundle)
-        f = self.features.lookup(ids)
-        histories = [bundle.rows(h[h != 0]) for h in f.history]
+        degraded = sum(a.source != "model" for a in answers)
+        try:
+            histories = [bundle.rows(h[h != 0]) for h in self.features.lookup(ids).history]
+        except UnavailableError:  # the store failed after answering: the kinds are unknown
+            histories, degraded = [np.zeros(0, np.int64)] * len(ids), len(ids)
         names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
-        return versions.Audience(ids, answers, histories, (codes, names.tolist()))
+        return versions.Audience(ids, answers, histories, (codes, names.tolist()), degraded)

@@ -88,10 +88,11 @@ class Audience:
     answered once per (version, k, sample), then any creator's audience is a lookup. A fan's
     kind is the category mix of their history."""
 
-    def __init__(self, fans: list[str], answers, histories: list[np.ndarray], categories):
+    def __init__(self, fans, answers, histories: list[np.ndarray], categories, degraded=0):
         self.fans = fans
-        self.degraded = sum(a.source != "model" for a in answers)
-        """Fans a fallback list answered (a dependency failed), not the model."""
+        self.degraded = degraded
+        """Fans a fallback answered or whose history the store did not give (a dependency
+        failed): what the sample says is then not the model's."""
         self.recipients: dict[str, list[int]] = {}
         for i, answer in enumerate(answers):
             for c in answer.creator_ids:

@@ -244,6 +244,34 @@ def test_a_stopped_redis_degrades_flagged_and_recovers(store_root, features_dir,
     report("redis stopped", load, model_again_after_restart_s=round(back, 2))
 
 
+@pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
+def test_a_fan_sample_answered_while_redis_is_down_is_flagged_and_asked_again(
+    store_root, features_dir
+):
+    import redis as redis_py
+
+    with redis_recommender(store_root, features_dir) as (rec, redis):
+        http, url = serve_http(create_app(rec, poll_seconds=None))
+        health = f"{url}/versions/{rec.bundle.index_version}/health"
+        try:
+            redis_py.Redis.from_url(redis.url).save()
+            redis.stop()
+            down = httpx.get(health, params={"k": 5, "fans": 30}, timeout=30)
+            redis.restart()
+            deadline, again = time.monotonic() + 30, None
+            while time.monotonic() < deadline:
+                again = httpx.get(health, params={"k": 5, "fans": 30}, timeout=30).json()
+                if again["recommended"]["degraded"] == 0:
+                    break
+                time.sleep(0.5)
+        finally:
+            http.should_exit = True
+    assert down.status_code == 200, down.text  # degraded, never a 5xx
+    assert down.json()["recommended"]["degraded"] == 30  # flagged: not the model's figures
+    assert again["recommended"]["degraded"] == 0  # not kept: answered again once Redis is back
+    assert again["recommended"]["distinct"] > 0
+
+
 class _suppress:
     def __enter__(self):
         return self
