@@ -88,7 +88,7 @@ function coverage(h) {
     "coverage of its evaluation fans' lists by epoch.";
   return Plotly.react("health-coverage", traces,
     layout("Catalog coverage", "epoch", "share of the catalog", {
-      x: { dtick: 1 }, y: { tickformat: ".2%", rangemode: "tozero" },
+      x: { dtick: 1 }, y: { tickformat: ".2~%", rangemode: "tozero" },
       rest: { shapes: [served], annotations: [{ xref: "paper", x: 0, y: r.coverage, yanchor: "bottom", xanchor: "left", showarrow: false, text: `served, fan sample (top ${r.k})` }] },
     }), CONFIG);
 }
