@@ -360,7 +360,10 @@ class TwoTowerModule(pl.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         epoch = self.current_epoch if epoch is None else epoch
         line = {"epoch": epoch, "step": self.global_step, "split": EVAL_SPLIT, **result}
-        self.evaluations.append({k: v if isinstance(v, str) else float(v) for k, v in line.items()})
+        # plain Python values (a checkpoint loads weights_only): numpy scalars become floats
+        self.evaluations.append(
+            {k: v if isinstance(v, (str, int)) else float(v) for k, v in line.items()}
+        )
         with open(folder / "evaluation.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 

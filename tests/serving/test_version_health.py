@@ -26,6 +26,7 @@ def health(client, version: str, **params) -> dict:
 def test_training_keeps_its_evaluations_in_the_checkpoint(trained):
     # tests/index/conftest.py trains two epochs, evaluating after each
     assert [e["epoch"] for e in trained.evaluations] == [0, 1]
+    assert all(type(e["epoch"]) is int and type(e["step"]) is int for e in trained.evaluations)
     assert all(e["split"] == EVAL_SPLIT and 0 <= e["recall@20"] <= 1 for e in trained.evaluations)
 
 
