@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from common.errors import MissingInputError
 from data import tables
+from index import projection
 from index import store as index_store
 from serving.pipeline.bundle import Bundle, load_bundle
 from serving.pipeline.stages import Encode, Pipeline
@@ -123,7 +124,8 @@ class Audience:
     def _work_out_exposure(self, row_of: dict[str, int], popularity: np.ndarray) -> dict:
         rows = np.asarray([row_of[c] for c in self.recipients], np.int64)
         slots = np.asarray([len(v) for v in self.recipients.values()], np.float64)
-        band_all, band_rec = _band(popularity), _band(popularity[rows])
+        band_all = projection.popularity_band(popularity)
+        band_rec = projection.popularity_band(popularity[rows])
         bands = int(band_all.max(initial=0)) + 1
         catalog = np.bincount(band_all, minlength=bands) / max(len(popularity), 1)
         recommended = np.bincount(band_rec, weights=slots, minlength=bands) / max(slots.sum(), 1)
@@ -138,14 +140,6 @@ class Audience:
             "bands": [{"label": _band_label(b), "catalog_share": float(catalog[b]),
                        "recommended_share": float(recommended[b])} for b in range(bands)],
         }  # fmt: skip
-
-
-def _band(popularity: np.ndarray) -> np.ndarray:
-    """0 for no interactions, then 1 + floor(log2(n)): 1 → 1, 2–3 → 2, 4–7 → 3, …"""
-    p = np.asarray(popularity, np.int64)
-    out = np.zeros(len(p), np.int64)
-    out[p > 0] = np.floor(np.log2(p[p > 0])).astype(np.int64) + 1
-    return out
 
 
 def _band_label(band: int) -> str:
