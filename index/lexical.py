@@ -24,10 +24,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import tantivy
 
-from data.tables import CREATORS as CATALOG_CREATORS
+from index.projection import catalog_columns
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +63,10 @@ def schema() -> tantivy.Schema:
     return b.build()
 
 
-def creator_text(data_dir: Path, creator_idx: np.ndarray) -> dict[str, list]:
-    """Name, category, tags and description of each faiss row (creator_idx ascends by row),
-    from the catalog the version is built from; a creator the catalog lacks gets no text."""
-    t = pq.read_table(Path(data_dir) / CATALOG_CREATORS, columns=["creator_idx", *FIELDS])
-    idx = t["creator_idx"].to_numpy().astype(np.int64)
-    order = np.argsort(idx, kind="stable")
-    pos = np.searchsorted(idx[order], creator_idx)
-    pos = np.minimum(pos, len(idx) - 1)
-    found = idx[order][pos] == creator_idx
-    rows = np.where(found, order[pos], -1)
-    out = {}
-    for field in FIELDS:
-        values = t[field].to_pylist()
-        out[field] = [values[r] if r >= 0 else None for r in rows]
-    return out
+def creator_text(data_dir: Path, creator_idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Name, category, tags and description of each faiss row (creator_idx by row), from the
+    catalog the version is built from; blank where the catalog has none."""
+    return catalog_columns(data_dir, creator_idx, {f: "" for f in FIELDS} | {"tags": []})
 
 
 def build(data_dir: Path, creator_idx: np.ndarray, folder: Path) -> dict:

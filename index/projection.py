@@ -91,8 +91,15 @@ def project(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
 
 def catalog_info(data_dir: Path, creator_idx: np.ndarray) -> dict[str, np.ndarray]:
     """Name, category and training count of each vocabulary index (blank, 0 when missing)."""
-    columns = ["creator_idx", "name", "category", "train_count"]
-    cat = pq.read_table(Path(data_dir) / CATALOG_CREATORS, columns=columns)
+    out = catalog_columns(data_dir, creator_idx, {"name": "", "category": "", "train_count": 0})
+    out["train_count"] = out["train_count"].astype(np.int64)
+    return out
+
+
+def catalog_columns(data_dir: Path, creator_idx: np.ndarray, blanks: dict) -> dict[str, np.ndarray]:
+    """Catalog columns (object arrays) for each vocabulary index, in the order given; a value
+    the catalog lacks (no such creator, or null) is the column's blank."""
+    cat = pq.read_table(Path(data_dir) / CATALOG_CREATORS, columns=["creator_idx", *blanks])
     idx = cat["creator_idx"].to_numpy().astype(np.int64)
     order = np.argsort(idx, kind="stable")
     want = np.asarray(creator_idx, np.int64)
@@ -100,11 +107,12 @@ def catalog_info(data_dir: Path, creator_idx: np.ndarray) -> dict[str, np.ndarra
     hit = idx[order][pos] == want
     take = order[pos]
     out = {}
-    for name, blank in (("name", ""), ("category", ""), ("train_count", 0)):
-        values = np.asarray(cat[name].fill_null(blank).to_pylist(), dtype=object)[take]
-        values[~hit] = blank
+    for name, blank in blanks.items():
+        values = np.empty(len(idx), dtype=object)  # one object each, lists included
+        values[:] = cat[name].to_pylist()
+        values = values[take]
+        values[~hit | np.equal(values, None)] = blank
         out[name] = values
-    out["train_count"] = out["train_count"].astype(np.int64)
     return out
 
 

@@ -39,7 +39,18 @@ from common.errors import (
 )
 from common.io import save_npy, write_bytes
 from data.tables import history_length
-from index import build, catalog, checkpoint, export, lexical, projection, store, tune, user_tower
+from index import (
+    build,
+    catalog,
+    checkpoint,
+    export,
+    lexical,
+    projection,
+    store,
+    suggest,
+    tune,
+    user_tower,
+)
 from index.config import IndexConfig, settings_sha256
 
 log = logging.getLogger(__name__)
@@ -233,6 +244,7 @@ def build_version(
     check_fit(cfg, index, tuning, len(inputs.catalog))
     creator_map = write_map(cfg, inputs, emb, folder)
     text = lexical.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.LEXICAL)
+    names = suggest.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.SUGGEST)
     build.write_index(index, folder / store.INDEX_FILE)
     write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())
     record["bytes"] = (folder / store.INDEX_FILE).stat().st_size
@@ -246,6 +258,7 @@ def build_version(
         "user_tower": tower,
         "map": creator_map,
         "lexical": text,
+        "suggest": names,
         "config": to_dict(cfg),
     }
 

@@ -64,6 +64,8 @@ MAP = "map.parquet"
 """The creator map (index.projection): a stratified sample's 2-D coordinates, names, categories."""
 LEXICAL = "lexical"
 """The lexical retriever of creator search (index.lexical): a tantivy index, by faiss row."""
+SUGGEST = "suggest"
+"""Name completion keys (index.suggest): every name from each of its words on, sorted."""
 CONFIG = "config.yaml"
 """The resolved rebuild config."""
 
