@@ -85,6 +85,7 @@ def warm(recommender, bundle) -> None:
         "labels": lambda: bundle.catalog,
         "followers": lambda: bundle.followers,
         "map": lambda: bundle.creator_map is not None and map_body(bundle),
+        "name completion": lambda: bundle.suggest,
         "fan sample": lambda: recommender.audience(bundle, SAMPLE["k"], SAMPLE["fans"]),
         "comparison": lambda: _comparison(recommender, bundle),
     }

@@ -131,6 +131,9 @@ def stale_reason(current: dict | None, inputs: Inputs) -> str | None:
         return "no current version"
     if "user_tower" not in current:
         return f"{current['version']} has no exported user tower (serving needs {store.USER_TOWER})"
+    missing = [name for name in ("lexical", "suggest") if name not in current]
+    if missing:
+        return f"{current['version']} was built before creator search (no {' or '.join(missing)})"
     was, now = current.get("inputs", {}), inputs.record
     if was.get("id") == now["id"]:
         return None

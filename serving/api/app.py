@@ -30,6 +30,7 @@ from serving.api import (
     health,
     recommend,
     similar,
+    suggest,
     version_health,
     whatif,
 )
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 ROOMS_GROUP = "towerline.rooms"
 ROUTERS = (
     recommend.router, similar.router, whatif.router, compare.router, creators.router,
-    creator_map.router, version_health.router, health.router,
+    creator_map.router, version_health.router, suggest.router, health.router,
 )  # fmt: skip
 
 

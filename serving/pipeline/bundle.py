@@ -22,6 +22,7 @@ from common.errors import IntegrityError, MissingInputError
 from data import tables
 from index import projection
 from index import store as index_store
+from search.suggest import Suggest
 from serving.features.base import check_hashing
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,12 @@ class Bundle:
         for c, t in zip(p["creator_idx"][mine].tolist(), p["ts"][mine].tolist(), strict=True):
             last[c] = max(t, last.get(c, t))
         return [last.get(int(c)) for c in creator_idx]
+
+    @functools.cached_property
+    def suggest(self) -> Suggest:
+        """The version's name completion (search.suggest), loaded on first use; a
+        MissingInputError for a version built before search."""
+        return Suggest(self.index.folder / index_store.SUGGEST)
 
     @functools.cached_property
     def catalog(self) -> dict[str, np.ndarray]:

@@ -109,3 +109,13 @@ def test_the_rebuild_publishes_a_lexical_index_of_the_versions_creators(publishe
         found, _ = lexical.search(named[ids[row]], k=20)
         same = {r for r, i in enumerate(ids) if named.get(i) == named[ids[row]]}
         assert found[0] in same  # the exact name comes first (or a namesake)
+
+
+def test_a_version_built_before_search_is_rebuilt(published):
+    from index import rebuild, store
+
+    m = store.read_manifest(published.store)
+    inputs = rebuild.detect(published)
+    assert rebuild.stale_reason(m, inputs) is None
+    before = {k: v for k, v in m.items() if k not in ("lexical", "suggest")}
+    assert "built before creator search" in rebuild.stale_reason(before, inputs)
