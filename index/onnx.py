@@ -85,6 +85,40 @@ class OnnxEncoder:
         return self.session.run([OUTPUT], feed)[0]
 
 
+class QueryEncoder:
+    """Creator search's query encoder in this process (index.query_encoder exported it): the
+    tokenizer (`tokenizers`, Rust) and the ONNX sentence encoder, text → [B, dim] unit
+    vectors. Like OnnxEncoder, safe to share between threads."""
+
+    def __init__(self, onnx_path: str | Path, tokenizer_path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        for path in (onnx_path, tokenizer_path):
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"query encoder file {path} not found; a version built from a catalog with "
+                    f"text vectors carries it (`python -m index rebuild`)"
+                )
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.dim = int(self.session.get_outputs()[0].shape[1])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """[B, dim] float32 unit vectors, one per text (an empty text: its special tokens)."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        batch = self.tokenizer.encode_batch(texts)
+        ids = np.asarray([e.ids for e in batch], np.int64)
+        mask = np.asarray([e.attention_mask for e in batch], np.int64)
+        return self.session.run([OUTPUT], {"input_ids": ids, "attention_mask": mask})[0]
+
+
 def check_inputs(inputs: dict[str, np.ndarray], shapes: dict[str, list]) -> dict[str, np.ndarray]:
     """The graph's inputs from `inputs` as int64 arrays of one batch size, or a ValueError
     naming the input and the shape it needs; `shapes` maps name → shape with the batch first."""
