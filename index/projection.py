@@ -111,7 +111,8 @@ def catalog_columns(data_dir: Path, creator_idx: np.ndarray, blanks: dict) -> di
         values = np.empty(len(idx), dtype=object)  # one object each, lists included
         values[:] = cat[name].to_pylist()
         values = values[take]
-        values[~hit | np.equal(values, None)] = blank
+        for i in np.flatnonzero(~hit | np.equal(values, None)):
+            values[i] = blank  # one by one: a list blank ([] tags) is one value, not a sequence
         out[name] = values
     return out
 
