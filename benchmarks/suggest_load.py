@@ -4,8 +4,9 @@ prefix of 2,000 sampled creators' names, keystroke by keystroke, drawn at random
 
     python benchmarks/suggest_load.py [--seconds 8] [--in_flight 1 4 16 64]
 
-Starts `python -m serving up` on the set as its config says (two workers); the served version
-must carry name completion (the rebuild job adds it to one built before). Writes
+Starts `python -m serving up` on the set as its config says (two workers, the explorer room
+on), waits until both workers have finished the explorer's warm-up, then measures; the served
+version must carry name completion (the rebuild job adds it to one built before). Writes
 artifacts/bench/suggest/load.json.
 """
 
@@ -53,6 +54,18 @@ def prefixes(n: int) -> Path:
     return path
 
 
+def settle(url: str, asks: int = 12) -> None:
+    """Wait out each worker's explorer warm-up (it answers fan samples and loads the compared
+    version for a few seconds after /readyz): a version's health waits for it, and a dozen
+    asks reach both workers."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=300) as client:
+        names = [v["index_version"] for v in client.get("/versions").json()["versions"]]
+        for i in range(asks):
+            client.get(f"/versions/{names[i % len(names)]}/health").raise_for_status()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8)
@@ -64,6 +77,7 @@ def main() -> None:
     path = prefixes(2000)
     runs = []
     with serving_load.Service(args.port, []) as svc:
+        settle(svc.url)
         serving_load.wrk_raw(svc.url, SCRIPT, {"TOWERLINE_PREFIXES": str(path)}, 4, 2)  # warm
         for c in args.in_flight:
             runs.append(serving_load.wrk_raw(
