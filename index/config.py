@@ -63,6 +63,9 @@ class IndexConfig:
     map_points: int = 50_000
     """Creators on the version's map (index.projection: a 2-D UMAP of a sample stratified by
     popularity and category, for the relevance explorer); 0 = no map."""
+    semantic: bool = True
+    """Build creator search's semantic retriever (index.semantic) when the catalog has text
+    vectors: a text index and the query encoder (~90 MB, linked from a per-machine cache)."""
     use_gpu: bool | None = None
     """None = use a GPU when faiss sees one."""
     seed: int = 0
@@ -98,7 +101,7 @@ class IndexConfig:
 # makes the current version stale. Paths, retention and the device do not change the artifact.
 BUILD_FIELDS = (
     "factory", "metric", "nlist", "pq_m", "k", "recall_target", "recall_floor",
-    "tuning_users", "nprobe", "k_factor", "seed", "map_points",
+    "tuning_users", "nprobe", "k_factor", "seed", "map_points", "semantic",
 )  # fmt: skip
 
 

@@ -46,6 +46,7 @@ from index import (
     export,
     lexical,
     projection,
+    semantic,
     store,
     suggest,
     tune,
@@ -248,6 +249,9 @@ def build_version(
     creator_map = write_map(cfg, inputs, emb, folder)
     text = lexical.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.LEXICAL)
     names = suggest.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.SUGGEST)
+    meaning = (
+        semantic.build(inputs.catalog.data_dir, emb.creator_idx, folder) if cfg.semantic else None
+    )
     build.write_index(index, folder / store.INDEX_FILE)
     write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())
     record["bytes"] = (folder / store.INDEX_FILE).stat().st_size
@@ -262,6 +266,7 @@ def build_version(
         "map": creator_map,
         "lexical": text,
         "suggest": names,
+        "semantic": meaning,
         "config": to_dict(cfg),
     }
 
