@@ -28,12 +28,11 @@ import numpy as np
 from common.io import atomic_path
 from data import manifest as data_manifest
 from data.tables import CREATOR_TEXT
-from index import query_encoder
+from index import query_encoder, store
 
 log = logging.getLogger(__name__)
 
-TEXT_INDEX = "text.faiss"
-ENCODER, TOKENIZER = "query_encoder.onnx", "query_tokenizer.json"
+TEXT_INDEX, ENCODER, TOKENIZER = store.TEXT_INDEX, store.QUERY_ENCODER, store.QUERY_TOKENIZER
 CACHE = Path(os.environ.get("TOWERLINE_CACHE", Path.home() / ".cache" / "towerline"))
 
 

@@ -14,20 +14,22 @@ import faiss
 import numpy as np
 
 from common.errors import MissingInputError
-from index import semantic as built
+from index import store
 from index.onnx import QueryEncoder
 
 
 class Semantic:
     def __init__(self, folder: Path, threads: int = 1):
         folder = Path(folder)
-        if not (folder / built.TEXT_INDEX).exists():
+        if not (folder / store.TEXT_INDEX).exists():
             raise MissingInputError(
                 f"{folder.name} has no semantic retriever: its catalog has no creator text "
                 f"vectors (data prepare with features.text_encoder), or it was built before search"
             )
-        self.index = faiss.read_index(str(folder / built.TEXT_INDEX))
-        self.encoder = QueryEncoder(folder / built.ENCODER, folder / built.TOKENIZER, threads)
+        self.index = faiss.read_index(str(folder / store.TEXT_INDEX))
+        self.encoder = QueryEncoder(
+            folder / store.QUERY_ENCODER, folder / store.QUERY_TOKENIZER, threads
+        )
 
     def embed(self, queries: list[str]) -> np.ndarray:
         return self.encoder.encode(queries)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import ConfigError
+from search.engine import SearchSettings
 
 ENCODERS = ("triton", "onnx")
 
@@ -111,6 +112,8 @@ class ServingConfig:
     """Rooms above the service mounted on it by name (entry points `towerline.rooms`):
     `explorer`, the relevance explorer at /explorer; [] = the JSON API alone."""
     answer_log: AnswerLogSettings = field(default_factory=AnswerLogSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    """How /search fuses its retrievers: method (rrf | weighted), c, weights, candidates."""
 
     def __post_init__(self):
         empty = [name for name in ("name", "index", "features") if not getattr(self, name)]

@@ -91,6 +91,7 @@ def build_app(cfg: ServingConfig, store, provider, triton_status=None):
         max_body_bytes=cfg.max_body_bytes,
         opentelemetry=cfg.opentelemetry,
         rooms=cfg.rooms,
+        search_settings=cfg.search,
         answer_log=AnswerLog(log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups)
         if log_cfg.path
         else None,

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from common.errors import ConfigError
+from search.engine import SearchSettings
 from serving.answer_log import AnswerLog
 from serving.api import (
     compare,
@@ -29,6 +30,7 @@ from serving.api import (
     creators,
     health,
     recommend,
+    search,
     similar,
     suggest,
     version_health,
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 ROOMS_GROUP = "towerline.rooms"
 ROUTERS = (
     recommend.router, similar.router, whatif.router, compare.router, creators.router,
-    creator_map.router, version_health.router, suggest.router, health.router,
+    creator_map.router, version_health.router, search.router, suggest.router, health.router,
 )  # fmt: skip
 
 
@@ -58,6 +60,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     opentelemetry: bool = False,
     rooms: Sequence[str] = (),
+    search_settings: SearchSettings | None = None,
 ) -> FastAPI:
     """The service around a recommender. `max_batch` caps how many requests are answered
     together (1 = one at a time), `batch_workers` how many batches run at once; `answer_log`
@@ -67,7 +70,7 @@ def create_app(
     metrics = Metrics()
     svc = Services(
         recommender, metrics, Batcher(recommender.recommend_many, max_batch, batch_workers),
-        answer_log,
+        answer_log, search_settings or SearchSettings(),
     )  # fmt: skip
     stop = threading.Event()
 

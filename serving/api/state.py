@@ -3,11 +3,12 @@ FastAPI's dependency injection (`svc: ServicesDep`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from search.engine import SearchSettings
 from serving.answer_log import AnswerLog
 from serving.api.batcher import Batcher
 from serving.api.metrics import Metrics
@@ -21,6 +22,8 @@ class Services:
     metrics: Metrics
     batcher: Batcher
     answer_log: AnswerLog | None = None
+    search: SearchSettings = field(default_factory=SearchSettings)
+    """How /search fuses its retrievers (the config's `search`)."""
 
     def bundle(self) -> Bundle:
         """The served bundle, or a 503 while none is loaded yet."""

@@ -22,6 +22,9 @@ from common.errors import IntegrityError, MissingInputError
 from data import tables
 from index import projection
 from index import store as index_store
+from search.engine import Engine
+from search.lexical import Lexical
+from search.semantic import Semantic
 from search.suggest import Suggest
 from serving.features.base import check_hashing
 
@@ -135,6 +138,15 @@ class Bundle:
         for c, t in zip(p["creator_idx"][mine].tolist(), p["ts"][mine].tolist(), strict=True):
             last[c] = max(t, last.get(c, t))
         return [last.get(int(c)) for c in creator_idx]
+
+    @functools.cached_property
+    def search(self) -> Engine:
+        """The version's creator search (search.engine): its lexical retriever, and its
+        semantic one when the catalog had text vectors; loaded on first use (a
+        MissingInputError for a version built before search)."""
+        folder = self.index.folder
+        semantic = Semantic(folder) if (folder / index_store.TEXT_INDEX).exists() else None
+        return Engine(Lexical(folder / index_store.LEXICAL), semantic, self.embeddings)
 
     @functools.cached_property
     def suggest(self) -> Suggest:

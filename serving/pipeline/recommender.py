@@ -170,6 +170,22 @@ class Recommender:
         rows = np.asarray([bundle.row_of[c] for c in creator_ids], np.int64)
         return whatif.contributions(self.pipeline, bundle, profile, rows)
 
+    def user_vector(self, user_id: str, bundle: Bundle) -> tuple[np.ndarray | None, str | None]:
+        """The fan's vector from `bundle`'s user tower (creator search's personal retriever),
+        or None and why: a fan the store does not know (cold_start), or a dependency that
+        failed (feature_store_unavailable, user_tower_unavailable)."""
+        try:
+            profile = self.profile(user_id)
+        except UnavailableError:
+            return None, "feature_store_unavailable"
+        if not profile.known:
+            return None, "cold_start"
+        try:
+            queries, _ = whatif.encode(self.pipeline, bundle, [profile])
+        except UnavailableError:
+            return None, "user_tower_unavailable"
+        return queries[0], None
+
     def bundle_of(self, version: str | None) -> Bundle:
         """The served bundle (for None or its name), else a published version loaded for
         comparison (MissingInputError naming the published ones when there is none)."""

@@ -110,12 +110,19 @@ def contributions(
     faiss row, from one tower call over the fan and its leave-one-out variants; and how the
     tower ran (None: on its server; else the encode stage's flag)."""
     variants = [profile] + [profile.without(j) for j in range(len(profile.items()))]
-    batch = Batch.start([Request("", 1)] * len(variants), bundle)
-    batch.features = features_of(variants)
-    batch.model = list(range(len(variants)))  # every variant, even one left with nothing
-    encode = next(s for s in base.stages if isinstance(s, Encode))
-    encode(batch)
+    queries, flag = encode(base, bundle, variants)
+    scores = queries @ np.asarray(bundle.embeddings[rows], np.float32).T  # [1 + n, R]
+    return scores[0][None, :] - scores[1:], flag
+
+
+def encode(base: Pipeline, bundle: Bundle, profiles: Sequence[Profile]):
+    """[len(profiles), d] user vectors from `base`'s encode stage (its tower, its fallback),
+    and how the tower ran; UnavailableError when neither answered."""
+    batch = Batch.start([Request("", 1)] * len(profiles), bundle)
+    batch.features = features_of(profiles)
+    batch.model = list(range(len(profiles)))  # every profile, even one with nothing yet
+    stage = next(s for s in base.stages if isinstance(s, Encode))
+    stage(batch)
     if batch.queries is None:
         raise UnavailableError("the user tower did not answer (on its server or in-process)")
-    scores = batch.queries @ np.asarray(bundle.embeddings[rows], np.float32).T  # [1 + n, R]
-    return scores[0][None, :] - scores[1:], batch.degraded[0]
+    return batch.queries, batch.degraded[0]

@@ -140,3 +140,16 @@ def redis_recommender(store_root: Path, features_dir: Path):
         rec = Recommender(store_root, RedisStore(redis.url), InProcessTowers())
         rec.refresh()
         yield rec, redis
+
+
+def documented(response, model) -> dict:
+    """A 200's body, checked to have the shape the OpenAPI spec documents (`model`)."""
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert model.model_validate(out).model_dump() == out
+    return out
+
+
+def ids(body: dict) -> list[str]:
+    """The creator ids of an answer's items, in order."""
+    return [i["creator_id"] for i in body["items"]]

@@ -6,14 +6,11 @@ from __future__ import annotations
 import pytest
 
 from serving.api.suggest import MAX_PREFIX, SuggestResponse
+from tests.serving.conftest import documented
 
 
 def ask(client, **params) -> dict:
-    r = client.get("/suggest", params=params)
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert SuggestResponse.model_validate(out).model_dump() == out  # the documented shape
-    return out
+    return documented(client.get("/suggest", params=params), SuggestResponse)
 
 
 def test_typing_a_name_finds_the_creator_most_popular_first(service):

@@ -9,18 +9,11 @@ import pytest
 
 from data.contract import history_row, user_inputs
 from serving.api.whatif import WhatIfResponse
+from tests.serving.conftest import documented, ids
 
 
 def ask(client, **body) -> dict:
-    r = client.post("/what-if", json=body)
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert WhatIfResponse.model_validate(out).model_dump() == out  # the documented shape
-    return out
-
-
-def ids(body: dict) -> list[str]:
-    return [i["creator_id"] for i in body["items"]]
+    return documented(client.post("/what-if", json=body), WhatIfResponse)
 
 
 def encode(rec, user_idx: int, trained: bool, history: list[int], attributes) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""`GET /search?q=…&user_id=…&k=…`: creators for a typed query from the served version's
+retrievers (search.engine): lexical, semantic when the version has text vectors, and personal
+(the user tower's score) when a known fan is given, fused as the config's `search` says. Each
+item carries its rank in every retriever's list, so the explorer can show why it stands there.
+
+A failing dependency degrades the answer, flagged: without the feature store or the user tower,
+the personal retriever sits out (`degraded` names which), the others still answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from common.errors import MissingInputError
+from data.schema import ID_PATTERN
+from index.lexical import tokens
+from search.engine import SearchSettings
+from serving.api.schemas import ERRORS, MAX_ID_CHARS
+from serving.api.state import ServicesDep
+
+router = APIRouter(tags=["search"])
+
+MAX_QUERY = 200
+MAX_K = 100
+MAX_EXCLUDE = 1000
+NO_WORD = ("q has no letter or digit to search for ({q!r}): type a creator's name or a topic, "
+           "e.g. 'watercolor comics'")  # fmt: skip
+
+
+Exclude = Annotated[
+    list[str] | None, Query(max_length=MAX_EXCLUDE, description="Creator ids never to return.")
+]
+
+
+class SearchItem(BaseModel):
+    creator_id: str
+    score: float = Field(description="The fused score (rrf or weighted: the config's method).")
+    name: str
+    category: str
+    popularity: int
+    ranks: dict[str, int] = Field(description="1-based rank in each retriever's list having it.")
+
+
+class SearchResponse(BaseModel):
+    q: str
+    user_id: str | None
+    items: list[SearchItem]
+    retrievers: list[str] = Field(description="The retrievers that answered.")
+    fusion: dict = Field(description="method, c, weights, candidates per retriever")
+    model_version: str
+    index_version: str
+    degraded: str | None = Field(
+        None, description="Why the personal retriever sat out: feature_store_unavailable, "
+        "user_tower_unavailable (a fan the store does not know: cold_start instead)."
+    )  # fmt: skip
+    cold_start: bool = False
+    took_ms: float
+
+
+RESPONSES = {422: ERRORS[422], 503: {**ERRORS[503], "description": ERRORS[503]["description"]
+             + " Or the served version was built before search: rebuild it."}}  # fmt: skip
+
+
+@router.get("/search", response_model=SearchResponse, responses=RESPONSES)
+async def search(
+    svc: ServicesDep,
+    q: str = Query(max_length=MAX_QUERY, description="What the fan typed: a name, a topic."),
+    k: int = Query(10, ge=1, le=MAX_K),
+    user_id: str | None = Query(None, pattern=ID_PATTERN, max_length=MAX_ID_CHARS,
+                                description="The fan searching, for the personal retriever."),
+    exclude: Exclude = None,
+) -> dict:  # fmt: skip
+    started = time.perf_counter()
+    if not tokens(q):
+        raise HTTPException(422, NO_WORD.format(q=q[:40]))
+    bundle = svc.bundle()
+    out = await run_in_threadpool(_answer, svc, bundle, q, k, user_id, exclude or [])
+    return {**out, "q": q, "user_id": user_id, **bundle.versions,
+            "took_ms": round((time.perf_counter() - started) * 1e3, 3)}  # fmt: skip
+
+
+def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]) -> dict:
+    settings: SearchSettings = svc.search
+    vector, why = (None, None) if user_id is None else svc.recommender.user_vector(user_id, bundle)
+    banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
+    try:
+        hits, used = bundle.search.search(q, k, settings, vector, banned)
+    except MissingInputError as e:
+        raise HTTPException(503, str(e)) from e
+    info = bundle.catalog
+    items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
+              "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),
+              "popularity": int(info["train_count"][h.row]), "ranks": h.ranks}
+             for h in hits]  # fmt: skip
+    fusion = {"method": settings.method, "c": settings.c, "weights": settings.weights,
+              "candidates": settings.candidates}  # fmt: skip
+    cold = why == "cold_start"
+    return {"items": items, "retrievers": used, "fusion": fusion,
+            "degraded": None if cold else why, "cold_start": cold}  # fmt: skip

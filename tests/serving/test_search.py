@@ -1,0 +1,85 @@
+"""`GET /search`: the served version's retrievers fused as the config says, every item with its
+rank in each retriever's list; a fan adds the personal retriever (the user tower's score); bad
+input is a clear 422, never a 5xx."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search import fusion
+from serving.api.search import MAX_QUERY, SearchResponse
+from tests.serving.conftest import documented, ids
+
+
+def ask(client, **params) -> dict:
+    return documented(client.get("/search", params=params), SearchResponse)
+
+
+def test_a_name_finds_its_creator_first_with_each_retrievers_rank(service):
+    client, rec = service
+    b = rec.bundle
+    row = int(b.popular[3])
+    name = str(b.catalog["name"][row])
+    body = ask(client, q=name, k=10)
+    assert body["retrievers"] == ["lexical", "semantic"]  # no fan: nothing personal
+    namesakes = {str(b.index.creator_id[r]) for r in range(len(b.row_of))
+                 if b.catalog["name"][r] == name}  # fmt: skip
+    assert body["items"][0]["creator_id"] in namesakes
+    assert body["items"][0]["ranks"]["lexical"] <= len(namesakes)
+    assert body["index_version"] == b.index_version and body["fusion"]["method"] == "rrf"
+
+
+def test_the_answer_is_the_fusion_of_the_retrievers_lists(service, fans):
+    client, rec = service
+    b = rec.bundle
+    for user in (None, fans[0]):
+        vector, why = (None, None) if user is None else rec.user_vector(user, b)
+        assert why is None
+        lists = b.search.candidates("comics music", 100, vector)
+        fused = fusion.rrf(lists, 60.0, {"lexical": 1.0, "semantic": 1.0, "personal": 1.0})
+        body = ask(client, q="comics music", k=10, **({"user_id": user} if user else {}))
+        assert ids(body) == [str(b.index.creator_id[r]) for r, _ in fused[:10]]
+        assert np.allclose([i["score"] for i in body["items"]], [s for _, s in fused[:10]])
+    assert "personal" in body["retrievers"]
+    # the personal list ranks every candidate by the user tower's score
+    rows, scores = lists["personal"]
+    assert np.allclose(scores, np.asarray(b.embeddings[rows]) @ vector, atol=1e-5)
+    assert np.all(np.diff(scores) <= 1e-6)
+
+
+def test_a_fan_nobody_knows_searches_without_the_personal_retriever(service):
+    client, _ = service
+    body = ask(client, q="comics", user_id="u_never_seen_before")
+    assert body["cold_start"] and body["degraded"] is None
+    assert "personal" not in body["retrievers"]
+
+
+def test_excluded_creators_never_come_back(service):
+    client, _ = service
+    first = ids(ask(client, q="comics", k=5))
+    again = ids(ask(client, q="comics", k=5, exclude=first[:2]))
+    assert not set(first[:2]) & set(again) and again[:3] == first[2:5]
+
+
+@pytest.mark.parametrize("q", ["   ", "🙂🙂🙂", "\x00\x01", "!!!"])
+def test_a_query_with_no_word_is_a_422_saying_what_to_type(service, q):
+    client, _ = service
+    r = client.get("/search", params={"q": q})
+    assert r.status_code == 422 and "q has no letter or digit" in r.json()["detail"]
+
+
+def test_bad_input_is_a_422_naming_the_parameter(service):
+    client, _ = service
+    cases = [({}, "q"), ({"q": "x" * 10_000}, "q"), ({"q": "x" * (MAX_QUERY + 1)}, "q"),
+             ({"q": "a", "k": 0}, "k"), ({"q": "a", "k": 101}, "k"),
+             ({"q": "a", "user_id": "bad id!"}, "user_id")]  # fmt: skip
+    for params, field in cases:
+        r = client.get("/search", params=params)
+        assert r.status_code == 422 and field in str(r.json()["detail"][0]["loc"]), params
+
+
+def test_right_to_left_and_mixed_scripts_get_an_answer(service):
+    client, _ = service
+    for q in ("שלום עולם", "مرحبا comics", "COMICS\u200f"):
+        assert ask(client, q=q)["items"] is not None  # 200: found or not, never a 5xx
