@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
                 name = names.get(item["creator_id"], "")
                 print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}")
         print(f"model {r['model_version'][:12]}, index {r['index_version']}")
+        search_examples(url, fans[0], names)
     except urllib.error.URLError as e:
         print(f"no service at {url}: {e}; start it with `python -m serving up --config ...`")
         return 1
@@ -60,3 +62,26 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
         f"`python -m serving down --config <config>`)."
     )
     return 0
+
+
+SEARCH_EXAMPLE = "comics"
+"""A topic of the synthetic catalogs (a category), searched as a fan and as nobody."""
+
+
+def search_examples(url: str, fan: str, names: dict[str, str]) -> None:
+    """One /search, for a fan (with the personal retriever) and without, and one /suggest."""
+    query = urllib.parse.urlencode({"q": SEARCH_EXAMPLE, "k": 5, "user_id": fan})
+    r = get(f"{url}/search?{query}")
+    print(f"\n/search?q={SEARCH_EXAMPLE}&user_id={fan} ({', '.join(r['retrievers'])}, "
+          f"{r['fusion']['method']}; {r['took_ms']:.1f} ms)")  # fmt: skip
+    for item in r["items"]:
+        why = ", ".join(f"{k} #{v}" for k, v in item["ranks"].items())
+        print(f"    {item['creator_id']:<14} {item['name']:<34} ({why})")
+    prefix = next((n for n in names.values() if n), "a")[:4]
+    r = get(f"{url}/suggest?{urllib.parse.urlencode({'prefix': prefix, 'n': 5})}")
+    print(f"/suggest?prefix={prefix}: " + "; ".join(i["name"] for i in r["items"]))
+
+
+def get(url: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
