@@ -77,6 +77,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         recommender.on_swap.append(metrics.swapped)
+        recommender.on_swap.append(_prepare_search)
+        if recommender.bundle is not None:
+            _prepare_search(recommender.bundle)
         recommender.pipeline.observers.append(metrics.batch_done)
         if recommender.bundle is not None:
             metrics.served(recommender.bundle)
@@ -89,6 +92,7 @@ def create_app(
         stop.set()
         svc.batcher.close()
         recommender.on_swap.remove(metrics.swapped)
+        recommender.on_swap.remove(_prepare_search)
         recommender.pipeline.observers.remove(metrics.batch_done)
         if answer_log is not None:
             answer_log.close()
@@ -124,6 +128,20 @@ def mount_rooms(app: FastAPI, names: Sequence[str]) -> None:
                 f"reinstall the package (`make env`) or drop it from the config"
             )
         found[name].load()(app)
+
+
+def _prepare_search(bundle) -> None:
+    """Load a served version's search (retrievers, query encoder, name completion) in the
+    background, so the first /search and /suggest do not pay for it (~0.2 s on the demo)."""
+
+    def load() -> None:
+        try:
+            bundle.search.search("warm", 1, SearchSettings())
+            bundle.suggest.complete("a", 1)
+        except Exception as e:  # a version built before search: /search says so itself
+            log.info("search not prepared for %s: %s", bundle.index_version, e)
+
+    threading.Thread(target=load, name="search-warm", daemon=True).start()
 
 
 def _poll(recommender: Recommender, seconds: float, stop: threading.Event) -> None:
