@@ -1,0 +1,77 @@
+"""`GET /search` over HTTP on the 1 M-creator serving set (issue 16: p99 ≤ 20 ms at one request
+in flight, and throughput at rising concurrency), driven by wrk with what fans search for:
+sampled creators' names with the navigational set's noise (a typo, a dropped word, a cut-off
+word, case and accents) and single tags, half of them asked by a known fan (the personal
+retriever runs: the fan's features, the user tower, its score of every candidate).
+
+    python benchmarks/search_load.py [--seconds 8] [--in_flight 1 4 16]
+
+Starts `python -m serving up` on the set as its config says (two workers, tower on Triton),
+waits out the explorer's warm-up (benchmarks/suggest_load.settle), then measures. The 1 M set
+has no creator text vectors, so its search is lexical and personal (no semantic retriever).
+Writes artifacts/bench/search/load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks import serving_load, serving_set  # noqa: E402
+from benchmarks.lexical_choice import noisy  # noqa: E402
+from benchmarks.suggest_load import SCRIPT, settle  # noqa: E402
+from serving.pipeline.versions import sample_fans  # noqa: E402
+
+OUT = REPO / "artifacts" / "bench" / "search"
+
+
+def queries(n: int) -> Path:
+    """One request path per line: noisy names and tags, every other one with a known fan."""
+    data = REPO / "artifacts" / "data" / serving_set.NAME
+    table = pq.read_table(data / "tables" / "creators.parquet", columns=["name", "tags"])
+    names, tags = table["name"].to_pylist()[2:], table["tags"].to_pylist()[2:]
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(names), n, replace=False)
+    fans = sample_fans(data, n, seed=3)
+    lines = []
+    for i, row in enumerate(rows):
+        q = noisy(names[row], rng) if i % 2 == 0 else (tags[row] or ["music"])[0]
+        params = {"q": q, "k": 10, **({"user_id": fans[i]} if i % 4 < 2 else {})}
+        lines.append(f"/search?{urllib.parse.urlencode(params)}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "queries.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--in_flight", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--port", type=int, default=18500)
+    args = ap.parse_args()
+    serving_load.ensure_wrk()
+    serving_set.ensure_built()
+    path, runs = queries(4000), []
+    env = {"TOWERLINE_PREFIXES": str(path)}  # the script draws request paths from this file
+    with serving_load.Service(args.port, []) as svc:
+        settle(svc.url)
+        serving_load.wrk_raw(svc.url, SCRIPT, env, 4, 2)  # warm
+        for c in args.in_flight:
+            runs.append(serving_load.wrk_raw(svc.url, SCRIPT, env, c, args.seconds))
+            print(json.dumps(runs[-1]), flush=True)
+    out = {"index_version": svc.info.get("index_version"), "runs": runs}
+    (OUT / "load.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
