@@ -4,6 +4,7 @@
 
 import { $, api, loadPlotly } from "./api.js";
 import { showHealth } from "./health.js";
+import { showSearch, suggest } from "./search.js";
 
 function readState() {
   const q = new URLSearchParams(location.search);
@@ -17,6 +18,7 @@ function readState() {
     b: q.get("b"),
     creator: q.get("creator"),
     health: q.get("health"),
+    q: q.get("q") || "",
   };
 }
 
@@ -28,6 +30,7 @@ function writeState(state) {
   if (state.history !== null) q.set("history", state.history.join(","));
   if (state.creator) q.set("creator", state.creator);
   if (state.health) q.set("health", state.health);
+  if (state.q) q.set("q", state.q);
   if (state.a && state.b) {
     q.set("a", state.a);
     q.set("b", state.b);
@@ -398,6 +401,17 @@ function start() {
     pick();
     compareSample(state);
   });
+  $("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.q = $("search-q").value.trim();
+    writeState(state);
+    showSearch(state.q, $("search-as-fan").checked ? state.fan : "", state.k);
+  });
+  $("search-q").addEventListener("input", () => suggest($("search-q").value));
+  if (state.q) {
+    $("search-q").value = state.q;
+    showSearch(state.q, state.fan, state.k);
+  }
   $("health").addEventListener("submit", (event) => {
     event.preventDefault();
     state.health = $("health-version").value;

@@ -267,3 +267,31 @@ def test_health_plots_a_versions_training_search_coverage_and_popularity(site, p
     )
     page.screenshot(path=str(SHOTS / "health.png"), full_page=True)
     no_serious_violations(page, "health view")
+
+
+def test_search_shows_the_services_answer_with_each_retrievers_rank(site, page, fans):
+    url, rec = site
+    page.goto(f"{url}/explorer?fan={fans[1]}&k={K}")
+    rows_ready(page)
+    page.fill("#search-q", "comics")
+    page.click("#search button[type=submit]")
+    page.wait_for_function("document.getElementById('search-status').textContent.includes(' ms')")
+    api = httpx.get(f"{url}/search", params={"q": "comics", "k": K, "user_id": fans[1]}).json()
+    shown = page.locator("#search-results tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.creatorId)"
+    )
+    assert shown == ids(api) and shown
+    why = page.locator("#search-results tbody tr td.why").first.inner_text()
+    assert all(f"{n} #{r}" in why for n, r in api["items"][0]["ranks"].items())
+    assert "personal" in page.inner_text("#search-status") and "q=comics" in page.url
+    name = str(rec.bundle.catalog["name"][int(rec.bundle.popular[0])])
+    page.fill("#search-q", "")
+    page.type("#search-q", name[:3])  # keystroke by keystroke: completion as one types
+    expected = httpx.get(f"{url}/suggest", params={"prefix": name[:3], "n": 8}).json()
+    page.wait_for_function(
+        f"document.querySelectorAll('#search-suggest option').length === {len(expected['items'])}"
+    )
+    options = page.locator("#search-suggest option").evaluate_all("os => os.map(o => o.value)")
+    assert options == [i["name"] for i in expected["items"]]
+    page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+    no_serious_violations(page, "search")
