@@ -26,6 +26,7 @@ class Lexical:
                 f"no lexical index at {folder}: the version was built before search; rebuild it "
                 f"(`python -m index rebuild --config ...`)"
             )
+        self.folder = Path(folder)
         self.index = tantivy.Index.open(str(folder))
         self.schema = self.index.schema
         self.searcher = self.index.searcher()

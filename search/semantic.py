@@ -26,6 +26,7 @@ class Semantic:
                 f"{folder.name} has no semantic retriever: its catalog has no creator text "
                 f"vectors (data prepare with features.text_encoder), or it was built before search"
             )
+        self.folder = folder
         self.index = faiss.read_index(str(folder / store.TEXT_INDEX))
         self.encoder = QueryEncoder(
             folder / store.QUERY_ENCODER, folder / store.QUERY_TOKENIZER, threads

@@ -4,6 +4,8 @@ input is a clear 422, never a 5xx."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,49 @@ def test_right_to_left_and_mixed_scripts_get_an_answer(service):
     client, _ = service
     for q in ("שלום עולם", "مرحبا comics", "COMICS\u200f"):
         assert ask(client, q=q)["items"] is not None  # 200: found or not, never a 5xx
+
+
+def test_a_newly_published_version_answers_from_its_own_retrievers(
+    store_root, features_dir, tiny_data, tmp_path
+):
+    """A version of another model published and swapped in: /search answers from it alone,
+    its personal scores from its own embeddings, its retrievers read from its own folder."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from index import rebuild
+    from serving.api.app import create_app
+    from serving.features.embedded import EmbeddedStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+    from tests.index.conftest import index_config, train_tiny
+
+    root = tmp_path / "store"
+    shutil.copytree(store_root, root)
+    rec = Recommender(root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh()
+    old = rec.bundle
+    run = train_tiny(tiny_data, tmp_path / "run", epochs=1, seed=11, workers=0)
+    assert rebuild.run(index_config(root, run, tiny_data, map_points=0)).status == "published"
+    assert rec.refresh()
+    new = rec.bundle
+    assert new.index_version != old.index_version and new.model_version != old.model_version
+    assert Path(new.search.lexical.folder).parent == new.index.folder
+    assert Path(new.search.semantic.folder) == new.index.folder
+    fan = next(iter(sample(new)))
+    with TestClient(create_app(rec, poll_seconds=None)) as client:
+        body = ask(client, q="comics", k=5, user_id=fan)
+    assert body["index_version"] == new.index_version
+    vector, _ = rec.user_vector(fan, new)
+    lists = new.search.candidates("comics", 100, vector)
+    assert ids(body) == [str(new.index.creator_id[r]) for r, _ in fusion.rrf(lists)[:5]]
+    rows, scores = lists["personal"]
+    assert np.allclose(scores, np.asarray(new.embeddings[rows]) @ vector, atol=1e-5)
+    assert not np.allclose(np.asarray(old.embeddings[rows]) @ vector, scores, atol=1e-3)
+
+
+def sample(bundle) -> list[str]:
+    from serving.pipeline.versions import sample_fans
+
+    return list(sample_fans(bundle.index.manifest["catalog"]["data_dir"], 3, seed=1))
