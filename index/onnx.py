@@ -113,10 +113,19 @@ class QueryEncoder:
         """[B, dim] float32 unit vectors, one per text (an empty text: its special tokens)."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        return self.run(self.tokenize(texts))
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The graph's inputs for texts: token ids and attention mask, [B, longest] int64.
+        Serving tokenizes here and sends these to Triton, where the graph runs."""
         batch = self.tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in batch], np.int64)
         mask = np.asarray([e.attention_mask for e in batch], np.int64)
-        return self.session.run([OUTPUT], {"input_ids": ids, "attention_mask": mask})[0]
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph on tokenized texts (`tokenize`), in this process."""
+        return self.session.run([OUTPUT], feed)[0]
 
 
 def check_inputs(inputs: dict[str, np.ndarray], shapes: dict[str, list]) -> dict[str, np.ndarray]:

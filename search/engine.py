@@ -56,11 +56,16 @@ class Engine:
     def __init__(self, lexical, semantic, embeddings: np.ndarray):
         self.lexical, self.semantic, self.embeddings = lexical, semantic, embeddings
 
-    def candidates(self, query: str, n: int, user_vector=None) -> dict[str, fusion.Ranked]:
-        """Each retriever's list for the query, best first."""
+    def candidates(
+        self, query: str, n: int, user_vector=None, query_vector=None, semantic: bool = True
+    ) -> dict[str, fusion.Ranked]:
+        """Each retriever's list for the query, best first. The semantic retriever embeds the
+        query in this process unless given its `query_vector` (serving's, from Triton);
+        `semantic=False` leaves it out (its encoder failed)."""
         lists = {"lexical": self.lexical.search(query, n)}
-        if self.semantic is not None:
-            lists["semantic"] = self.semantic.search(query, n)
+        if self.semantic is not None and semantic:
+            q = self.semantic.embed([query]) if query_vector is None else query_vector
+            lists["semantic"] = self.semantic.search_vectors(np.reshape(q, (1, -1)), n)
         if user_vector is not None:
             lists["personal"] = self.personal(lists, user_vector)
         return lists
@@ -75,10 +80,12 @@ class Engine:
         return rows[order], scores[order]
 
     def search(
-        self, query: str, k: int, settings: SearchSettings, user_vector=None, exclude=()
-    ) -> tuple[list[Hit], list[str]]:
+        self, query: str, k: int, settings: SearchSettings, user_vector=None, exclude=(),
+        query_vector=None, semantic: bool = True,
+    ) -> tuple[list[Hit], list[str]]:  # fmt: skip
         """The k best creators for the query, and the retrievers that took part."""
-        lists = self.candidates(query, settings.candidates, user_vector)
+        n = settings.candidates
+        lists = self.candidates(query, n, user_vector, query_vector, semantic)
         banned = set(exclude)
         if banned:
             lists = {n: _without(rows, scores, banned) for n, (rows, scores) in lists.items()}

@@ -52,6 +52,9 @@ def readiness(svc) -> dict:
         ("user_tower_in_process", checks["user_tower"] and not deps["user_tower"]["server_ok"]),
         ("user_tower_unavailable", not checks["user_tower"]),
     ) if on]  # fmt: skip
+    deps["query_encoder"] = _query_encoder(rec, bundle)
+    if not deps["query_encoder"]["server_ok"]:
+        degraded.append("query_encoder_in_process")
     out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
     out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid()}
     if bundle is not None:
@@ -73,6 +76,19 @@ def _tower(rec, bundle, server: dict | None) -> dict:
         "server_ok": server_ok,
         "encoder": bundle.encoder_name if bundle else None,
         "fallback": "onnxruntime in-process" if fallback else None,
+        "breaker": breaker,
+    }
+
+
+def _query_encoder(rec, bundle) -> dict:
+    """Creator search's query encoder: on the tower's server (Triton's second model) while its
+    breaker is closed, else in this process, as it always is without a server. Not a
+    readiness check: recommendations do not need it, and search answers without it."""
+    breaker = rec.breakers["query_encoder"].status()
+    on_server = bundle is not None and bundle.tower.query_name is not None
+    return {
+        "server_ok": not on_server or breaker["state"] == "closed",
+        "encoder": bundle.tower.query_name if on_server else "onnxruntime in-process",
         "breaker": breaker,
     }
 

@@ -4,7 +4,9 @@ retrievers (search.engine): lexical, semantic when the version has text vectors,
 item carries its rank in every retriever's list, so the explorer can show why it stands there.
 
 A failing dependency degrades the answer, flagged: without the feature store or the user tower,
-the personal retriever sits out (`degraded` names which), the others still answer.
+the personal retriever sits out (`degraded` names which), the others still answer; the query
+encoder's server (Triton's second model) not answering moves the query's embedding into this
+process (`query_encoder_in_process`).
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class SearchResponse(BaseModel):
     model_version: str
     index_version: str
     degraded: str | None = Field(
-        None, description="Why the personal retriever sat out: feature_store_unavailable, "
-        "user_tower_unavailable (a fan the store does not know: cold_start instead)."
+        None, description="What failed, comma-separated: feature_store_unavailable or "
+        "user_tower_unavailable (the personal retriever sat out; a fan the store does not know: "
+        "cold_start instead); query_encoder_in_process (its server did not answer, this process "
+        "embedded the query) or query_encoder_unavailable (the semantic retriever sat out)."
     )  # fmt: skip
     cold_start: bool = False
     took_ms: float
@@ -86,10 +90,14 @@ async def search(
 
 def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]) -> dict:
     settings: SearchSettings = svc.search
-    vector, why = (None, None) if user_id is None else svc.recommender.user_vector(user_id, bundle)
+    rec = svc.recommender
+    vector, why = (None, None) if user_id is None else rec.user_vector(user_id, bundle)
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
     try:
-        hits, used = bundle.search.search(q, k, settings, vector, banned)
+        query_vector, query_why = rec.query_vector(q, bundle)
+        hits, used = bundle.search.search(
+            q, k, settings, vector, banned, query_vector, semantic=query_vector is not None
+        )
     except MissingInputError as e:
         raise HTTPException(503, str(e)) from e
     info = bundle.catalog
@@ -100,5 +108,6 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
     fusion = {"method": settings.method, "c": settings.c, "weights": settings.weights,
               "candidates": settings.candidates}  # fmt: skip
     cold = why == "cold_start"
+    degraded = [r for r in (None if cold else why, query_why) if r]
     return {"items": items, "retrievers": used, "fusion": fusion,
-            "degraded": None if cold else why, "cold_start": cold}  # fmt: skip
+            "degraded": ",".join(degraded) or None, "cold_start": cold}  # fmt: skip

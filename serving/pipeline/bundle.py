@@ -45,6 +45,10 @@ class Tower:
     """Unloads it once a newer version serves."""
     fallback: Encode | None = None
     """The same ONNX run in this process, for when `encode`'s server does not answer."""
+    query: Encode | None = None
+    """Creator search's query encoder on the same server (token ids and mask → [B, d]); None:
+    it runs in this process (search.semantic), as it does when the server does not answer."""
+    query_name: str | None = None
 
 
 PrepareEncoder = Callable[[Path, str], Tower]

@@ -56,6 +56,7 @@ class Recommender:
         self.breakers = {
             "feature_store": Breaker("the feature store"),
             "user_tower": Breaker("the user tower's server"),
+            "query_encoder": Breaker("the query encoder's server"),
         }
         self.pipeline: Pipeline = default_pipeline(features, rank, self.breakers)
         self.health: dict[str, Callable[[], dict]] = {}
@@ -186,6 +187,26 @@ class Recommender:
             return None, "user_tower_unavailable"
         return queries[0], None
 
+    def query_vector(self, query: str, bundle: Bundle) -> tuple[np.ndarray | None, str | None]:
+        """The query's sentence vector for `bundle`'s semantic retriever: tokenized here, run
+        on the tower's server where it has the query encoder (through its breaker), else here
+        (flagged query_encoder_in_process); None and query_encoder_unavailable when neither
+        runs, and None alone for a version without a semantic retriever."""
+        semantic = bundle.search.semantic
+        if semantic is None:
+            return None, None
+        feed = semantic.encoder.tokenize([query])
+        if bundle.tower.query is not None:
+            vector = _through(self.breakers["query_encoder"], bundle.tower.query, feed)
+            if vector is not None:
+                return vector, None
+        try:
+            vector = semantic.encoder.run(feed)
+        except Exception:
+            log.exception("the in-process query encoder failed")
+            return None, "query_encoder_unavailable"
+        return vector, None if bundle.tower.query is None else "query_encoder_in_process"
+
     def bundle_of(self, version: str | None) -> Bundle:
         """The served bundle (for None or its name), else a published version loaded for
         comparison (MissingInputError naming the published ones when there is none)."""
@@ -232,3 +253,17 @@ class Recommender:
             histories, degraded = [np.zeros(0, np.int64)] * len(ids), len(ids)
         names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
         return versions.Audience(ids, answers, histories, (codes, names.tolist()), degraded)
+
+
+def _through(breaker: Breaker, call: Callable, *args):
+    """`call(*args)` unless `breaker` refuses it; None when refused or failed (counted)."""
+    if not breaker.allow():
+        breaker.refused()
+        return None
+    try:
+        out = call(*args)
+    except Exception as e:
+        breaker.failure(e)
+        return None
+    breaker.success()
+    return out

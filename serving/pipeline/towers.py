@@ -2,7 +2,8 @@
 an index version for a bundle (serving.pipeline.bundle.PrepareEncoder).
 
 - `InProcessTowers` — onnxruntime in the service's own process
-- `TritonTowers` — each version's tower as a numbered version of the Triton model `user_tower`:
+- `TritonTowers` — each version's tower as a numbered version of the Triton model `user_tower`
+  (and its query encoder, where it has one, of `query_encoder`, creator search's second model):
   added to the repositories, loaded beside the one serving, released after a swap, with the same
   ONNX in-process as the fallback. A version whose load fails (Triton down or hung during a
   publish) is taken out of the repositories again, so a retry starts clean and Triton never
@@ -22,13 +23,15 @@ from pathlib import Path
 
 from common.errors import UnavailableError
 from index.onnx import OnnxEncoder
-from index.store import USER_TOWER
+from index.store import QUERY_ENCODER, USER_TOWER
 from serving.pipeline.bundle import Tower, version_number
 from serving.triton import repository
 from serving.triton.client import UserTowerClient
-from serving.triton.repository import MODEL_NAME
+from serving.triton.repository import MODEL_NAME, QUERY_MODEL_NAME
 from serving.triton.server import CONTROL_HEADER
 
+MODELS = {MODEL_NAME: USER_TOWER, QUERY_MODEL_NAME: QUERY_ENCODER}
+"""The Triton models of an index version, by the version file each serves."""
 READY_TIMEOUT_S = 60.0
 """How long a version may take to load on Triton before the swap to it is given up (retried
 at the next poll)."""
@@ -48,57 +51,82 @@ class InProcessTowers:
 
 
 class TritonTowers:
-    """Each version's tower as a version of the Triton model `user_tower` (local repository)."""
+    """Each version's models as versions of the Triton models `user_tower` and, where the
+    version has creator search's query encoder, `query_encoder` (local repository)."""
 
     def __init__(self, repository: Path, url: str, settings, server=None):
         self.repository = Path(repository)
         self.settings = settings
         self.url = url
         self.server = server  # a serving.triton.server.TritonServer we started, or None
-        self.client = UserTowerClient(
-            url, protocol=settings.protocol, model_name=MODEL_NAME, timeout_s=settings.timeout_s,
-            max_batch_size=settings.max_batch_size,
-        )  # fmt: skip
+        self.clients = {name: self._client(name) for name in MODELS}
+        self.client = self.clients[MODEL_NAME]
         self._lock = threading.Lock()
+        self._loaded: set[str] = set()  # the models this provider asked Triton to load
         self.name = f"triton {settings.protocol}://{url}"
         self.supervisor = None  # a serving.triton.supervisor.Supervisor of `server`, if any
 
-    @property
-    def model_dir(self) -> Path:
-        return self.repository / repository.LOCAL / MODEL_NAME
-
-    def add(self, onnx: Path, number: int) -> None:
-        """Put version `number` in both repositories (written on first use); a folder of that
-        number left by an attempt that failed is replaced."""
-        self._remove(number)
+    def _client(self, model: str) -> UserTowerClient:
         s = self.settings
-        if not (self.model_dir / repository.CONFIG).exists():
+        return UserTowerClient(
+            self.url, protocol=s.protocol, model_name=model, timeout_s=s.timeout_s,
+            max_batch_size=s.max_batch_size,
+        )  # fmt: skip
+
+    def model_dir(self, model: str = MODEL_NAME, kind: str = repository.LOCAL) -> Path:
+        return self.repository / kind / model
+
+    @staticmethod
+    def models_of(folder: Path) -> list[str]:
+        """The Triton models an index version has files for (the user tower always)."""
+        return [name for name, file in MODELS.items() if (Path(folder) / file).exists()]
+
+    def add(self, onnx: Path, number: int, model: str = MODEL_NAME) -> None:
+        """Put version `number` of `model` in both repositories (written on first use); a
+        folder of that number left by an attempt that failed is replaced."""
+        self._remove(number, model)
+        s = self.settings
+        if not (self.model_dir(model) / repository.CONFIG).exists():
             repository.write_repositories(
                 onnx, self.repository, version=number, max_batch_size=s.max_batch_size,
                 dynamic_batching=s.dynamic_batching, max_queue_delay_us=s.max_queue_delay_us,
-                instances=s.instances,
+                instances=s.instances, model_name=model,
             )  # fmt: skip
             return
         for kind in (repository.LOCAL, repository.PRODUCTION):
-            repository.add_version(self.repository / kind / MODEL_NAME, onnx, number)
+            repository.add_version(self.model_dir(model, kind), onnx, number)
 
-    def _remove(self, number: int) -> None:
-        """Version `number`'s folders out of both repositories, if there (a later load
-        unloads it from Triton)."""
+    def _remove(self, number: int, model: str) -> bool:
+        """Version `number` of `model` out of both repositories, if there (a later load
+        unloads it from Triton); the last version takes the model's folders with it. Returns
+        whether the model is gone."""
+        gone = False
         for kind in (repository.LOCAL, repository.PRODUCTION):
-            model_dir = self.repository / kind / MODEL_NAME
+            model_dir = self.model_dir(model, kind)
             if not (model_dir / str(number)).exists():
                 continue
             if repository.versions(model_dir) == [number]:  # the last: no successor to keep
-                shutil.rmtree(model_dir / str(number))
+                shutil.rmtree(model_dir)
+                gone = True
             else:
                 repository.remove_version(model_dir, number)
+        return gone
 
-    def load(self) -> None:
-        """Explicit model control: (re)load `user_tower` with every version in the repository
-        (Triton keeps the served versions answering while it loads)."""
+    def load(self, models: list[str] | None = None) -> None:
+        """Explicit model control: (re)load each model with every version in the repository
+        (Triton keeps the served versions answering while it loads); a model whose folder is
+        gone is unloaded."""
+        for model in MODELS if models is None else models:
+            if (self.model_dir(model) / repository.CONFIG).exists():
+                self._control(model, "load")
+                self._loaded.add(model)
+            elif model in self._loaded:  # its last version retired
+                self._control(model, "unload")
+                self._loaded.discard(model)
+
+    def _control(self, model: str, action: str) -> None:
         if self.server is not None:
-            self.server.load_model(MODEL_NAME)
+            getattr(self.server, f"{action}_model")(model)
             return
         if self.settings.protocol == "grpc":
             import tritonclient.grpc as tc
@@ -107,7 +135,7 @@ class TritonTowers:
         key = self.settings.control_key
         headers = {CONTROL_HEADER: key} if key else None
         with contextlib.closing(tc.InferenceServerClient(self.url)) as client:
-            client.load_model(MODEL_NAME, headers=headers)
+            getattr(client, f"{action}_model")(model, headers=headers)
 
     def reload(self) -> None:
         """Load the versions the repositories hold again (after Triton restarted)."""
@@ -115,14 +143,16 @@ class TritonTowers:
             self.load()
 
     def publish(self, folder: Path, version: str) -> int:
-        """Make an index version's tower ready on Triton (added, loaded, answering); returns
-        its model version number. A version that fails is taken out again, then raises."""
-        number = version_number(version)
+        """Make an index version's models ready on Triton (added, loaded, answering); returns
+        their model version number. A version that fails is taken out again, then raises."""
+        number, models = version_number(version), self.models_of(folder)
         try:
             with self._lock:
-                self.add(folder / USER_TOWER, number)
-                self.load()
-            self._wait_ready(number)
+                for model in models:
+                    self.add(Path(folder) / MODELS[model], number, model)
+                self.load(models)
+            for model in models:
+                self._wait_ready(number, model)
         except Exception:
             self._give_up(number)
             raise
@@ -131,8 +161,8 @@ class TritonTowers:
     def retire(self, number: int) -> None:
         """Unload a version that no longer serves (out of the repositories, then a load)."""
         with self._lock:
-            for kind in (repository.LOCAL, repository.PRODUCTION):
-                repository.remove_version(self.repository / kind / MODEL_NAME, number)
+            for model in MODELS:
+                self._remove(number, model)
             self.load()
 
     def __call__(self, folder: Path, version: str):
@@ -141,27 +171,32 @@ class TritonTowers:
 
     def tower(self, folder: Path, number: int, release=None) -> Tower:
         """Version `number` on Triton as a Tower, with the same ONNX in this process as the
-        fallback for when Triton does not answer."""
+        fallback for when Triton does not answer (the query encoder's too, where it has one)."""
 
-        def encode(inputs):
-            return self.client.encode(inputs, model_version=str(number))
+        def on_server(model: str):
+            return lambda inputs: self.clients[model].encode(inputs, model_version=str(number))
 
         fallback = OnnxEncoder(folder / USER_TOWER, threads=1).encode
         name = f"{self.name} {MODEL_NAME}/{number}"
-        return Tower(encode, tuple(self.client.inputs), name, release, fallback)
+        tower = Tower(on_server(MODEL_NAME), tuple(self.client.inputs), name, release, fallback)
+        if QUERY_MODEL_NAME in self.models_of(folder):
+            tower.query = on_server(QUERY_MODEL_NAME)
+            tower.query_name = f"{self.name} {QUERY_MODEL_NAME}/{number}"
+        return tower
 
-    def _wait_ready(self, number: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def _wait_ready(self, number: int, model: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self.client.ready(str(number)):
+        while not self.clients[model].ready(str(number)):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Triton did not make {MODEL_NAME} version {number} ready")
+                raise TimeoutError(f"Triton did not make {model} version {number} ready")
             time.sleep(0.1)
 
     def _give_up(self, number: int) -> None:
         """A version that failed to load: out of the repositories, and out of Triton if it
         answers (if it does not, the next load after it is back leaves the version out)."""
         with self._lock:
-            self._remove(number)
+            for model in MODELS:
+                self._remove(number, model)
             with contextlib.suppress(Exception):
                 self.load()
 

@@ -1,7 +1,7 @@
-"""Triton model repositories for the ONNX user tower of each index version.
+"""Triton model repositories for the ONNX models of each index version: the user tower, and
+creator search's query encoder where the version has one (index.store.QUERY_ENCODER).
 
-One published tower (index.store.USER_TOWER) becomes two repositories with the same inputs,
-outputs and batching:
+One published model becomes two repositories with the same inputs, outputs and batching:
 
     <root>/production/user_tower/config.pbtxt, <version>/model.onnx
         for Triton's onnxruntime backend, as an NGC tritonserver container loads it
@@ -24,6 +24,11 @@ from index.onnx import signature
 
 BACKEND_MODEL = Path(__file__).resolve().parent / "backend" / "model.py"
 MODEL_NAME = "user_tower"
+QUERY_MODEL_NAME = "query_encoder"
+"""Creator search's query encoder (index.query_encoder): the second model, its versions
+numbered as the user tower's, added and retired with them."""
+WARMUP_LENGTH = 16
+"""Tokens per text in the warm-up of a model whose length is free (a typed query: a few words)."""
 MODEL_FILE = "model.onnx"
 """The ONNX file of a repository version (Triton's default name for the onnxruntime backend);
 the Python backend is told it through the `onnx_file` parameter of config.pbtxt."""
@@ -53,9 +58,12 @@ def _tensor(name: str, spec: dict) -> str:
 
 
 def _warmup(inputs: dict, batch: int) -> str:
+    def dims(shape: list[int]) -> str:  # a free length (the query's tokens) warms at a typical one
+        return ", ".join(str(d if d > 0 else WARMUP_LENGTH) for d in shape[1:] or [1])
+
     tensors = "\n".join(
         f'      inputs {{ key: "{name}" value: {{ data_type: {_TRITON_TYPES[s["dtype"]]} '
-        f"dims: [ {', '.join(map(str, s['shape'][1:] or [1]))} ] zero_data: true }} }}"
+        f"dims: [ {dims(s['shape'])} ] zero_data: true }} }}"
         for name, s in inputs.items()
     )
     return f'    {{\n      name: "batch_{batch}"\n      batch_size: {batch}\n{tensors}\n    }}'

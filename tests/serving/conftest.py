@@ -142,6 +142,22 @@ def redis_recommender(store_root: Path, features_dir: Path):
         yield rec, redis
 
 
+@contextlib.contextmanager
+def on_local_triton(store_root: Path, tmp: Path, timeout_s: float):
+    """A copy of the store and a local Triton (no model yet) with the towers provider the
+    service wires to it: (root, triton, towers)."""
+    from serving.config import TritonSettings
+    from serving.pipeline.towers import TritonTowers
+    from serving.triton.server import TritonServer
+
+    root, repo = tmp / "store", tmp / "triton"
+    shutil.copytree(store_root, root)
+    (repo / "local").mkdir(parents=True)
+    settings = TritonSettings(repository=str(repo), timeout_s=timeout_s)
+    with TritonServer(repo / "local", models=[], work_dir=tmp / "work") as triton:
+        yield root, triton, TritonTowers(repo, triton.grpc_url, settings, triton)
+
+
 def documented(response, model) -> dict:
     """A 200's body, checked to have the shape the OpenAPI spec documents (`model`)."""
     assert response.status_code == 200, response.text

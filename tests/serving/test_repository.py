@@ -130,3 +130,32 @@ def test_repository_cli(tmp_path, tower_onnx, capsys):
     assert main(argv) == 0
     for kind in (repository.PRODUCTION, repository.LOCAL):
         assert (tmp_path / "repos" / kind / "user_tower" / "1" / repository.MODEL_FILE).is_file()
+
+
+def test_the_query_encoder_takes_queries_of_any_length(published, tmp_path):
+    from index import store
+
+    folder = store.load(published.store).folder
+    written = repository.write_repositories(
+        folder / store.QUERY_ENCODER, tmp_path, model_name=repository.QUERY_MODEL_NAME
+    )
+    for kind in (repository.PRODUCTION, repository.LOCAL):
+        cfg = parse_config(Path(written[kind]) / repository.QUERY_MODEL_NAME)
+        assert [(i.name, list(i.dims)) for i in cfg.input] == [
+            ("input_ids", [-1]),
+            ("attention_mask", [-1]),
+        ]
+        for warm in cfg.model_warmup:  # a free length warms at a typical query's
+            assert [list(t.dims) for t in warm.inputs.values()] == [[repository.WARMUP_LENGTH]] * 2
+
+
+def test_the_backend_pads_queries_of_different_lengths_into_one_batch():
+    shapes = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    short = {"input_ids": np.array([[101, 7, 102]]), "attention_mask": np.ones((1, 3))}
+    long = {"input_ids": np.array([[101, 7, 8, 9, 102]] * 2), "attention_mask": np.ones((2, 5))}
+    batches = [{k: backend.to_graph_shape(k, v, shapes[k]) for k, v in r.items()}
+               for r in (short, long)]  # fmt: skip
+    joined, sizes = backend.concat_requests(batches)
+    assert sizes == [1, 2] and joined["input_ids"].shape == (3, 5)
+    assert joined["input_ids"][0].tolist() == [101, 7, 102, 0, 0]  # the pad id, masked out
+    assert joined["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]

@@ -1,6 +1,7 @@
-"""Triton Python-backend model: the ONNX user tower through onnxruntime.
+"""Triton Python-backend model: an ONNX model of an index version (the user tower, or creator
+search's query encoder) through onnxruntime.
 
-serving/triton/repository.py copies this file into `<repository>/user_tower/<version>/model.py`,
+serving/triton/repository.py copies this file into `<repository>/<model>/<version>/model.py`,
 beside that version's ONNX file (named by the config's `onnx_file` parameter). It runs inside
 Triton's Python stub, in the Triton environment (numpy<2, onnxruntime;
 serving/triton-requirements.txt), so it imports nothing from this project.
@@ -38,21 +39,38 @@ def parameter(config: dict, key: str, default: str | None = None) -> str:
 
 def to_graph_shape(name: str, x: np.ndarray, shape: list) -> np.ndarray:
     """One request's tensor in the rank the graph takes: `user` arrives as [B, 1] or [B]
-    (config dims [1], reshaped), the graph takes [B]. Fixed dims must match exactly."""
-    fixed = [int(d) for d in shape[1:]]
+    (config dims [1], reshaped), the graph takes [B]. Fixed dims must match exactly; a free one
+    (a query's tokens: onnxruntime names it rather than sizing it) takes any length."""
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
     if x.ndim == len(shape) + 1 and x.shape[-1] == 1:
         x = x.reshape(x.shape[:-1])
-    if x.ndim != len(shape) or list(x.shape[1:]) != fixed:
-        want = ", ".join(["batch", *map(str, fixed)])
-        raise ValueError(f"input {name!r} has shape {list(x.shape)}; the user tower takes [{want}]")
+    if x.ndim != len(shape) or any(
+        f not in (None, n) for f, n in zip(fixed, x.shape[1:], strict=True)
+    ):
+        want = ", ".join(["batch", *(str(f or "any") for f in fixed)])
+        raise ValueError(f"input {name!r} has shape {list(x.shape)}; the model takes [{want}]")
     return np.ascontiguousarray(x, dtype=np.int64)
 
 
 def concat_requests(batches: list[dict[str, np.ndarray]]) -> tuple[dict, list[int]]:
-    """Requests' inputs (name → [b_i, ...]) joined into one batch, with each request's size."""
+    """Requests' inputs (name → [b_i, ...]) joined into one batch, with each request's size.
+    Texts of different lengths are padded with 0 (the pad token, masked out) to the longest."""
     sizes = [len(next(iter(b.values()))) for b in batches]
-    joined = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+    joined = {}
+    for name in batches[0]:
+        parts = [b[name] for b in batches]
+        longest = tuple(int(n) for n in np.max([p.shape[1:] for p in parts], axis=0))
+        parts = [_pad(p, longest) for p in parts]
+        joined[name] = np.concatenate(parts)
     return joined, sizes
+
+
+def _pad(x: np.ndarray, shape: tuple) -> np.ndarray:
+    if x.shape[1:] == shape:
+        return x
+    out = np.zeros((len(x), *shape), x.dtype)
+    out[(slice(None), *(slice(0, n) for n in x.shape[1:]))] = x
+    return out
 
 
 def split_rows(output: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
@@ -88,9 +106,7 @@ class TritonPythonModel:
         for name, shape in self.shapes.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
-                raise ValueError(
-                    f"missing input {name!r}; the user tower takes {list(self.shapes)}"
-                )
+                raise ValueError(f"missing input {name!r}; the model takes {list(self.shapes)}")
             out[name] = to_graph_shape(name, tensor.as_numpy(), shape)
         sizes = {len(x) for x in out.values()}
         if len(sizes) != 1:
