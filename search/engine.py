@@ -86,6 +86,14 @@ class Engine:
         """The k best creators for the query, and the retrievers that took part."""
         n = settings.candidates
         lists = self.candidates(query, n, user_vector, query_vector, semantic)
+        return self.fuse(lists, k, settings, exclude), list(lists)
+
+    def fuse(
+        self, lists: dict[str, fusion.Ranked], k: int, settings: SearchSettings, exclude=()
+    ) -> list[Hit]:
+        """The retrievers' lists fused as `settings` say, without `exclude`d rows: the k best,
+        each with its rank in every list (serving adds the personal list itself when the
+        fan's vector comes while the others search)."""
         banned = set(exclude)
         if banned:
             lists = {n: _without(rows, scores, banned) for n, (rows, scores) in lists.items()}
@@ -94,7 +102,7 @@ class Engine:
         else:
             fused = fusion.weighted(lists, settings.weights)
         where = fusion.ranks(lists)
-        return [Hit(row, score, where[row]) for row, score in fused[:k]], list(lists)
+        return [Hit(row, score, where[row]) for row, score in fused[:k]]
 
 
 def _without(rows: np.ndarray, scores: np.ndarray, banned: set[int]) -> fusion.Ranked:

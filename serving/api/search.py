@@ -12,6 +12,7 @@ process (`query_encoder_in_process`).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -30,6 +31,8 @@ router = APIRouter(tags=["search"])
 MAX_QUERY = 200
 MAX_K = 100
 MAX_EXCLUDE = 1000
+FAN_LOOKUPS = ThreadPoolExecutor(8, thread_name_prefix="search-fan")
+"""Where a searching fan's vector is computed beside the query's retrievers."""
 NO_WORD = ("q has no letter or digit to search for ({q!r}): type a creator's name or a topic, "
            "e.g. 'watercolor comics'")  # fmt: skip
 
@@ -88,18 +91,30 @@ async def search(
             "took_ms": round((time.perf_counter() - started) * 1e3, 3)}  # fmt: skip
 
 
+def _retrieve(
+    rec, bundle, q: str, user_id: str | None, n: int
+) -> tuple[dict, str | None, str | None]:
+    """Each retriever's list, why the personal one sat out, and where the query was embedded
+    if not where it should be. The fan's vector (features, then the user tower on Triton:
+    mostly waiting) comes while this thread asks the lexical and semantic retrievers."""
+    try:
+        engine = bundle.search
+    except MissingInputError as e:  # a version built before search
+        raise HTTPException(503, str(e)) from e
+    fan = None if user_id is None else FAN_LOOKUPS.submit(rec.user_vector, user_id, bundle)
+    query_vector, query_why = rec.query_vector(q, bundle)
+    lists = engine.candidates(q, n, query_vector=query_vector, semantic=query_vector is not None)
+    vector, why = (None, None) if fan is None else fan.result()
+    if vector is not None:
+        lists["personal"] = engine.personal(lists, vector)
+    return lists, why, query_why
+
+
 def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]) -> dict:
     settings: SearchSettings = svc.search
-    rec = svc.recommender
-    vector, why = (None, None) if user_id is None else rec.user_vector(user_id, bundle)
+    lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings.candidates)
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
-    try:
-        query_vector, query_why = rec.query_vector(q, bundle)
-        hits, used = bundle.search.search(
-            q, k, settings, vector, banned, query_vector, semantic=query_vector is not None
-        )
-    except MissingInputError as e:
-        raise HTTPException(503, str(e)) from e
+    hits, used = bundle.search.fuse(lists, k, settings, banned), list(lists)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
               "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),
