@@ -31,8 +31,8 @@ router = APIRouter(tags=["search"])
 MAX_QUERY = 200
 MAX_K = 100
 MAX_EXCLUDE = 1000
-FAN_LOOKUPS = ThreadPoolExecutor(8, thread_name_prefix="search-fan")
-"""Where a searching fan's vector is computed beside the query's retrievers."""
+BESIDE = ThreadPoolExecutor(8, thread_name_prefix="search-beside")
+"""Where the fan's and the query's vectors are computed beside the lexical retriever."""
 NO_WORD = ("q has no letter or digit to search for ({q!r}): type a creator's name or a topic, "
            "e.g. 'watercolor comics'")  # fmt: skip
 
@@ -95,15 +95,19 @@ def _retrieve(
     rec, bundle, q: str, user_id: str | None, n: int
 ) -> tuple[dict, str | None, str | None]:
     """Each retriever's list, why the personal one sat out, and where the query was embedded
-    if not where it should be. The fan's vector (features, then the user tower on Triton:
-    mostly waiting) comes while this thread asks the lexical and semantic retrievers."""
+    if not where it should be. The fan's vector (features, then the user tower) and the
+    query's (the query encoder) are computed, on Triton mostly waited for, while this thread
+    asks the lexical retriever."""
     try:
         engine = bundle.search
     except MissingInputError as e:  # a version built before search
         raise HTTPException(503, str(e)) from e
-    fan = None if user_id is None else FAN_LOOKUPS.submit(rec.user_vector, user_id, bundle)
-    query_vector, query_why = rec.query_vector(q, bundle)
-    lists = engine.candidates(q, n, query_vector=query_vector, semantic=query_vector is not None)
+    fan = None if user_id is None else BESIDE.submit(rec.user_vector, user_id, bundle)
+    query = None if engine.semantic is None else BESIDE.submit(rec.query_vector, q, bundle)
+    lists = engine.candidates(q, n, semantic=False)
+    query_vector, query_why = (None, None) if query is None else query.result()
+    if query_vector is not None:
+        lists["semantic"] = engine.semantic.search_vectors(query_vector, n)
     vector, why = (None, None) if fan is None else fan.result()
     if vector is not None:
         lists["personal"] = engine.personal(lists, vector)
