@@ -34,6 +34,10 @@ class SearchSettings:
     )
     candidates: int = 100
     """Creators each retriever proposes before fusion."""
+    near: int = 1000
+    """The fan's nearest creators (the recommendation index) in which the personal retriever
+    also looks for the query's words (name, category, tags: search.topics); 0: it only ranks
+    the other retrievers' candidates."""
 
     def __post_init__(self):
         if self.method not in ("rrf", "weighted"):
@@ -43,6 +47,8 @@ class SearchSettings:
             raise ValueError(f"search.weights names {unknown}: the retrievers are {RETRIEVERS}")
         if self.candidates < 1:
             raise ValueError(f"search.candidates={self.candidates}: use at least 1")
+        if self.near < 0:
+            raise ValueError(f"search.near={self.near}: use 0 (off) or more")
 
 
 @dataclass
@@ -53,12 +59,17 @@ class Hit:
 
 
 class Engine:
-    def __init__(self, lexical, semantic, embeddings: np.ndarray):
+    def __init__(self, lexical, semantic, embeddings: np.ndarray, index=None, topics=None):
+        """`index`: the version's recommendation index (faiss rows, the fan's nearest
+        creators) and `topics` (search.topics.Topics) let the personal retriever propose
+        creators of its own; without them it ranks the others' candidates only."""
         self.lexical, self.semantic, self.embeddings = lexical, semantic, embeddings
+        self.index, self.topics = index, topics
 
     def candidates(
-        self, query: str, n: int, user_vector=None, query_vector=None, semantic: bool = True
-    ) -> dict[str, fusion.Ranked]:
+        self, query: str, n: int, user_vector=None, query_vector=None, semantic: bool = True,
+        near: int = 0,
+    ) -> dict[str, fusion.Ranked]:  # fmt: skip
         """Each retriever's list for the query, best first. The semantic retriever embeds the
         query in this process unless given its `query_vector` (serving's, from Triton);
         `semantic=False` leaves it out (its encoder failed)."""
@@ -67,16 +78,26 @@ class Engine:
             q = self.semantic.embed([query]) if query_vector is None else query_vector
             lists["semantic"] = self.semantic.search_vectors(np.reshape(q, (1, -1)), n)
         if user_vector is not None:
-            lists["personal"] = self.personal(lists, user_vector)
+            lists["personal"] = self.personal(lists, user_vector, query, near, n)
         return lists
 
-    def personal(self, lists: dict[str, fusion.Ranked], user_vector: np.ndarray):
-        """The other lists' candidates ranked by the user tower's score."""
-        rows = np.unique(np.concatenate([r for r, _ in lists.values()])).astype(np.int64)
+    def personal(
+        self, lists: dict[str, fusion.Ranked], user_vector, query: str = "", near: int = 0,
+        n: int | None = None,
+    ) -> fusion.Ranked:  # fmt: skip
+        """The other lists' candidates, and those of the fan's `near` nearest creators the
+        query's words describe, ranked by the user tower's score (the n best)."""
+        u = np.asarray(user_vector, np.float32).reshape(-1)
+        found = [r for r, _ in lists.values()]
+        if near and self.index is not None and self.topics is not None:
+            _, rows = self.index.search(u[None, :], near)
+            rows = rows[0][rows[0] >= 0].astype(np.int64)
+            found.append(rows[self.topics.matching(rows, query)])
+        rows = np.unique(np.concatenate(found)).astype(np.int64) if found else np.zeros(0, int)
         if not len(rows):
             return rows, np.zeros(0, np.float32)
-        scores = np.asarray(self.embeddings[rows], np.float32) @ np.asarray(user_vector, np.float32)
-        order = np.lexsort((rows, -scores))
+        scores = np.asarray(self.embeddings[rows], np.float32) @ u
+        order = np.lexsort((rows, -scores))[:n]
         return rows[order], scores[order]
 
     def search(
@@ -85,24 +106,30 @@ class Engine:
     ) -> tuple[list[Hit], list[str]]:  # fmt: skip
         """The k best creators for the query, and the retrievers that took part."""
         n = settings.candidates
-        lists = self.candidates(query, n, user_vector, query_vector, semantic)
+        lists = self.candidates(query, n, user_vector, query_vector, semantic, settings.near)
         return self.fuse(lists, k, settings, exclude), list(lists)
 
     def fuse(
         self, lists: dict[str, fusion.Ranked], k: int, settings: SearchSettings, exclude=()
     ) -> list[Hit]:
-        """The retrievers' lists fused as `settings` say, without `exclude`d rows: the k best,
-        each with its rank in every list (serving adds the personal list itself when the
-        fan's vector comes while the others search)."""
-        banned = set(exclude)
-        if banned:
-            lists = {n: _without(rows, scores, banned) for n, (rows, scores) in lists.items()}
-        if settings.method == "rrf":
-            fused = fusion.rrf(lists, settings.c, settings.weights)
-        else:
-            fused = fusion.weighted(lists, settings.weights)
-        where = fusion.ranks(lists)
-        return [Hit(row, score, where[row]) for row, score in fused[:k]]
+        return fuse(lists, k, settings, exclude)
+
+
+def fuse(
+    lists: dict[str, fusion.Ranked], k: int, settings: SearchSettings, exclude=()
+) -> list[Hit]:
+    """The retrievers' lists fused as `settings` say, without `exclude`d rows: the k best, each
+    with its rank in every list (serving adds the personal list itself when the fan's vector
+    comes while the others search; the evaluation re-fuses lists asked for once)."""
+    banned = set(exclude)
+    if banned:
+        lists = {n: _without(rows, scores, banned) for n, (rows, scores) in lists.items()}
+    if settings.method == "rrf":
+        fused = fusion.rrf(lists, settings.c, settings.weights)
+    else:
+        fused = fusion.weighted(lists, settings.weights)
+    where = fusion.ranks(lists)
+    return [Hit(row, score, where[row]) for row, score in fused[:k]]
 
 
 def _without(rows: np.ndarray, scores: np.ndarray, banned: set[int]) -> fusion.Ranked:

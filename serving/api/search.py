@@ -56,7 +56,7 @@ class SearchResponse(BaseModel):
     user_id: str | None
     items: list[SearchItem]
     retrievers: list[str] = Field(description="The retrievers that answered.")
-    fusion: dict = Field(description="method, c, weights, candidates per retriever")
+    fusion: dict = Field(description="method, c, weights, candidates per retriever, near")
     model_version: str
     index_version: str
     degraded: str | None = Field(
@@ -92,7 +92,7 @@ async def search(
 
 
 def _retrieve(
-    rec, bundle, q: str, user_id: str | None, n: int
+    rec, bundle, q: str, user_id: str | None, s: SearchSettings
 ) -> tuple[dict, str | None, str | None]:
     """Each retriever's list, why the personal one sat out, and where the query was embedded
     if not where it should be. The fan's vector (features, then the user tower) and the
@@ -104,19 +104,19 @@ def _retrieve(
         raise HTTPException(503, str(e)) from e
     fan = None if user_id is None else BESIDE.submit(rec.user_vector, user_id, bundle)
     query = None if engine.semantic is None else BESIDE.submit(rec.query_vector, q, bundle)
-    lists = engine.candidates(q, n, semantic=False)
+    lists = engine.candidates(q, s.candidates, semantic=False)
     query_vector, query_why = (None, None) if query is None else query.result()
     if query_vector is not None:
-        lists["semantic"] = engine.semantic.search_vectors(query_vector, n)
+        lists["semantic"] = engine.semantic.search_vectors(query_vector, s.candidates)
     vector, why = (None, None) if fan is None else fan.result()
     if vector is not None:
-        lists["personal"] = engine.personal(lists, vector)
+        lists["personal"] = engine.personal(lists, vector, q, s.near, s.candidates)
     return lists, why, query_why
 
 
 def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]) -> dict:
     settings: SearchSettings = svc.search
-    lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings.candidates)
+    lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings)
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
     hits, used = bundle.search.fuse(lists, k, settings, banned), list(lists)
     info = bundle.catalog
@@ -125,7 +125,7 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
               "popularity": int(info["train_count"][h.row]), "ranks": h.ranks}
              for h in hits]  # fmt: skip
     fusion = {"method": settings.method, "c": settings.c, "weights": settings.weights,
-              "candidates": settings.candidates}  # fmt: skip
+              "candidates": settings.candidates, "near": settings.near}  # fmt: skip
     cold = why == "cold_start"
     degraded = [r for r in (None if cold else why, query_why) if r]
     return {"items": items, "retrievers": used, "fusion": fusion,

@@ -26,6 +26,7 @@ from search.engine import Engine
 from search.lexical import Lexical
 from search.semantic import Semantic
 from search.suggest import Suggest
+from search.topics import Topics
 from serving.features.base import check_hashing
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,9 @@ class Bundle:
         MissingInputError for a version built before search)."""
         folder = self.index.folder
         semantic = Semantic(folder) if (folder / index_store.TEXT_INDEX).exists() else None
-        return Engine(Lexical(folder / index_store.LEXICAL), semantic, self.embeddings)
+        lexical = Lexical(folder / index_store.LEXICAL)
+        topics = Topics(Path(self.index.manifest["catalog"]["data_dir"]), self.index.creator_idx)
+        return Engine(lexical, semantic, self.embeddings, self.index.index, topics)
 
     @functools.cached_property
     def suggest(self) -> Suggest:

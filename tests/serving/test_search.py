@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from search import fusion
+from search.engine import SearchSettings
 from serving.api.search import MAX_QUERY, SearchResponse
 from tests.serving.conftest import documented, ids
 
@@ -38,7 +39,7 @@ def test_the_answer_is_the_fusion_of_the_retrievers_lists(service, fans):
     for user in (None, fans[0]):
         vector, why = (None, None) if user is None else rec.user_vector(user, b)
         assert why is None
-        lists = b.search.candidates("comics music", 100, vector)
+        lists = b.search.candidates("comics music", 100, vector, near=SearchSettings().near)
         fused = fusion.rrf(lists, 60.0, {"lexical": 1.0, "semantic": 1.0, "personal": 1.0})
         body = ask(client, q="comics music", k=10, **({"user_id": user} if user else {}))
         assert ids(body) == [str(b.index.creator_id[r]) for r, _ in fused[:10]]

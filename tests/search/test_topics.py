@@ -1,0 +1,55 @@
+"""The personal retriever's own candidates: the fan's nearest creators (the recommendation
+index) whose name, category or tags hold one of the query's words (search.topics), checked
+against a brute-force reading of the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import store
+from index.lexical import tokens
+from index.projection import catalog_columns
+from search.engine import Engine
+from search.lexical import Lexical
+from search.topics import Topics
+
+
+@pytest.fixture(scope="module")
+def version(published):
+    index = store.load(published.store)
+    data_dir = Path(index.manifest["catalog"]["data_dir"])
+    topics = Topics(data_dir, index.creator_idx)
+    embeddings = np.load(index.folder / store.EMBEDDINGS, allow_pickle=False)
+    cols = catalog_columns(data_dir, index.creator_idx, {"name": "", "category": "", "tags": []})
+    fields = zip(cols["name"], cols["category"], cols["tags"], strict=True)
+    words = [set(tokens(n)) | set(tokens(c)) | set(tokens(" ".join(t))) for n, c, t in fields]
+    return index, topics, embeddings, words
+
+
+def test_matching_is_the_catalogs_words(version):
+    index, topics, _, words = version
+    rows = np.arange(len(index.creator_idx))[::-1]  # any order, repeats allowed
+    rows = np.concatenate([rows, rows[:5]])
+    for query in ("comics", "MUSIC Podcasts", "nothing-like-it", "Ünïcode comics"):
+        want = [bool(set(tokens(query)) & words[r]) for r in rows]
+        assert topics.matching(rows, query).tolist() == want, query
+    assert topics.matching(np.zeros(0, np.int64), "comics").shape == (0,)
+
+
+def test_the_personal_list_adds_the_fans_nearest_creators_the_query_describes(version):
+    index, topics, embeddings, words = version
+    engine = Engine(Lexical(index.folder / store.LEXICAL), None, embeddings, index.index, topics)
+    fan = embeddings[7] / np.linalg.norm(embeddings[7])
+    query = "comics"
+    alone = engine.candidates(query, 2, fan)  # near 0: the lexical list's two, re-ranked
+    assert set(alone["personal"][0]) == set(alone["lexical"][0])
+    lists = engine.candidates(query, 50, fan, near=len(embeddings))
+    scores = embeddings @ fan
+    described = [r for r in range(len(words)) if "comics" in words[r]]
+    expected = sorted(set(described) | set(lists["lexical"][0].tolist()),
+                      key=lambda r: (-scores[r], r))[:50]  # fmt: skip
+    assert lists["personal"][0].tolist() == expected
+    assert np.allclose(lists["personal"][1], scores[expected], atol=1e-5)
