@@ -36,29 +36,12 @@ sys.path.insert(0, str(REPO))
 from index import lexical  # noqa: E402
 from index.lexical import tokens, trigrams  # noqa: E402
 from search.lexical import Lexical  # noqa: E402
+from search.queries import noisy  # noqa: E402
 
 OUT = REPO / "artifacts" / "bench" / "lexical"
 DATA = REPO / "artifacts" / "data" / "synthetic_1m_creators" / "tables"
 CATALOG = DATA / "creators.parquet"
 K = 10
-
-
-def noisy(name: str, rng: np.random.Generator) -> str:
-    """One of the navigational set's kinds of noise, chosen at random."""
-    words = name.split()
-    kind = rng.integers(4)
-    if kind == 0:  # a typo in the longest word: swap, drop or replace a letter
-        i = int(np.argmax([len(w) for w in words]))
-        w, j = words[i], int(rng.integers(1, max(len(words[i]) - 1, 2)))
-        words[i] = [w[:j] + w[j + 1 :], w[: j - 1] + w[j] + w[j - 1] + w[j + 1 :],
-                    w[:j] + "x" + w[j + 1 :]][rng.integers(3)]  # fmt: skip
-    elif kind == 1 and len(words) > 1:  # a dropped word
-        words.pop(int(rng.integers(len(words))))
-    elif kind == 2:  # a prefix: the first words, the last one cut
-        words = [*words[:-1], words[-1][:3]] if len(words) > 1 else words
-    else:  # case and accents
-        return "".join({"e": "é", "a": "á"}.get(c, c) for c in name.upper())
-    return " ".join(words)
 
 
 def load(n: int) -> dict[str, list]:

@@ -253,8 +253,13 @@ class LastFmSource(_FolderSource):
         "user_taggedartists.dat",
     )
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, name: str | None = None, tag_holdout: float = 0.0):
         super().__init__(path, name, has_timestamps=False)
+        if not 0.0 <= tag_holdout < 1.0:
+            raise ValueError(f"tag_holdout={tag_holdout}: a fraction of tagging users in [0, 1)")
+        self.tag_holdout = tag_holdout
+        """Tagging users (tag_held_out) whose tags stay out of the catalog: creator search's
+        topical queries and their relevance (search.queries), never the indexed text."""
         self.estimated_rows = _count_lines(self.path / "user_artists.dat") - 1  # minus header
 
     def interactions(self) -> Iterator[pa.RecordBatch]:
@@ -288,22 +293,40 @@ class LastFmSource(_FolderSource):
             schema=CREATORS,
         )
 
-    def _top_tags(self) -> dict[str, list[str]]:
-        """Artist id -> its MAX_TAGS most-applied tag names (ties: the older, smaller tag id)."""
-        # Rejects from these two files are filed under "creators": that is the table they feed.
-        (tag_ids, tag_names), _ = self._fields("tags.dat", b"\t", (int, _text), "creators", True)
-        names = dict(zip(tag_ids, tag_names, strict=True))
-        parsers = (_skip, _id, int, _skip, _skip, _skip)  # user, artist, tag, day, month, year
-        (_, artists, tags, *_), _ = self._fields(
-            "user_taggedartists.dat", b"\t", parsers, "creators", True
+    def tag_assignments(self, held_out: bool = False, table: str | None = None):
+        """(user, artist, tag id) of every tag assignment on the catalog's side of the tag
+        hold-out (held_out=False) or on the held-out side, and tag id -> name."""
+        # Rejects from these two files are filed under `table` ("creators": what they feed).
+        (tag_ids, tag_names), _ = self._fields("tags.dat", b"\t", (int, _text), table, True)
+        parsers = (_id, _id, int, _skip, _skip, _skip)  # user, artist, tag, day, month, year
+        (users, artists, tags, *_), _ = self._fields(
+            "user_taggedartists.dat", b"\t", parsers, table, True
         )
-        counts = Counter(zip(artists, tags, strict=True))
+        side = {u: tag_held_out(u, self.tag_holdout) for u in set(users)}
+        chosen = [(u, a, t) for u, a, t in zip(users, artists, tags, strict=True)
+                  if side[u] == held_out]  # fmt: skip
+        return chosen, dict(zip(tag_ids, tag_names, strict=True))
+
+    def _top_tags(self) -> dict[str, list[str]]:
+        """Artist id -> its MAX_TAGS most-applied tag names (ties: the older, smaller tag id),
+        counted over the catalog's side of the tag hold-out only."""
+        assigned, names = self.tag_assignments(held_out=False, table="creators")
+        counts = Counter((artist, tag) for _, artist, tag in assigned)
         top: dict[str, list[str]] = {}
         for (artist, tag), _count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1])):
             chosen = top.setdefault(artist, [])
             if len(chosen) < MAX_TAGS and names.get(tag):
                 chosen.append(names[tag])
         return {artist: chosen for artist, chosen in top.items() if chosen}
+
+
+def tag_held_out(user_id: str, fraction: float) -> bool:
+    """Whether a tagging user's assignments are held out of the catalog (a stable hash of the
+    id, the same on every run and machine): the one definition of the tag hold-out."""
+    if fraction <= 0.0:
+        return False
+    digest = hashlib.blake2b(f"tag-holdout:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
 
 
 def _description(name: str | None, tags: list[str] | None) -> str | None:

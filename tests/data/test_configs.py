@@ -24,7 +24,7 @@ def test_every_config_loads_and_builds_its_source(path):
     cfg = config.load(PrepareConfig, path)
     assert cfg.name == path.stem
     if cfg.source["kind"] in REAL:
-        folder = datasets_root() / REAL[cfg.name]
+        folder = datasets_root() / REAL[cfg.source["kind"]]  # lastfm_search reads lastfm's
         if not folder.exists():
             pytest.skip(f"dataset {cfg.name} not found at {folder}")
         cfg.source["path"] = str(folder)

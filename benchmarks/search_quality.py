@@ -1,0 +1,255 @@
+"""Creator search quality on labelled query sets (issue 16): every retriever and every fusion
+side by side, fusion constants chosen on a validation half, figures on the test half, once.
+
+    pip install -e '.[bench]'     # ranx
+    python benchmarks/search_quality.py --dataset synthetic_demo|lastfm_search|synthetic_1m_creators
+
+The served version of the dataset's index is loaded the way the service loads it (a
+Recommender over its feature store, the user tower in-process), so the retrievers are the
+served ones and each fan's vector is what `/search?user_id=` uses. Query sets (search.queries):
+navigational and personal on every dataset, topical on Last.fm with its tag hold-out. Each set
+is split by query into validation and test halves; a small grid (search.evaluation) picks rrf's c
+and weights and the weighted fusion's weights by the mean of the sets' primary metrics on
+validation; the test half is then evaluated once: every single retriever, both fusions, the
+chosen fusion against the best single retriever (ranx paired t-test), and on the personal set
+the chosen fusion with the fan against the same query without (the lift).
+
+Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n> for another
+--candidates than the service's default); prints a table per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from index import store  # noqa: E402
+from search import evaluation as ev  # noqa: E402
+from search import queries as qs  # noqa: E402
+from search.engine import SearchSettings  # noqa: E402
+
+OUT = REPO / "artifacts" / "bench" / "search_quality"
+SETS = {
+    "synthetic_demo": ("navigational", "personal"),
+    "lastfm_search": ("navigational", "topical", "personal"),
+    "synthetic_1m_creators": ("navigational", "personal"),
+}
+STARTED = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {msg}", flush=True)
+
+
+def recommender(dataset: str):
+    """The served bundle of the dataset's index, as `python -m serving up` loads it (features
+    materialised first when missing), with the user tower in-process."""
+    from serving.features.embedded import EmbeddedStore
+    from serving.features.materialise import materialise
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+
+    root, features = REPO / "artifacts/index" / dataset, REPO / "artifacts/features" / dataset
+    if not features.exists():
+        tower = store.read_manifest(root)["user_tower"]
+        data = store.read_manifest(root)["catalog"]["data_dir"]
+        say(f"materialising features of {data} into {features}")
+        materialise(data, features, tower["attribute_buckets"], tower["attribute_width"])
+    rec = Recommender(root, EmbeddedStore.open(features), InProcessTowers())
+    rec.refresh()
+    return rec
+
+
+def build_sets(dataset: str, catalog: qs.Catalog, n: int, seed: int) -> list[qs.QuerySet]:
+    made = []
+    for kind in SETS[dataset]:
+        if kind == "navigational":
+            made.append(qs.navigational(catalog, n, seed))
+        elif kind == "topical":
+            made.append(qs.topical(catalog, n=n, seed=seed))
+        else:
+            made.append(qs.personal(catalog, n, seed))
+        say(f"{kind}: {len(made[-1])} queries, e.g. {made[-1].text[:4]}")
+    return made
+
+
+def fan_vectors(rec, queries: qs.QuerySet) -> tuple[qs.QuerySet, list[np.ndarray]]:
+    """The fans' vectors as /search computes them; a fan without one is dropped (said)."""
+    bundle = rec.bundle
+    vectors = [rec.user_vector(f, bundle)[0] for f in queries.fans]
+    known = np.flatnonzero([v is not None for v in vectors])
+    if len(known) < len(queries):
+        say(f"personal: {len(queries) - len(known)} fans without a vector dropped")
+    return queries.take(known), [vectors[i] for i in known]
+
+
+def tuned_for(kind: str, tried: dict[str, list[dict]], candidates: int):
+    """The grid point best on this set's validation half alone, of either method: what one
+    setting per kind of query would give (the service has one for all)."""
+    method, t = max(((m, t) for m, ts in tried.items() for t in ts),
+                    key=lambda mt: mt[1]["sets"][kind])  # fmt: skip
+    return SearchSettings(method, t["c"], t["weights"], candidates), t["sets"][kind]
+
+
+def test_runs(q: qs.QuerySet, lists, chosen: dict[str, SearchSettings], k: int) -> dict:
+    """Every single retriever and each fusion on one test set (with and without the fan on
+    the personal set): {run name: rows per query}."""
+    has_fan = q.kind == "personal"
+    names = sorted({r for ls in lists for r in ls}, key=["lexical", "semantic", "personal"].index)
+    runs = {name: ev.single(lists, name, k, q.exclude) for name in names}
+    for method, s in chosen.items():
+        runs[method] = ev.fused(lists, s, k, has_fan, q.exclude)
+        if has_fan:
+            runs[f"{method}, no fan"] = ev.fused(lists, s, k, False, q.exclude)
+    return runs
+
+
+def report_set(q: qs.QuerySet, runs: dict, best_method: str) -> dict:
+    metrics = qs.METRICS[q.kind]
+    primary = qs.PRIMARY[q.kind]
+    table = {name: ev.evaluate(q, rows, metrics) for name, rows in runs.items()}
+    singles = [n for n in ("lexical", "semantic", "personal") if n in runs]
+    best_single = max(singles, key=lambda n: table[n][primary])
+    out = {"queries": len(q), "metrics": list(metrics), "runs": table, "best_single": best_single,
+           "chosen": best_method}  # fmt: skip
+    out["fusion_vs_best_single"] = ev.compare(
+        q, (best_method, runs[best_method]), (best_single, runs[best_single]), primary
+    )
+    out["tuned_vs_best_single"] = ev.compare(
+        q, ("tuned", runs["tuned"]), (best_single, runs[best_single]), primary
+    )
+    if q.kind == "personal":
+        without = f"{best_method}, no fan"
+        a, b = table[best_method][primary], table[without][primary]
+        out["lift"] = {"metric": primary, "with_fan": a, "without_fan": b,
+                       "relative": round(a / b - 1, 4) if b else None,
+                       "test": ev.compare(q, (best_method, runs[best_method]),
+                                          (without, runs[without]), primary)}  # fmt: skip
+    return out
+
+
+def print_set(kind: str, r: dict) -> None:
+    print(f"\n{kind} (test, {r['queries']} queries)")
+    print(f"  {'run':<20}" + "".join(f"{m:>12}" for m in r["metrics"]))
+    for name, scores in r["runs"].items():
+        print(f"  {name:<20}" + "".join(f"{scores[m]:>12.4f}" for m in r["metrics"]))
+    for c in (r["fusion_vs_best_single"], r["tuned_vs_best_single"]):
+        print(f"  {c['a']} vs {c['b']} ({c['metric']}): {c['a_score']} vs {c['b_score']}, "
+              f"p = {c['p_value']:.3g} ({c['stat_test']}), W/T/L {c['win_tie_loss']}")  # fmt: skip
+    if "lift" in r:
+        lift = r["lift"]
+        print(f"  personal lift ({lift['metric']}): {lift['with_fan']} with the fan vs "
+              f"{lift['without_fan']} without = {lift['relative']}, "
+              f"p = {lift['test']['p_value']:.3g}")  # fmt: skip
+
+
+def plot(dataset: str, results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = results["sets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.8), squeeze=False)
+    for ax, (kind, r) in zip(axes[0], sets.items(), strict=True):
+        primary = qs.PRIMARY[kind]
+        names = list(r["runs"])
+        values = [r["runs"][n][primary] for n in names]
+        colors = ["tab:orange" if n == r["chosen"] else "tab:blue" for n in names]
+        ax.barh(names[::-1], values[::-1], color=colors[::-1])
+        ax.set_title(f"{kind}: {primary} (test)")
+        for y, v in enumerate(values[::-1]):
+            ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+        ax.set_xlim(0, max([*values, 1e-3]) * 1.25)
+    fig.suptitle(f"creator search on {dataset} (chosen fusion in orange)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def halves(rec, sets: list[qs.QuerySet], seed: int, n: int, near: int) -> dict[str, list]:
+    """Each set's validation and test halves with their retrievers' lists: {kind: [(queries,
+    lists), (queries, lists)]}."""
+    out = {}
+    for q in sets:
+        out[q.kind] = []
+        for half, part in zip(("validation", "test"), q.split(seed), strict=True):
+            vectors = None
+            if q.kind == "personal":
+                part, vectors = fan_vectors(rec, part)
+            say(f"{q.kind} {half}: asking the retrievers for {len(part)} queries")
+            lists = ev.collect(rec.bundle.search, part, n, vectors, say, near)
+            out[q.kind].append((part, lists))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", choices=sorted(SETS), required=True)
+    ap.add_argument("--queries", type=int, default=1000, help="per set, before the split")
+    ap.add_argument("--candidates", type=int, default=SearchSettings().candidates)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--near",
+        type=int,
+        default=SearchSettings().near,
+        help="the fan's nearest creators the personal retriever looks in (0: off)",
+    )
+    args = ap.parse_args()
+    rec = recommender(args.dataset)
+    bundle = rec.bundle
+    say(f"{args.dataset}: serving {bundle.index_version}, retrievers: lexical"
+        f"{', semantic' if bundle.search.semantic is not None else ''}, personal")  # fmt: skip
+    catalog = qs.Catalog.of_version(bundle.index.folder)
+    data = halves(rec, build_sets(args.dataset, catalog, args.queries, args.seed), args.seed,
+                  args.candidates, args.near)  # fmt: skip
+    val = [(v[0], v[1], kind == "personal") for kind, (v, _) in data.items()]
+    chosen, objective, tried = {}, {}, {}
+    for method in ("rrf", "weighted"):
+        say(f"choosing {method}'s constants on validation")
+        chosen[method], objective[method], tried[method] = ev.choose(
+            method, val, args.candidates, say
+        )
+    best = max(chosen, key=lambda m: objective[m])
+    results = {"dataset": args.dataset, "index_version": bundle.index_version,
+               "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
+               "near": args.near,
+               "chosen": {m: {"c": s.c, "weights": s.weights, "validation": objective[m]}
+                          for m, s in chosen.items()},
+               "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
+    for kind, (_, (q, lists)) in data.items():
+        runs = test_runs(q, lists, chosen, 100)
+        tuned, score = tuned_for(kind, tried, args.candidates)
+        runs["tuned"] = ev.fused(lists, tuned, 100, kind == "personal", q.exclude)
+        results["tuned"] = {
+            **results.get("tuned", {}),
+            kind: {
+                "method": tuned.method,
+                "c": tuned.c,
+                "weights": tuned.weights,
+                "validation": score,
+            },
+        }
+        results["sets"][kind] = report_set(q, runs, best)
+        print_set(kind, results["sets"][kind])
+    OUT.mkdir(parents=True, exist_ok=True)
+    deeper = "" if args.candidates == SearchSettings().candidates else f"-c{args.candidates}"
+    deeper += "" if args.near == SearchSettings().near else f"-near{args.near}"
+    out = OUT / f"{args.dataset}{deeper}.json"
+    out.write_text(json.dumps(results, indent=2, default=float))
+    plot(args.dataset, results, out.with_suffix(".png"))
+    print(
+        f"\nchosen on validation: {best} "
+        f"{json.dumps(results['chosen'][best])}; wrote {out} and {out.with_suffix('.png')}"
+    )
+
+
+if __name__ == "__main__":
+    main()
