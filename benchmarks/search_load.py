@@ -7,8 +7,9 @@ retriever runs: the fan's features, the user tower, its score of every candidate
     python benchmarks/search_load.py [--seconds 8] [--in_flight 1 4 16]
 
 Starts `python -m serving up` on the set as its config says (two workers, tower on Triton),
-waits out the explorer's warm-up (benchmarks/suggest_load.settle), then measures. The 1 M set
-has no creator text vectors, so its search is lexical and personal (no semantic retriever).
+waits out the explorer's and search's warm-ups (suggest_load.settle, `ready`), then measures.
+The 1 M set has no creator text vectors, so its search is lexical and personal (no semantic
+retriever).
 Writes artifacts/bench/search/load.json.
 """
 
@@ -52,6 +53,18 @@ def queries(n: int) -> Path:
     return path
 
 
+def ready(url: str, path: Path, asks: int = 12) -> None:
+    """Wait out each worker's search warm-up (its retrievers and the personal retriever's
+    row-to-words index, ~12 s on the 1 M set, built in the background at the swap): a dozen
+    searches with a fan reach both workers."""
+    import httpx
+
+    fan = next(line for line in path.read_text().split() if "user_id" in line)
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for _ in range(asks):
+            client.get(fan).raise_for_status()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8)
@@ -64,6 +77,7 @@ def main() -> None:
     env = {"TOWERLINE_PREFIXES": str(path)}  # the script draws request paths from this file
     with serving_load.Service(args.port, []) as svc:
         settle(svc.url)
+        ready(svc.url, path)
         serving_load.wrk_raw(svc.url, SCRIPT, env, 4, 2)  # warm
         for c in args.in_flight:
             runs.append(serving_load.wrk_raw(svc.url, SCRIPT, env, c, args.seconds))
