@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,16 +100,16 @@ def tuned_for(kind: str, tried: dict[str, list[dict]], candidates: int):
     return SearchSettings(method, t["c"], t["weights"], candidates), t["sets"][kind]
 
 
-def test_runs(q: qs.QuerySet, lists, chosen: dict[str, SearchSettings], k: int) -> dict:
+def test_runs(q: qs.QuerySet, lists, chosen: dict[str, SearchSettings], k: int, as_name) -> dict:
     """Every single retriever and each fusion on one test set (with and without the fan on
     the personal set): {run name: rows per query}."""
     has_fan = q.kind == "personal"
     names = sorted({r for ls in lists for r in ls}, key=["lexical", "semantic", "personal"].index)
     runs = {name: ev.single(lists, name, k, q.exclude) for name in names}
     for method, s in chosen.items():
-        runs[method] = ev.fused(lists, s, k, has_fan, q.exclude)
+        runs[method] = ev.fused(lists, s, k, has_fan, q.exclude, as_name)
         if has_fan:
-            runs[f"{method}, no fan"] = ev.fused(lists, s, k, False, q.exclude)
+            runs[f"{method}, no fan"] = ev.fused(lists, s, k, False, q.exclude, as_name)
     return runs
 
 
@@ -175,8 +176,8 @@ def plot(dataset: str, results: dict, path: Path) -> None:
 
 
 def halves(rec, sets: list[qs.QuerySet], seed: int, n: int, near: int) -> dict[str, list]:
-    """Each set's validation and test halves with their retrievers' lists: {kind: [(queries,
-    lists), (queries, lists)]}."""
+    """Each set's validation and test halves with their retrievers' lists and which queries
+    read as a name: {kind: [(queries, lists, names), (queries, lists, names)]}."""
     out = {}
     for q in sets:
         out[q.kind] = []
@@ -186,8 +187,36 @@ def halves(rec, sets: list[qs.QuerySet], seed: int, n: int, near: int) -> dict[s
                 part, vectors = fan_vectors(rec, part)
             say(f"{q.kind} {half}: asking the retrievers for {len(part)} queries")
             lists = ev.collect(rec.bundle.search, part, n, vectors, say, near)
-            out[q.kind].append((part, lists))
+            names = ev.reads_as_name(rec.bundle.search, part)
+            say(f"  {q.kind} {half}: {np.mean(names):.0%} read as a name")
+            out[q.kind].append((part, lists, names))
     return out
+
+
+def choose_all(data: dict, candidates: int) -> tuple[dict, dict, dict]:
+    """On the validation halves: each method's one setting for every query, and `routed`, a
+    setting per kind of query (a name, a topic), each kind's chosen on its own queries."""
+    val = [(q, lists, kind == "personal") for kind, ((q, lists, _), _) in data.items()]
+    chosen, objective, tried = {}, {}, {}
+    for method in ("rrf", "weighted"):
+        say(f"choosing {method}'s constants on validation")
+        chosen[method], objective[method], tried[method] = ev.choose(method, val, candidates, say)
+    parts = {}
+    for name_like in (True, False):
+        keep = [np.asarray(names) == name_like for (_, _, names), _ in data.values()]
+        say(f"choosing the fusion of queries that read as {'a name' if name_like else 'a topic'}")
+        options = [ev.choose(m, val, candidates, say, keep)[:2] for m in ("rrf", "weighted")]
+        parts[name_like] = max(options, key=lambda o: o[1])
+    name = parts[True][0]
+    chosen["routed"] = replace(parts[False][0], names={"method": name.method, "c": name.c,
+                                                       "weights": name.weights})  # fmt: skip
+    objective["routed"] = round(parts[True][1] + parts[False][1], 4)
+    return chosen, objective, tried
+
+
+def describe(s: SearchSettings, objective: float) -> dict:
+    return {"method": s.method, "c": s.c, "weights": s.weights, "names": s.names,
+            "validation": objective}  # fmt: skip
 
 
 def main() -> None:
@@ -210,22 +239,15 @@ def main() -> None:
     catalog = qs.Catalog.of_version(bundle.index.folder)
     data = halves(rec, build_sets(args.dataset, catalog, args.queries, args.seed), args.seed,
                   args.candidates, args.near)  # fmt: skip
-    val = [(v[0], v[1], kind == "personal") for kind, (v, _) in data.items()]
-    chosen, objective, tried = {}, {}, {}
-    for method in ("rrf", "weighted"):
-        say(f"choosing {method}'s constants on validation")
-        chosen[method], objective[method], tried[method] = ev.choose(
-            method, val, args.candidates, say
-        )
+    chosen, objective, tried = choose_all(data, args.candidates)
     best = max(chosen, key=lambda m: objective[m])
     results = {"dataset": args.dataset, "index_version": bundle.index_version,
                "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
                "near": args.near,
-               "chosen": {m: {"c": s.c, "weights": s.weights, "validation": objective[m]}
-                          for m, s in chosen.items()},
+               "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
                "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
-    for kind, (_, (q, lists)) in data.items():
-        runs = test_runs(q, lists, chosen, 100)
+    for kind, (_, (q, lists, names)) in data.items():
+        runs = test_runs(q, lists, chosen, 100, names)
         tuned, score = tuned_for(kind, tried, args.candidates)
         runs["tuned"] = ev.fused(lists, tuned, 100, kind == "personal", q.exclude)
         results["tuned"] = {

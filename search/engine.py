@@ -12,7 +12,7 @@ of every candidate the others found, ranked. The lists are fused (search.fusion)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,7 +39,23 @@ class SearchSettings:
     also looks for the query's words (name, category, tags: search.topics); 0: it only ranks
     the other retrievers' candidates."""
 
+    names: dict | None = None
+    """The fusion for a query that reads as a creator's name ({method, c, weights}, each
+    optional): one using a word only names use (search.topics). None: the fusion above
+    answers every query."""
+
+    def for_query(self, name_like: bool) -> SearchSettings:
+        """The settings that fuse a query that does (or does not) read as a name."""
+        if not (name_like and self.names):
+            return self
+        return replace(self, **self.names, names=None)
+
     def __post_init__(self):
+        if self.names is not None:
+            unknown = sorted(set(self.names) - {"method", "c", "weights"})
+            if unknown:
+                raise ValueError(f"search.names has {unknown}: it takes method, c, weights")
+            self.for_query(True)  # the name fusion's own values checked too
         if self.method not in ("rrf", "weighted"):
             raise ValueError(f"search.method={self.method!r}: use rrf or weighted")
         unknown = sorted(set(self.weights) - set(RETRIEVERS))
@@ -107,7 +123,13 @@ class Engine:
         """The k best creators for the query, and the retrievers that took part."""
         n = settings.candidates
         lists = self.candidates(query, n, user_vector, query_vector, semantic, settings.near)
-        return self.fuse(lists, k, settings, exclude), list(lists)
+        chosen = settings.for_query(self.reads_as_name(query))
+        return self.fuse(lists, k, chosen, exclude), list(lists)
+
+    def reads_as_name(self, query: str) -> bool:
+        """Whether the query uses a word only creators' names use (navigational) rather than
+        a topic's; False without the topics index."""
+        return self.topics is not None and self.topics.reads_as_name(query)
 
     def fuse(
         self, lists: dict[str, fusion.Ranked], k: int, settings: SearchSettings, exclude=()

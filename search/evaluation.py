@@ -51,11 +51,19 @@ def collect(
 
 
 def fused(
-    lists: list[Lists], settings: SearchSettings, k: int, fan: bool, exclude: list[list[int]]
-) -> list[list[int]]:
-    """Each query's k best rows under `settings`, with or without the fan's personal list."""
-    return [[h.row for h in fuse(_with_fan(ls, fan), k, settings, ex)]
-            for ls, ex in zip(lists, exclude, strict=True)]  # fmt: skip
+    lists: list[Lists], settings: SearchSettings, k: int, fan: bool, exclude: list[list[int]],
+    names: Sequence[bool] | None = None,
+) -> list[list[int]]:  # fmt: skip
+    """Each query's k best rows under `settings` (the name fusion for the queries `names` marks
+    as reading as a name), with or without the fan's personal list."""
+    names = [False] * len(lists) if names is None else names
+    return [[h.row for h in fuse(_with_fan(ls, fan), k, settings.for_query(nm), ex)]
+            for ls, ex, nm in zip(lists, exclude, names, strict=True)]  # fmt: skip
+
+
+def reads_as_name(engine: Engine, queries: QuerySet) -> list[bool]:
+    """Which queries the service would fuse as a name (Engine.reads_as_name)."""
+    return [engine.reads_as_name(t) for t in queries.text]
 
 
 def _with_fan(lists: Lists, fan: bool) -> Lists:
@@ -130,18 +138,28 @@ def choose(
     sets: list[tuple[QuerySet, list[Lists], bool]],
     candidates: int,
     say: Callable[[str], None] | None = None,
+    keep: list[np.ndarray] | None = None,
 ) -> tuple[SearchSettings, float, list[dict]]:
     """The grid's best settings for `method` by the mean of each set's primary metric (with
-    the fan where a set has fans), its objective, and every point tried."""
+    the fan where a set has fans), its objective, and every point tried. With `keep` (a mask
+    per set) only those queries count, each set's metric weighted by the share kept: the
+    objective of the queries one fusion of a routed pair answers."""
     retrievers = sorted({r for _, lists, _ in sets for ls in lists for r in ls})
-    truths = [qrels(q) for q, _, _ in sets]
+    keep = keep or [np.ones(len(q), bool) for q, _, _ in sets]
+    subsets = []
+    for (q, lists, fan), mask in zip(sets, keep, strict=True):
+        if mask.any():
+            which = np.flatnonzero(mask)
+            part = q.take(which)
+            subsets.append((part, [lists[i] for i in which], fan, mask.mean(), qrels(part)))
     tried = []
-    for s in grid(method, retrievers, candidates):
-        per_set = {q.kind: evaluate(q, fused(lists, s, 10, fan, q.exclude), [PRIMARY[q.kind]],
-                                    truth)[PRIMARY[q.kind]]
-                   for (q, lists, fan), truth in zip(sets, truths, strict=True)}  # fmt: skip
-        tried.append({"c": s.c, "weights": s.weights, "sets": per_set,
-                      "objective": round(float(np.mean(list(per_set.values()))), 4)})  # fmt: skip
+    for setting in grid(method, retrievers, candidates):
+        per_set = {q.kind: share * evaluate(q, fused(lists, setting, 10, fan, q.exclude),
+                                            [PRIMARY[q.kind]], truth)[PRIMARY[q.kind]]
+                   for q, lists, fan, share, truth in subsets}  # fmt: skip
+        objective = round(float(np.sum(list(per_set.values())) / len(sets)), 4)
+        tried.append({"c": setting.c, "weights": setting.weights, "sets": per_set,
+                      "objective": objective})  # fmt: skip
     best = max(range(len(tried)), key=lambda i: (tried[i]["objective"], -i))
     if say is not None:
         say(f"  {method}: {len(tried)} settings, best {tried[best]}")

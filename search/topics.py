@@ -37,26 +37,54 @@ class Topics:
             data_dir, creator_idx, {"name": "", "category": "", "tags": []}
         )  # fmt: skip
         self.vocabulary: dict[str, int] = {}
-        ids, lengths = [], np.zeros(len(creator_idx), np.int64)
-        for row, (name, category, tags) in enumerate(zip(*cols.values(), strict=True)):
-            words = set(tokens(name)) | set(tokens(category)) | set(tokens(" ".join(tags or [])))
-            ids.extend(self.vocabulary.setdefault(w, len(self.vocabulary)) for w in words)
-            lengths[row] = len(words)
-        self.words = np.asarray(ids, np.int32)
-        self.starts = np.concatenate([[0], np.cumsum(lengths)])
+        every, topical = _Words(), set()
+        for name, category, tags in zip(*cols.values(), strict=True):
+            own = {self.vocabulary.setdefault(w, len(self.vocabulary)) for w in tokens(name)}
+            rest = {self.vocabulary.setdefault(w, len(self.vocabulary))
+                    for w in {*tokens(category), *tokens(" ".join(tags or []))}}  # fmt: skip
+            topical |= rest
+            every.add(own | rest)
+        self.words, self.starts = every.arrays()
+        self.name_only = np.ones(len(self.vocabulary), bool)
+        self.name_only[list(topical)] = False
         log.info("topics of %d creators (%d words) in %.1f s", len(creator_idx),
                  len(self.vocabulary), time.perf_counter() - started)  # fmt: skip
 
+    def _ids(self, query: str) -> list[int]:
+        return [self.vocabulary[w] for w in tokens(query) if w in self.vocabulary]
+
     def matching(self, rows: np.ndarray, query: str) -> np.ndarray:
         """For each row, whether one of the query's words is in its name, category or tags."""
-        rows = np.asarray(rows, np.int64)
-        wanted = [self.vocabulary[w] for w in tokens(query) if w in self.vocabulary]
-        if not wanted or not len(rows):
-            return np.zeros(len(rows), bool)
-        lengths = self.starts[rows + 1] - self.starts[rows]
-        owner = np.repeat(np.arange(len(rows)), lengths)
-        at = np.repeat(self.starts[rows] - np.cumsum(lengths) + lengths, lengths)
-        words = self.words[at + np.arange(len(owner))]
-        hit = np.zeros(len(rows), bool)
-        hit[owner[np.isin(words, wanted)]] = True
-        return hit
+        return _holding(self.words, self.starts, np.asarray(rows, np.int64), self._ids(query))
+
+    def reads_as_name(self, query: str) -> bool:
+        """Whether the query uses a word that only names use (never a category or tag): a fan
+        looking for someone, not for a topic."""
+        return bool(self.name_only[self._ids(query)].any())
+
+
+class _Words:
+    """Rows' word ids gathered as a CSR (starts [rows + 1], words)."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.lengths: list[int] = []
+
+    def add(self, ids) -> None:
+        self.ids.extend(ids)
+        self.lengths.append(len(ids))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.ids, np.int32), np.concatenate([[0], np.cumsum(self.lengths)])
+
+
+def _holding(words: np.ndarray, starts: np.ndarray, rows: np.ndarray, wanted: list[int]):
+    """For each row, whether its words (CSR `words`, `starts`) hold one of `wanted`."""
+    if not wanted or not len(rows):
+        return np.zeros(len(rows), bool)
+    lengths = starts[rows + 1] - starts[rows]
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    at = np.repeat(starts[rows] - np.cumsum(lengths) + lengths, lengths)
+    hit = np.zeros(len(rows), bool)
+    hit[owner[np.isin(words[at + np.arange(len(owner))], wanted)]] = True
+    return hit

@@ -56,7 +56,10 @@ class SearchResponse(BaseModel):
     user_id: str | None
     items: list[SearchItem]
     retrievers: list[str] = Field(description="The retrievers that answered.")
-    fusion: dict = Field(description="method, c, weights, candidates per retriever, near")
+    fusion: dict = Field(
+        description="method, c, weights, candidates per retriever, near, and "
+        "query: name or topic (which fusion the config's `search` gave it)"
+    )
     model_version: str
     index_version: str
     degraded: str | None = Field(
@@ -118,14 +121,17 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
     settings: SearchSettings = svc.search
     lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings)
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
-    hits, used = bundle.search.fuse(lists, k, settings, banned), list(lists)
+    name_like = bundle.search.reads_as_name(q)
+    chosen = settings.for_query(name_like)
+    hits, used = bundle.search.fuse(lists, k, chosen, banned), list(lists)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
               "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),
               "popularity": int(info["train_count"][h.row]), "ranks": h.ranks}
              for h in hits]  # fmt: skip
-    fusion = {"method": settings.method, "c": settings.c, "weights": settings.weights,
-              "candidates": settings.candidates, "near": settings.near}  # fmt: skip
+    fusion = {"method": chosen.method, "c": chosen.c, "weights": chosen.weights,
+              "candidates": settings.candidates, "near": settings.near,
+              "query": "name" if name_like else "topic"}  # fmt: skip
     cold = why == "cold_start"
     degraded = [r for r in (None if cold else why, query_why) if r]
     return {"items": items, "retrievers": used, "fusion": fusion,

@@ -53,3 +53,37 @@ def test_the_personal_list_adds_the_fans_nearest_creators_the_query_describes(ve
                       key=lambda r: (-scores[r], r))[:50]  # fmt: skip
     assert lists["personal"][0].tolist() == expected
     assert np.allclose(lists["personal"][1], scores[expected], atol=1e-5)
+
+
+def test_a_query_reads_as_a_name_when_it_uses_a_word_only_names_use(version):
+    index, topics, embeddings, _ = version
+    cols = catalog_columns(Path(index.manifest["catalog"]["data_dir"]), index.creator_idx,
+                           {"name": "", "category": "", "tags": []})  # fmt: skip
+    in_names = {w for n in cols["name"] for w in tokens(n)}
+    topical = {w for c, t in zip(cols["category"], cols["tags"], strict=True)
+               for w in tokens(c) + tokens(" ".join(t))}  # fmt: skip
+    only = sorted(in_names - topical)
+    assert only and topical, "the tiny catalog has both kinds of words"
+    engine = Engine(Lexical(index.folder / store.LEXICAL), None, embeddings, index.index, topics)
+    topic = sorted(topical)[0]
+    for query, name_like in ((only[0].upper(), True), (f"{topic} {only[-1]}", True),
+                             (topic, False), ("zzqx unknown", False), ("!!", False)):  # fmt: skip
+        assert topics.reads_as_name(query) is name_like, query
+        assert engine.reads_as_name(query) is name_like
+    assert Engine(engine.lexical, None, embeddings).reads_as_name(only[0]) is False
+
+
+def test_a_name_like_query_is_fused_by_the_name_setting():
+    from search.engine import SearchSettings
+
+    lean = {"method": "weighted", "weights": {"lexical": 1.0, "personal": 0.25}}
+    s = SearchSettings("rrf", 20.0, {"lexical": 1.0, "personal": 2.0}, names=lean)
+    assert s.for_query(False) is s
+    name = s.for_query(True)
+    assert (name.method, name.c, name.weights, name.names) == (
+        "weighted", 20.0, {"lexical": 1.0, "personal": 0.25}, None)  # fmt: skip
+    assert SearchSettings().for_query(True) == SearchSettings()
+    with pytest.raises(ValueError, match="it takes method, c, weights"):
+        SearchSettings(names={"k": 3})
+    with pytest.raises(ValueError, match="use rrf or weighted"):
+        SearchSettings(names={"method": "max"})
