@@ -28,7 +28,7 @@ export async function showSearch(q, fan, k) {
     const r = await api(`/search?${params}`);
     $("search-results").querySelector("tbody").replaceChildren(...r.items.map(row));
     const flag = r.degraded ? `, degraded: ${r.degraded}` : r.cold_start ? ", a fan nobody knows: not personal" : "";
-    $("search-status").textContent = `${r.items.length} creators from ${r.retrievers.join(", ")} (${r.fusion.method})${flag}, ${r.index_version}, in ${r.took_ms.toFixed(0)} ms.`;
+    $("search-status").textContent = `${r.items.length} creators from ${r.retrievers.join(", ")} (${r.fusion.method}, read as ${r.fusion.query === "name" ? "a name" : "a topic"})${flag}, ${r.index_version}, in ${r.took_ms.toFixed(0)} ms.`;
   } catch (error) {
     $("search-status").textContent = error.message;
   }
