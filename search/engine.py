@@ -83,16 +83,13 @@ class Engine:
         self.index, self.topics = index, topics
 
     def candidates(
-        self, query: str, n: int, user_vector=None, query_vector=None, semantic: bool = True,
-        near: int = 0,
-    ) -> dict[str, fusion.Ranked]:  # fmt: skip
-        """Each retriever's list for the query, best first. The semantic retriever embeds the
-        query in this process unless given its `query_vector` (serving's, from Triton);
-        `semantic=False` leaves it out (its encoder failed)."""
+        self, query: str, n: int, user_vector=None, semantic: bool = True, near: int = 0
+    ) -> dict[str, fusion.Ranked]:
+        """Each retriever's list for the query, best first. `semantic=False` leaves the
+        semantic retriever out (serving asks it itself, with the query's vector from Triton)."""
         lists = {"lexical": self.lexical.search(query, n)}
         if self.semantic is not None and semantic:
-            q = self.semantic.embed([query]) if query_vector is None else query_vector
-            lists["semantic"] = self.semantic.search_vectors(np.reshape(q, (1, -1)), n)
+            lists["semantic"] = self.semantic.search(query, n)
         if user_vector is not None:
             lists["personal"] = self.personal(lists, user_vector, query, near, n)
         return lists
@@ -117,24 +114,17 @@ class Engine:
         return rows[order], scores[order]
 
     def search(
-        self, query: str, k: int, settings: SearchSettings, user_vector=None, exclude=(),
-        query_vector=None, semantic: bool = True,
-    ) -> tuple[list[Hit], list[str]]:  # fmt: skip
+        self, query: str, k: int, settings: SearchSettings, user_vector=None, exclude=()
+    ) -> tuple[list[Hit], list[str]]:
         """The k best creators for the query, and the retrievers that took part."""
-        n = settings.candidates
-        lists = self.candidates(query, n, user_vector, query_vector, semantic, settings.near)
+        lists = self.candidates(query, settings.candidates, user_vector, near=settings.near)
         chosen = settings.for_query(self.reads_as_name(query))
-        return self.fuse(lists, k, chosen, exclude), list(lists)
+        return fuse(lists, k, chosen, exclude), list(lists)
 
     def reads_as_name(self, query: str) -> bool:
         """Whether the query uses a word only creators' names use (navigational) rather than
         a topic's; False without the topics index."""
         return self.topics is not None and self.topics.reads_as_name(query)
-
-    def fuse(
-        self, lists: dict[str, fusion.Ranked], k: int, settings: SearchSettings, exclude=()
-    ) -> list[Hit]:
-        return fuse(lists, k, settings, exclude)
 
 
 def fuse(

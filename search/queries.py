@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from data import manifest as data_manifest
 from data import tables
 from data.sources.public import LastFmSource
 from index import projection
@@ -180,8 +181,7 @@ def topical(catalog: Catalog, min_support: int = 3, n: int | None = None, seed: 
 def holdout_source(data_dir: Path) -> LastFmSource:
     """The Last.fm source a dataset was prepared from, with its tag hold-out; a ValueError for
     a dataset without one (its held-out tags would be in the indexed text)."""
-    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    spec = dict(manifest["config"]["source"])
+    spec = dict(data_manifest.load(data_dir)["config"]["source"])
     if spec.get("kind") != "lastfm" or not spec.get("tag_holdout"):
         raise ValueError(
             f"{data_dir} was not prepared from Last.fm with a tag hold-out (source: {spec}); "

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from common.errors import MissingInputError
 from data.schema import ID_PATTERN
 from index.lexical import tokens
-from search.engine import SearchSettings
+from search.engine import SearchSettings, fuse
 from serving.api.schemas import ERRORS, MAX_ID_CHARS
 from serving.api.state import ServicesDep
 
@@ -123,7 +123,7 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
     name_like = bundle.search.reads_as_name(q)
     chosen = settings.for_query(name_like)
-    hits, used = bundle.search.fuse(lists, k, chosen, banned), list(lists)
+    hits, used = fuse(lists, k, chosen, banned), list(lists)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
               "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),

@@ -97,6 +97,20 @@ class Breaker:
             elif self.state != CLOSED:
                 self._report(now)
 
+    def call(self, fn, *args):
+        """`fn(*args)` through the breaker: its result, or None when the breaker refused the
+        call or the call raised (counted as a failure)."""
+        if not self.allow():
+            self.refused()
+            return None
+        try:
+            out = fn(*args)
+        except Exception as e:
+            self.failure(e)
+            return None
+        self.success()
+        return out
+
     def refused(self) -> None:
         """A call the open breaker turned away (counted in the outage, not a new failure)."""
         with self._lock:

@@ -197,7 +197,7 @@ class Recommender:
             return None, None
         feed = semantic.encoder.tokenize([query])
         if bundle.tower.query is not None:
-            vector = _through(self.breakers["query_encoder"], bundle.tower.query, feed)
+            vector = self.breakers["query_encoder"].call(bundle.tower.query, feed)
             if vector is not None:
                 return vector, None
         try:
@@ -253,17 +253,3 @@ class Recommender:
             histories, degraded = [np.zeros(0, np.int64)] * len(ids), len(ids)
         names, codes = np.unique(bundle.catalog["category"].astype(str), return_inverse=True)
         return versions.Audience(ids, answers, histories, (codes, names.tolist()), degraded)
-
-
-def _through(breaker: Breaker, call: Callable, *args):
-    """`call(*args)` unless `breaker` refuses it; None when refused or failed (counted)."""
-    if not breaker.allow():
-        breaker.refused()
-        return None
-    try:
-        out = call(*args)
-    except Exception as e:
-        breaker.failure(e)
-        return None
-    breaker.success()
-    return out

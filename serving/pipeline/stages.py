@@ -118,18 +118,11 @@ class Lookup:
         self.breaker = breaker or Breaker("the feature store")
 
     def __call__(self, batch: Batch) -> None:
-        everyone = range(len(batch.requests))
-        if not self.breaker.allow():
-            self.breaker.refused()
-            batch.leave_model_path(everyone, FEATURE_STORE_UNAVAILABLE)
+        # the store's unavailability error, or anything it raises, counts against it
+        f = self.breaker.call(self.store.lookup, [r.user_id for r in batch.requests])
+        if f is None:
+            batch.leave_model_path(range(len(batch.requests)), FEATURE_STORE_UNAVAILABLE)
             return
-        try:
-            f = self.store.lookup([r.user_id for r in batch.requests])
-        except Exception as e:  # the store's unavailability error, or anything it raises
-            self.breaker.failure(e)
-            batch.leave_model_path(everyone, FEATURE_STORE_UNAVAILABLE)
-            return
-        self.breaker.success()
         admit(batch, f)
 
 
@@ -163,7 +156,7 @@ class Encode:
             f.user_idx[rows], f.trained[rows], f.history[rows], f.attributes[rows], b.num_creators
         )
         inputs = {n: np.ascontiguousarray(inputs[n]) for n in b.tower.inputs}
-        batch.queries = self._on_server(b, inputs)
+        batch.queries = self.breaker.call(b.tower.encode, inputs)
         if batch.queries is None and b.tower.fallback is not None:
             try:
                 batch.queries = b.tower.fallback(inputs)
@@ -173,18 +166,6 @@ class Encode:
                 log.exception("the in-process user tower failed too")
         if batch.queries is None:
             batch.leave_model_path(list(batch.model), USER_TOWER_UNAVAILABLE)
-
-    def _on_server(self, b: Bundle, inputs: dict) -> np.ndarray | None:
-        if not self.breaker.allow():
-            self.breaker.refused()
-            return None
-        try:
-            queries = b.tower.encode(inputs)
-        except Exception as e:
-            self.breaker.failure(e)
-            return None
-        self.breaker.success()
-        return queries
 
 
 class Retrieve:

@@ -96,21 +96,17 @@ class TritonTowers:
         for kind in (repository.LOCAL, repository.PRODUCTION):
             repository.add_version(self.model_dir(model, kind), onnx, number)
 
-    def _remove(self, number: int, model: str) -> bool:
+    def _remove(self, number: int, model: str) -> None:
         """Version `number` of `model` out of both repositories, if there (a later load
-        unloads it from Triton); the last version takes the model's folders with it. Returns
-        whether the model is gone."""
-        gone = False
+        unloads it from Triton); the last version takes the model's folders with it."""
         for kind in (repository.LOCAL, repository.PRODUCTION):
             model_dir = self.model_dir(model, kind)
             if not (model_dir / str(number)).exists():
                 continue
             if repository.versions(model_dir) == [number]:  # the last: no successor to keep
                 shutil.rmtree(model_dir)
-                gone = True
             else:
                 repository.remove_version(model_dir, number)
-        return gone
 
     def load(self, models: list[str] | None = None) -> None:
         """Explicit model control: (re)load each model with every version in the repository

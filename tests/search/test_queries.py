@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from data import manifest as data_manifest
 from data import tables
 from data.sources.public import LastFmSource, tag_held_out
 from index import store
@@ -117,16 +118,21 @@ def test_topical_queries_are_held_out_tags_with_support(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     source = {"kind": "lastfm", "path": str(folder), "tag_holdout": 0.5}
-    (data / "manifest.json").write_text(json.dumps({"config": {"source": source}}))
+    (data / "manifest.json").write_text(json.dumps(prepared(source)))
     ids = np.array(["51", "52"], dtype=object)
     cat = qs.Catalog(data, np.array([2, 3]), ids, ids, ids, np.array([[], []], dtype=object))
     top = qs.topical(cat, min_support=2)
     assert top.text == ["secret"] and top.relevant == [[0, 1]]
     assert qs.topical(cat, min_support=1).text == ["indie", "secret"]
     source["tag_holdout"] = 0.0
-    (data / "manifest.json").write_text(json.dumps({"config": {"source": source}}))
+    (data / "manifest.json").write_text(json.dumps(prepared(source)))
     with pytest.raises(ValueError, match="tag hold-out"):
         qs.topical(cat)
+
+
+def prepared(source: dict) -> dict:
+    """The part of a prepared dataset's manifest the topical set reads."""
+    return {"kind": data_manifest.KIND, "config": {"source": source}}
 
 
 def test_no_held_out_assignment_reaches_the_real_catalog():
