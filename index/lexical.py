@@ -1,7 +1,8 @@
 """The lexical retriever of an index version (creator search, issue 16): BM25 over each
 creator's name, category, tags and description, and over its name's character trigrams (so a
 typo, a dropped letter or a cut-off word still finds the name), in a tantivy index written by
-the rebuild job into the version folder (`lexical/`, store.LEXICAL).
+the rebuild job into the version folder (`lexical/`, store.LEXICAL); the whole name is one more
+term, so an exact name stands first.
 
 tantivy over bm25s, by measurement on the 1 M-creator catalog, side by side on the same tokens
 (benchmarks/lexical_choice.py, BENCHMARKS.md): noisy names found as well (MRR@10 0.770 against
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 FIELDS = ("name", "category", "tags", "description")
 GRAMS = "grams"
 """The name's character trigrams (padded words, `_` for the padding)."""
+WHOLE = "whole"
+"""The whole name, folded, as one term (`whole_name`): a query that is exactly a creator's name
+matches it, so that creator comes before the shorter names BM25's length norm favours ('The
+Sunday Skillet Kitchen 25' before 'Sunday Skillet Kitchen 25')."""
 ROW = "row"
 """The creator's faiss row in the version: the id every retriever of a version shares."""
 WRITER_HEAP = 256_000_000
@@ -55,11 +60,17 @@ def trigrams(text: str | None) -> list[str]:
     return [w[i : i + 3] for w in (f"_{w}_" for w in tokens(text)) for i in range(len(w) - 2)]
 
 
+def whole_name(text: str | None) -> str:
+    """A name or a query as the `WHOLE` field's one term: its words joined by a space."""
+    return " ".join(tokens(text))
+
+
 def schema() -> tantivy.Schema:
     b = tantivy.SchemaBuilder()
     b.add_integer_field(ROW, stored=True, indexed=True, fast=True)
     for field in (*FIELDS, GRAMS):
         b.add_text_field(field, tokenizer_name="whitespace", index_option="freq")
+    b.add_text_field(WHOLE, tokenizer_name="raw", index_option="basic")
     return b.build()
 
 
@@ -85,7 +96,8 @@ def build(data_dir: Path, creator_idx: np.ndarray, folder: Path) -> dict:
             "tags": tokens(" ".join(tags or [])), "description": tokens(text["description"][row]),
         }  # fmt: skip
         writer.add_document(tantivy.Document(
-            **{ROW: row, GRAMS: " ".join(trigrams(text["name"][row]))},
+            **{ROW: row, GRAMS: " ".join(trigrams(text["name"][row])),
+               WHOLE: whole_name(text["name"][row])},
             **{f: " ".join(words) for f, words in doc.items()},
         ))  # fmt: skip
     writer.commit()
@@ -93,4 +105,4 @@ def build(data_dir: Path, creator_idx: np.ndarray, folder: Path) -> dict:
     seconds = time.perf_counter() - started
     log.info("lexical index: %d creators in %.1f s", len(creator_idx), seconds)
     return {"library": f"tantivy {version('tantivy')}", "creators": len(creator_idx),
-            "fields": [*FIELDS, GRAMS], "seconds": round(seconds, 1)}  # fmt: skip
+            "fields": [*FIELDS, GRAMS, WHOLE], "seconds": round(seconds, 1)}  # fmt: skip

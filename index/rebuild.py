@@ -135,6 +135,8 @@ def stale_reason(current: dict | None, inputs: Inputs) -> str | None:
     missing = [name for name in ("lexical", "suggest") if name not in current]
     if missing:
         return f"{current['version']} was built before creator search (no {' or '.join(missing)})"
+    if lexical.WHOLE not in current["lexical"].get("fields", ()):
+        return f"{current['version']}'s lexical index has no whole-name field (exact names first)"
     was, now = current.get("inputs", {}), inputs.record
     if was.get("id") == now["id"]:
         return None
