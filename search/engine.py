@@ -43,19 +43,29 @@ class SearchSettings:
     """The fusion for a query that reads as a creator's name ({method, c, weights}, each
     optional): one using a word only names use (search.topics). None: the fusion above
     answers every query."""
+    fans: dict | None = None
+    """The fusion for any other query when a fan asks it (the personal retriever takes part):
+    which of a topic's creators this fan loves is the personal retriever's to say, where a
+    topic asked without a fan leans on the text retrievers. None: the fusion above."""
 
-    def for_query(self, name_like: bool) -> SearchSettings:
-        """The settings that fuse a query that does (or does not) read as a name."""
-        if not (name_like and self.names):
-            return self
-        return replace(self, **self.names, names=None)
+    def for_query(self, name_like: bool, with_fan: bool = False) -> SearchSettings:
+        """The settings that fuse a query that does (or does not) read as a name, asked with
+        (or without) a fan."""
+        route = self.names if name_like else self.fans if with_fan else None
+        return replace(self, **route, names=None, fans=None) if route else self
+
+    @staticmethod
+    def route(name_like: bool, with_fan: bool) -> str:
+        """The name of the fusion `for_query` picks: name, fan topic or topic."""
+        return "name" if name_like else "fan topic" if with_fan else "topic"
 
     def __post_init__(self):
-        if self.names is not None:
-            unknown = sorted(set(self.names) - {"method", "c", "weights"})
+        for key, route in (("names", self.names), ("fans", self.fans)):
+            unknown = sorted(set(route or ()) - {"method", "c", "weights"})
             if unknown:
-                raise ValueError(f"search.names has {unknown}: it takes method, c, weights")
-            self.for_query(True)  # the name fusion's own values checked too
+                raise ValueError(f"search.{key} has {unknown}: it takes method, c, weights")
+        if self.names is not None or self.fans is not None:
+            self.for_query(True), self.for_query(False, True)  # each route's values checked
         if self.method not in ("rrf", "weighted"):
             raise ValueError(f"search.method={self.method!r}: use rrf or weighted")
         unknown = sorted(set(self.weights) - set(RETRIEVERS))
@@ -118,7 +128,7 @@ class Engine:
     ) -> tuple[list[Hit], list[str]]:
         """The k best creators for the query, and the retrievers that took part."""
         lists = self.candidates(query, settings.candidates, user_vector, near=settings.near)
-        chosen = settings.for_query(self.reads_as_name(query))
+        chosen = settings.for_query(self.reads_as_name(query), "personal" in lists)
         return fuse(lists, k, chosen, exclude), list(lists)
 
     def reads_as_name(self, query: str) -> bool:

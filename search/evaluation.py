@@ -55,10 +55,14 @@ def fused(
     names: Sequence[bool] | None = None,
 ) -> list[list[int]]:  # fmt: skip
     """Each query's k best rows under `settings` (the name fusion for the queries `names` marks
-    as reading as a name), with or without the fan's personal list."""
+    as reading as a name, the fan's for the others asked with a fan), with or without the
+    fan's personal list."""
     names = [False] * len(lists) if names is None else names
-    return [[h.row for h in fuse(_with_fan(ls, fan), k, settings.for_query(nm), ex)]
-            for ls, ex, nm in zip(lists, exclude, names, strict=True)]  # fmt: skip
+    out = []
+    for ls, ex, nm in zip(lists, exclude, names, strict=True):
+        ls = _with_fan(ls, fan)
+        out.append([h.row for h in fuse(ls, k, settings.for_query(nm, "personal" in ls), ex)])
+    return out
 
 
 def reads_as_name(engine: Engine, queries: QuerySet) -> list[bool]:
@@ -133,35 +137,108 @@ def grid(method: str, retrievers: Sequence[str], candidates: int) -> list[Search
             for c in cs for w in combos]  # fmt: skip
 
 
+Objective = tuple[float, ...]
+"""A fusion's validation figures compared leximin: each set's primary metric over its best
+single retriever's, worst set first (then the next worst...), then their mean."""
+FLOOR = 1e-3
+"""A set's best single retriever's score is at least this in the ratio (none may find a thing)."""
+Sets = list[tuple[QuerySet, list[Lists], bool]]
+
+
 def choose(
-    method: str,
-    sets: list[tuple[QuerySet, list[Lists], bool]],
-    candidates: int,
-    say: Callable[[str], None] | None = None,
-    keep: list[np.ndarray] | None = None,
-) -> tuple[SearchSettings, float, list[dict]]:
-    """The grid's best settings for `method` by the mean of each set's primary metric (with
-    the fan where a set has fans), its objective, and every point tried. With `keep` (a mask
-    per set) only those queries count, each set's metric weighted by the share kept: the
-    objective of the queries one fusion of a routed pair answers."""
-    retrievers = sorted({r for _, lists, _ in sets for ls in lists for r in ls})
+    method: str, sets: Sets, candidates: int, say: Callable[[str], None] | None = None
+) -> tuple[SearchSettings, Objective, list[dict]]:
+    """The grid's best settings for `method` on these (validation) sets, its objective, and
+    every point tried. Each set counts as the ratio of its primary metric (with the fan where
+    the set has fans) to its best single retriever's on the same queries: the goal is to beat
+    that retriever on every set, and a ratio keeps one set's scale (a name's MRR near 0.9, a
+    topic's NDCG near 0.05) from outvoting another's. The worst set's ratio decides first."""
+    settings = grid(method, _retrievers(sets), candidates)
+    best, sizes = best_singles(sets), np.array([len(q) for q, _, _ in sets])
+    ratios = sums(sets, settings) / (sizes * best)
+    tried = [{"c": s.c, "weights": s.weights, "sets": _by_set(sets, r),
+              "objective": list(leximin(r))}
+             for s, r in zip(settings, ratios, strict=True)]  # fmt: skip
+    i = max(range(len(settings)), key=lambda i: (leximin(ratios[i]), -i))
+    if say is not None:
+        say(f"  {method}: {len(settings)} settings, best {tried[i]}")
+    return settings[i], leximin(ratios[i]), tried
+
+
+def choose_routes(
+    sets: Sets, candidates: int, routes: dict[str, list[np.ndarray]],
+    say: Callable[[str], None] | None = None, rounds: int = 10,
+) -> tuple[dict[str, SearchSettings], Objective, dict[str, list[float]]]:  # fmt: skip
+    """A setting per route (the queries each mask of `routes` marks, one mask per set), chosen
+    together: each set's metric is the sum over the routes answering its queries, so a route's
+    setting is picked, in turn, for the leximin objective of every set given the others', until
+    none changes. Starts from each route's own best. Returns the settings, the objective and
+    each set's ratio."""
+    options = [s for m in ("rrf", "weighted") for s in grid(m, _retrievers(sets), candidates)]
+    scale = np.array([len(q) for q, _, _ in sets]) * best_singles(sets)
+    taken = {r: keep for r, keep in routes.items() if any(m.any() for m in keep)}
+    tables = {r: sums(sets, options, keep) for r, keep in taken.items()}
+    pick = {r: int(np.argmax((t / scale).sum(1))) for r, t in tables.items()}
+    for _ in range(rounds):
+        before = dict(pick)
+        for r, table in tables.items():
+            rest = sum(tables[o][pick[o]] for o in tables if o != r)
+            ratios = (rest + table) / scale
+            pick[r] = max(range(len(options)), key=lambda i: (leximin(ratios[i]), i == pick[r], -i))
+        if pick == before:
+            break
+    total = sum(t[pick[r]] for r, t in tables.items()) / scale
+    if say is not None:
+        say(f"  routes: {({r: _describe(options[i]) for r, i in pick.items()})}, "
+            f"ratios {_by_set(sets, total)}")  # fmt: skip
+    return {r: options[i] for r, i in pick.items()}, leximin(total), _by_set(sets, total)
+
+
+def leximin(ratios: np.ndarray) -> Objective:
+    r = np.round(np.asarray(ratios, float), 4)
+    return (*sorted(r.tolist()), round(float(r.mean()), 4))
+
+
+def sums(sets: Sets, settings: list[SearchSettings], keep=None) -> np.ndarray:
+    """[settings, sets]: each set's primary metric summed over its (kept) queries."""
     keep = keep or [np.ones(len(q), bool) for q, _, _ in sets]
-    subsets = []
-    for (q, lists, fan), mask in zip(sets, keep, strict=True):
+    out = np.zeros((len(settings), len(sets)))
+    for j, ((q, lists, fan), mask) in enumerate(zip(sets, keep, strict=True)):
         if mask.any():
             which = np.flatnonzero(mask)
-            part = q.take(which)
-            subsets.append((part, [lists[i] for i in which], fan, mask.mean(), qrels(part)))
-    tried = []
-    for setting in grid(method, retrievers, candidates):
-        per_set = {q.kind: share * evaluate(q, fused(lists, setting, 10, fan, q.exclude),
-                                            [PRIMARY[q.kind]], truth)[PRIMARY[q.kind]]
-                   for q, lists, fan, share, truth in subsets}  # fmt: skip
-        objective = round(float(np.sum(list(per_set.values())) / len(sets)), 4)
-        tried.append({"c": setting.c, "weights": setting.weights, "sets": per_set,
-                      "objective": objective})  # fmt: skip
-    best = max(range(len(tried)), key=lambda i: (tried[i]["objective"], -i))
-    if say is not None:
-        say(f"  {method}: {len(tried)} settings, best {tried[best]}")
-    chosen = grid(method, retrievers, candidates)[best]
-    return chosen, tried[best]["objective"], tried
+            part, kept = q.take(which), [lists[i] for i in which]
+            truth = qrels(part)
+            for i, s in enumerate(settings):
+                out[i, j] = per_query(part, fused(kept, s, 10, fan, part.exclude), truth).sum()
+    return out
+
+
+def best_singles(sets: Sets) -> np.ndarray:
+    """Each set's best single retriever's mean primary metric (at least FLOOR)."""
+    out = []
+    for q, lists, fan in sets:
+        names = {r for ls in lists for r in ls if fan or r != "personal"}
+        truth = qrels(q)
+        out.append(max(per_query(q, single(lists, n, 10, q.exclude), truth).mean() for n in names))
+    return np.maximum(np.array(out), FLOOR)
+
+
+def per_query(queries: QuerySet, rows: list[list[int]], truth) -> np.ndarray:
+    """The set's primary metric of each query, in the set's order."""
+    from ranx import evaluate as ranx_evaluate
+
+    metric, ranked = PRIMARY[queries.kind], run(queries, rows, "run")
+    ranx_evaluate(truth, ranked, [metric], save_results_in_run=True)
+    return np.array([ranked.scores[metric].get(q, 0.0) for q in queries.ids])
+
+
+def _retrievers(sets: Sets) -> list[str]:
+    return sorted({r for _, lists, _ in sets for ls in lists for r in ls})
+
+
+def _by_set(sets: Sets, ratios) -> dict[str, float]:
+    return {q.kind: round(float(r), 4) for (q, _, _), r in zip(sets, ratios, strict=True)}
+
+
+def _describe(s: SearchSettings) -> str:
+    return f"{s.method} c {s.c:g} {s.weights}"

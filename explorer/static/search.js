@@ -4,6 +4,9 @@
 
 import { $, api } from "./api.js";
 
+// How /search read the query: which fusion answered it (serving config search, names, fans).
+const READ_AS = { name: "a name", topic: "a topic", "fan topic": "a topic, for this fan" };
+
 function row(item, i) {
   const tr = document.createElement("tr");
   tr.dataset.creatorId = item.creator_id;
@@ -28,7 +31,7 @@ export async function showSearch(q, fan, k) {
     const r = await api(`/search?${params}`);
     $("search-results").querySelector("tbody").replaceChildren(...r.items.map(row));
     const flag = r.degraded ? `, degraded: ${r.degraded}` : r.cold_start ? ", a fan nobody knows: not personal" : "";
-    $("search-status").textContent = `${r.items.length} creators from ${r.retrievers.join(", ")} (${r.fusion.method}, read as ${r.fusion.query === "name" ? "a name" : "a topic"})${flag}, ${r.index_version}, in ${r.took_ms.toFixed(0)} ms.`;
+    $("search-status").textContent = `${r.items.length} creators from ${r.retrievers.join(", ")} (${r.fusion.method}, read as ${READ_AS[r.fusion.query] || r.fusion.query})${flag}, ${r.index_version}, in ${r.took_ms.toFixed(0)} ms.`;
   } catch (error) {
     $("search-status").textContent = error.message;
   }

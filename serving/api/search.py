@@ -122,7 +122,8 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
     lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings)
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
     name_like = bundle.search.reads_as_name(q)
-    chosen = settings.for_query(name_like)
+    with_fan = "personal" in lists
+    chosen = settings.for_query(name_like, with_fan)
     hits, used = fuse(lists, k, chosen, banned), list(lists)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
@@ -131,7 +132,7 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
              for h in hits]  # fmt: skip
     fusion = {"method": chosen.method, "c": chosen.c, "weights": chosen.weights,
               "candidates": settings.candidates, "near": settings.near,
-              "query": "name" if name_like else "topic"}  # fmt: skip
+              "query": SearchSettings.route(name_like, with_fan)}  # fmt: skip
     cold = why == "cold_start"
     degraded = [r for r in (None if cold else why, query_why) if r]
     return {"items": items, "retrievers": used, "fusion": fusion,

@@ -284,7 +284,9 @@ def test_search_shows_the_services_answer_with_each_retrievers_rank(site, page, 
     why = page.locator("#search-results tbody tr td.why").first.inner_text()
     assert all(f"{n} #{r}" in why for n, r in api["items"][0]["ranks"].items())
     status = page.inner_text("#search-status")
-    kind = "a name" if api["fusion"]["query"] == "name" else "a topic"
+    kind = {"name": "a name", "topic": "a topic", "fan topic": "a topic, for this fan"}[
+        api["fusion"]["query"]
+    ]
     assert "personal" in status and f"read as {kind}" in status and "q=comics" in page.url
     name = str(rec.bundle.catalog["name"][int(rec.bundle.popular[0])])
     page.fill("#search-q", "")

@@ -194,8 +194,17 @@ def test_evaluation_on_the_tiny_version(published, catalog):
     assert 0.5 < scores["mrr@10"] <= 1 and scores["hit_rate@1"] <= scores["mrr@10"]
     sets = [(nav, nav_lists, False), (fan, fan_lists, True)]
     chosen, objective, tried = ev.choose("weighted", sets, 50)
-    assert len(tried) == len(ev.PERSONAL_WEIGHTS) and objective == max(
+    assert len(tried) == len(ev.PERSONAL_WEIGHTS) and list(objective) == max(
         t["objective"] for t in tried)  # fmt: skip
+    # each set counts as its ratio to its best single retriever: names have lexical alone here
+    assert all(t["sets"]["navigational"] == 1.0 for t in tried)
+    assert objective[0] == min(objective[:2])  # the worst set first (leximin)
+    # a route per set: each set gets the best of every setting for it alone
+    routes = {"name": [np.ones(len(nav), bool), np.zeros(len(fan), bool)],
+              "fan topic": [np.zeros(len(nav), bool), np.ones(len(fan), bool)]}  # fmt: skip
+    picked, _, ratios = ev.choose_routes(sets, 50, routes)
+    assert set(picked) == {"name", "fan topic"} and ratios["navigational"] == 1.0
+    assert ratios["personal"] >= max(t["sets"]["personal"] for t in tried)
     assert isinstance(chosen, SearchSettings) and chosen.method == "weighted"
     with_fan = ev.fused(fan_lists, chosen, 10, True, fan.exclude)
     without = ev.fused(fan_lists, chosen, 10, False, fan.exclude)

@@ -87,3 +87,22 @@ def test_a_name_like_query_is_fused_by_the_name_setting():
         SearchSettings(names={"k": 3})
     with pytest.raises(ValueError, match="use rrf or weighted"):
         SearchSettings(names={"method": "max"})
+
+
+def test_a_topic_asked_by_a_fan_is_fused_by_the_fan_setting():
+    from search.engine import SearchSettings
+
+    lean = {"method": "rrf", "c": 5.0, "weights": {"lexical": 1.0, "personal": 0.25}}
+    fan = {"weights": {"lexical": 1.0, "semantic": 0.5, "personal": 4.0}}
+    s = SearchSettings("weighted", 20.0, {"lexical": 1.0, "semantic": 2.0}, names=lean, fans=fan)
+    assert s.for_query(False) is s and s.for_query(False, with_fan=False) is s
+    topic = s.for_query(False, with_fan=True)
+    assert (topic.method, topic.c, topic.weights, topic.names, topic.fans) == (
+        "weighted", 20.0, fan["weights"], None, None)  # fmt: skip
+    assert s.for_query(True, with_fan=True).weights == lean["weights"]  # a name wins the route
+    routes = [SearchSettings.route(n, f) for n, f in ((True, True), (False, True), (False, False))]
+    assert routes == ["name", "fan topic", "topic"]
+    with pytest.raises(ValueError, match=r"search.fans has \['k'\]"):
+        SearchSettings(fans={"k": 3})
+    with pytest.raises(ValueError, match="use rrf or weighted"):
+        SearchSettings(fans={"method": "max"})
