@@ -44,6 +44,7 @@ def test_the_answer_is_the_fusion_of_the_retrievers_lists(service, fans):
         body = ask(client, q="comics music", k=10, **({"user_id": user} if user else {}))
         assert ids(body) == [str(b.index.creator_id[r]) for r, _ in fused[:10]]
         assert np.allclose([i["score"] for i in body["items"]], [s for _, s in fused[:10]])
+        assert body["fusion"]["query"] == ("fan topic" if user else "topic")  # which route
     assert "personal" in body["retrievers"]
     # the personal list ranks every candidate by the user tower's score
     rows, scores = lists["personal"]
