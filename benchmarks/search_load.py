@@ -8,8 +8,9 @@ retriever runs: the fan's features, the user tower, its score of every candidate
 
 Starts `python -m serving up` on the set as its config says (two workers, tower on Triton),
 waits out the explorer's and search's warm-ups (suggest_load.settle, `ready`), then measures.
-The 1 M set has no creator text vectors, so its search is lexical and personal (no semantic
-retriever).
+The 1 M set has creator text vectors (configs/data/synthetic_1m_creators.yaml), so /search runs
+all three retrievers: lexical, semantic (the query encoder on Triton, IVF-Flat over the text
+vectors) and personal.
 Writes artifacts/bench/search/load.json.
 """
 
