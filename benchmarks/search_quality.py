@@ -217,17 +217,17 @@ def halves(rec, sets: list[qs.QuerySet], seed: int, n: int, near: int) -> dict[s
 
 
 ROUTES = ("name", "fan topic", "topic")
+"""SearchSettings.route's names, one per fusion of `routed`."""
 
 
 def route_masks(data: dict) -> dict[str, list[np.ndarray]]:
-    """Which validation queries of each set each route of `routed` answers (SearchSettings.
-    for_query): a query that reads as a name; any other asked with a fan; the rest."""
+    """Which validation queries of each set each route of `routed` answers, as the service
+    routes them (SearchSettings.route): the personal set's queries are asked with a fan."""
     masks = {route: [] for route in ROUTES}
     for kind, ((_, _, names), _) in data.items():
-        names = np.asarray(names, bool)
-        fan = np.full(len(names), kind == "personal")
+        taken = [SearchSettings.route(n, kind == "personal") for n in names]
         for route in ROUTES:
-            masks[route].append(names if route == "name" else ~names & (fan == (route != "topic")))
+            masks[route].append(np.array([t == route for t in taken], bool))
     return masks
 
 

@@ -51,7 +51,7 @@ class SearchSettings:
     def for_query(self, name_like: bool, with_fan: bool = False) -> SearchSettings:
         """The settings that fuse a query that does (or does not) read as a name, asked with
         (or without) a fan."""
-        route = self.names if name_like else self.fans if with_fan else None
+        route = {"name": self.names, "fan topic": self.fans}.get(self.route(name_like, with_fan))
         return replace(self, **route, names=None, fans=None) if route else self
 
     @staticmethod

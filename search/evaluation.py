@@ -154,8 +154,7 @@ def choose(
     that retriever on every set, and a ratio keeps one set's scale (a name's MRR near 0.9, a
     topic's NDCG near 0.05) from outvoting another's. The worst set's ratio decides first."""
     settings = grid(method, _retrievers(sets), candidates)
-    best, sizes = best_singles(sets), np.array([len(q) for q, _, _ in sets])
-    ratios = sums(sets, settings) / (sizes * best)
+    ratios = sums(sets, settings) / _scale(sets)
     tried = [{"c": s.c, "weights": s.weights, "sets": _by_set(sets, r),
               "objective": list(leximin(r))}
              for s, r in zip(settings, ratios, strict=True)]  # fmt: skip
@@ -175,7 +174,7 @@ def choose_routes(
     none changes. Starts from each route's own best. Returns the settings, the objective and
     each set's ratio."""
     options = [s for m in ("rrf", "weighted") for s in grid(m, _retrievers(sets), candidates)]
-    scale = np.array([len(q) for q, _, _ in sets]) * best_singles(sets)
+    scale = _scale(sets)
     taken = {r: keep for r, keep in routes.items() if any(m.any() for m in keep)}
     tables = {r: sums(sets, options, keep) for r, keep in taken.items()}
     pick = {r: int(np.argmax((t / scale).sum(1))) for r, t in tables.items()}
@@ -230,6 +229,11 @@ def per_query(queries: QuerySet, rows: list[list[int]], truth) -> np.ndarray:
     metric, ranked = PRIMARY[queries.kind], run(queries, rows, "run")
     ranx_evaluate(truth, ranked, [metric], save_results_in_run=True)
     return np.array([ranked.scores[metric].get(q, 0.0) for q in queries.ids])
+
+
+def _scale(sets: Sets) -> np.ndarray:
+    """What a set's summed metric is divided by: its size × its best single retriever's mean."""
+    return np.array([len(q) for q, _, _ in sets]) * best_singles(sets)
 
 
 def _retrievers(sets: Sets) -> list[str]:

@@ -37,7 +37,7 @@ class Lexical:
         name's; None for a query with no word in it."""
         words = built.tokens(text)
         terms = [(f, w) for w in words for f in built.FIELDS]
-        terms += [(built.WHOLE, " ".join(words))] if words and self.whole else []
+        terms += [(built.WHOLE, built.whole_name(text))] if words and self.whole else []
         terms += [(built.GRAMS, g) for g in built.trigrams(text)]
         should = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, f, t))
                   for f, t in terms[:MAX_TERMS]]  # fmt: skip
