@@ -31,7 +31,8 @@ from index.projection import catalog_columns
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("name", "category", "tags", "description")
+NAME = "name"
+FIELDS = (NAME, "category", "tags", "description")
 GRAMS = "grams"
 """The name's character trigrams (padded words, `_` for the padding)."""
 WHOLE = "whole"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from search import fusion
+from search.lexical import GRAMS
 
 RETRIEVERS = ("lexical", "semantic", "personal")
 
@@ -38,6 +39,9 @@ class SearchSettings:
     """The fan's nearest creators (the recommendation index) in which the personal retriever
     also looks for the query's words (name, category, tags: search.topics); 0: it only ranks
     the other retrievers' candidates."""
+    grams: str = "every"
+    """Whose name trigrams the lexical retriever asks for: every query word's, or only those
+    of words no creator's name holds ("unknown": faster on large catalogs; search.lexical)."""
 
     names: dict | None = None
     """The fusion for a query that reads as a creator's name ({method, c, weights}, each
@@ -75,6 +79,8 @@ class SearchSettings:
             raise ValueError(f"search.candidates={self.candidates}: use at least 1")
         if self.near < 0:
             raise ValueError(f"search.near={self.near}: use 0 (off) or more")
+        if self.grams not in GRAMS:
+            raise ValueError(f"search.grams={self.grams!r}: use one of {GRAMS}")
 
 
 @dataclass
@@ -93,11 +99,13 @@ class Engine:
         self.index, self.topics = index, topics
 
     def candidates(
-        self, query: str, n: int, user_vector=None, semantic: bool = True, near: int = 0
-    ) -> dict[str, fusion.Ranked]:
-        """Each retriever's list for the query, best first. `semantic=False` leaves the
-        semantic retriever out (serving asks it itself, with the query's vector from Triton)."""
-        lists = {"lexical": self.lexical.search(query, n)}
+        self, query: str, n: int, user_vector=None, semantic: bool = True, near: int = 0,
+        grams: str = "every",
+    ) -> dict[str, fusion.Ranked]:  # fmt: skip
+        """Each retriever's list for the query, best first (`near`, `grams`: SearchSettings').
+        `semantic=False` leaves the semantic retriever out (serving asks it itself, with the
+        query's vector from Triton)."""
+        lists = {"lexical": self.lexical.search(query, n, grams)}
         if self.semantic is not None and semantic:
             lists["semantic"] = self.semantic.search(query, n)
         if user_vector is not None:
@@ -127,7 +135,9 @@ class Engine:
         self, query: str, k: int, settings: SearchSettings, user_vector=None, exclude=()
     ) -> tuple[list[Hit], list[str]]:
         """The k best creators for the query, and the retrievers that took part."""
-        lists = self.candidates(query, settings.candidates, user_vector, near=settings.near)
+        lists = self.candidates(
+            query, settings.candidates, user_vector, near=settings.near, grams=settings.grams
+        )
         chosen = settings.for_query(self.reads_as_name(query), "personal" in lists)
         return fuse(lists, k, chosen, exclude), list(lists)
 

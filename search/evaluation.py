@@ -37,13 +37,14 @@ def collect(
     vectors: Sequence[np.ndarray | None] | None = None,
     say: Callable[[str], None] | None = None,
     near: int = 0,
+    grams: str = "every",
 ) -> list[Lists]:
     """Each retriever's n best rows for every query (personal where a fan's vector is given,
-    looking among the fan's `near` nearest creators too, as SearchSettings.near says)."""
+    looking among the fan's `near` nearest creators too; `near`, `grams`: SearchSettings')."""
     out, started = [], time.perf_counter()
     for i, text in enumerate(queries.text):
         vector = None if vectors is None else vectors[i]
-        out.append(engine.candidates(text, n, vector, near=near))
+        out.append(engine.candidates(text, n, vector, near=near, grams=grams))
         if say is not None and ((i + 1) % 250 == 0 or i + 1 == len(queries)):
             rate = (i + 1) / (time.perf_counter() - started)
             say(f"  {queries.kind}: {i + 1}/{len(queries)} queries ({rate:.0f}/s)")

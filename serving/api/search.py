@@ -57,7 +57,7 @@ class SearchResponse(BaseModel):
     items: list[SearchItem]
     retrievers: list[str] = Field(description="The retrievers that answered.")
     fusion: dict = Field(
-        description="method, c, weights, candidates per retriever, near, and "
+        description="method, c, weights, candidates per retriever, near, grams, and "
         "query: name or topic (which fusion the config's `search` gave it)"
     )
     model_version: str
@@ -107,7 +107,7 @@ def _retrieve(
         raise HTTPException(503, str(e)) from e
     fan = None if user_id is None else BESIDE.submit(rec.user_vector, user_id, bundle)
     query = None if engine.semantic is None else BESIDE.submit(rec.query_vector, q, bundle)
-    lists = engine.candidates(q, s.candidates, semantic=False)
+    lists = engine.candidates(q, s.candidates, semantic=False, grams=s.grams)
     query_vector, query_why = (None, None) if query is None else query.result()
     if query_vector is not None:
         lists["semantic"] = engine.semantic.search_vectors(query_vector, s.candidates)
@@ -131,7 +131,7 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
               "popularity": int(info["train_count"][h.row]), "ranks": h.ranks}
              for h in hits]  # fmt: skip
     fusion = {"method": chosen.method, "c": chosen.c, "weights": chosen.weights,
-              "candidates": settings.candidates, "near": settings.near,
+              "candidates": settings.candidates, "near": settings.near, "grams": settings.grams,
               "query": SearchSettings.route(name_like, with_fan)}  # fmt: skip
     cold = why == "cold_start"
     degraded = [r for r in (None if cold else why, query_why) if r]

@@ -52,12 +52,15 @@ def fields(row: int) -> dict[str, list[str]]:
             built.GRAMS: built.trigrams(name), built.WHOLE: [built.whole_name(name)]}  # fmt: skip
 
 
-def brute_force(query: str) -> np.ndarray:
-    """BM25 of every creator for the query, by the book, summed over (field, term) pairs."""
+def brute_force(query: str, grams: str = "every") -> np.ndarray:
+    """BM25 of every creator for the query, by the book, summed over (field, term) pairs (the
+    trigrams of every word, or of the words no name holds: `grams`="unknown")."""
     docs = [fields(r) for r in range(len(CATALOG))]
     terms = [(f, w) for w in built.tokens(query) for f in built.FIELDS]
     terms += [(built.WHOLE, built.whole_name(query))]
-    terms += [(built.GRAMS, g) for g in built.trigrams(query)]
+    typed = [w for w in built.tokens(query)
+             if grams == "every" or not any(w in d["name"] for d in docs)]  # fmt: skip
+    terms += [(built.GRAMS, g) for g in built.trigrams(" ".join(typed))]
     n, scores = len(docs), np.zeros(len(docs))
     for field, term in terms:
         df = sum(term in d[field] for d in docs)
@@ -82,6 +85,22 @@ def test_scores_are_bm25_by_the_book(lexical, query):
     assert set(rows.tolist()) == set(np.flatnonzero(expected > 0).tolist())
     assert np.allclose(scores, expected[rows], rtol=1e-4)
     assert np.all(np.diff(scores) <= 1e-6)  # best first
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_only_words_no_name_holds_ask_for_trigrams(lexical, query):
+    rows, scores = lexical.search(query, k=len(CATALOG), grams="unknown")
+    expected = brute_force(query, grams="unknown")
+    assert set(rows.tolist()) == set(np.flatnonzero(expected > 0).tolist())
+    assert np.allclose(scores, expected[rows], rtol=1e-4)
+
+
+def test_a_typo_still_finds_the_name_by_its_trigrams_alone(lexical):
+    assert lexical.unknown(["clara", "inkwel", "synthwave"]) == ["inkwel"]
+    assert lexical.search("inkwel", k=1, grams="unknown")[0].tolist() == [0]
+    assert lexical.search("synthwav sunday", k=1, grams="unknown")[0].tolist() == [3]
+    # a word a name holds is matched as itself: fewer terms, other scores than every trigram
+    assert not np.allclose(brute_force("lyon", "unknown"), brute_force("lyon"))
 
 
 @pytest.mark.parametrize(

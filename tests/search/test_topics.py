@@ -106,3 +106,5 @@ def test_a_topic_asked_by_a_fan_is_fused_by_the_fan_setting():
         SearchSettings(fans={"k": 3})
     with pytest.raises(ValueError, match="use rrf or weighted"):
         SearchSettings(fans={"method": "max"})
+    with pytest.raises(ValueError, match=r"search.grams='some'"):
+        SearchSettings(grams="some")

@@ -52,6 +52,26 @@ def test_the_answer_is_the_fusion_of_the_retrievers_lists(service, fans):
     assert np.all(np.diff(scores) <= 1e-6)
 
 
+def test_the_configs_grams_ask_the_lexical_retriever(service):
+    # trigrams only for words no name holds: the served lists are the engine's with that way
+    from fastapi.testclient import TestClient
+
+    from serving.api.app import create_app
+
+    _, rec = service
+    b, q = rec.bundle, "comics musc"
+    settings = SearchSettings(grams="unknown")
+    lists = b.search.candidates(q, 100, grams="unknown")
+    assert b.search.lexical.unknown(["comics", "musc"]) == ["musc"]
+    fused = fusion.rrf(lists, 60.0, settings.weights)
+    app = create_app(rec, poll_seconds=None, search_settings=settings)
+    with TestClient(app) as client:
+        body = ask(client, q=q, k=10)
+    assert body["fusion"]["grams"] == "unknown"
+    assert ids(body) == [str(b.index.creator_id[r]) for r, _ in fused[:10]]
+    assert lists["lexical"][0].tolist() != b.search.candidates(q, 100)["lexical"][0].tolist()
+
+
 def test_a_fan_nobody_knows_searches_without_the_personal_retriever(service):
     client, _ = service
     body = ask(client, q="comics", user_id="u_never_seen_before")
