@@ -11,7 +11,8 @@ waits out the explorer's and search's warm-ups (suggest_load.settle, `ready`), t
 The 1 M set has creator text vectors (configs/data/synthetic_1m_creators.yaml), so /search runs
 all three retrievers: lexical, semantic (the query encoder on Triton, IVF-Flat over the text
 vectors) and personal.
-Writes artifacts/bench/search/load.json.
+Writes artifacts/bench/search/load.json (load-<grams>.json with --grams: the lexical
+retriever's trigrams asked another way than the config says, search.lexical).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import serving_load, serving_set  # noqa: E402
 from benchmarks.lexical_choice import noisy  # noqa: E402
 from benchmarks.suggest_load import SCRIPT, settle  # noqa: E402
+from search.lexical import GRAMS  # noqa: E402
 from serving.pipeline.versions import sample_fans  # noqa: E402
 
 OUT = REPO / "artifacts" / "bench" / "search"
@@ -54,16 +56,13 @@ def queries(n: int) -> Path:
     return path
 
 
-def ready(url: str, path: Path, asks: int = 12) -> None:
+def ready(svc, path: Path) -> None:
     """Wait out each worker's search warm-up (its retrievers and the personal retriever's
-    row-to-words index, ~12 s on the 1 M set, built in the background at the swap): a dozen
-    searches with a fan reach both workers."""
-    import httpx
-
+    row-to-words index, ~12 s on the 1 M set, built in the background at the swap): a search
+    with a fan on each worker waits for it. A worker left warming would stall the first
+    measured requests (p99 > 100 ms at one in flight, seen before each worker was reached)."""
     fan = next(line for line in path.read_text().split() if "user_id" in line)
-    with httpx.Client(base_url=url, timeout=300) as client:
-        for _ in range(asks):
-            client.get(fan).raise_for_status()
+    svc.each_worker(lambda client: client.get(fan).raise_for_status())
 
 
 def main() -> None:
@@ -71,20 +70,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--in_flight", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--port", type=int, default=18500)
+    ap.add_argument("--grams", choices=GRAMS, help="search.grams instead of the config's")
     args = ap.parse_args()
     serving_load.ensure_wrk()
     serving_set.ensure_built()
     path, runs = queries(4000), []
     env = {"TOWERLINE_PREFIXES": str(path)}  # the script draws request paths from this file
-    with serving_load.Service(args.port, []) as svc:
-        settle(svc.url)
-        ready(svc.url, path)
+    sets = ["--search.grams", args.grams] if args.grams else []
+    with serving_load.Service(args.port, sets) as svc:
+        settle(svc)
+        ready(svc, path)
         serving_load.wrk_raw(svc.url, SCRIPT, env, 4, 2)  # warm
         for c in args.in_flight:
             runs.append(serving_load.wrk_raw(svc.url, SCRIPT, env, c, args.seconds))
             print(json.dumps(runs[-1]), flush=True)
-    out = {"index_version": svc.info.get("index_version"), "runs": runs}
-    (OUT / "load.json").write_text(json.dumps(out, indent=2))
+    out = {"index_version": svc.info.get("index_version"), "grams": args.grams, "runs": runs}
+    name = f"load-{args.grams}.json" if args.grams else "load.json"
+    (OUT / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 

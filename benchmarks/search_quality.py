@@ -14,8 +14,8 @@ validation; the test half is then evaluated once: every single retriever, both f
 chosen fusion against the best single retriever (ranx paired t-test), and on the personal set
 the chosen fusion with the fan against the same query without (the lift).
 
-Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n> for another
---candidates than the service's default); prints a table per set.
+Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n>, -near<n>,
+-grams-<way> for other --candidates, --near, --grams than the defaults); prints a table per set.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from index.lexical import tokens  # noqa: E402
 from search import evaluation as ev  # noqa: E402
 from search import queries as qs  # noqa: E402
 from search.engine import SearchSettings  # noqa: E402
+from search.lexical import GRAMS  # noqa: E402
 
 OUT = REPO / "artifacts" / "bench" / "search_quality"
 SETS = {
@@ -198,7 +199,9 @@ def plot(dataset: str, results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def halves(rec, sets: list[qs.QuerySet], seed: int, n: int, near: int) -> dict[str, list]:
+def halves(
+    rec, sets: list[qs.QuerySet], seed: int, n: int, near: int, grams: str
+) -> dict[str, list]:
     """Each set's validation and test halves with their retrievers' lists and which queries
     read as a name: {kind: [(queries, lists, names), (queries, lists, names)]}."""
     out = {}
@@ -209,7 +212,7 @@ def halves(rec, sets: list[qs.QuerySet], seed: int, n: int, near: int) -> dict[s
             if q.kind == "personal":
                 part, vectors = fan_vectors(rec, part)
             say(f"{q.kind} {half}: asking the retrievers for {len(part)} queries")
-            lists = ev.collect(rec.bundle.search, part, n, vectors, say, near)
+            lists = ev.collect(rec.bundle.search, part, n, vectors, say, near, grams)
             names = ev.reads_as_name(rec.bundle.search, part)
             say(f"  {q.kind} {half}: {np.mean(names):.0%} read as a name")
             out[q.kind].append((part, lists, names))
@@ -267,6 +270,12 @@ def main() -> None:
         default=SearchSettings().near,
         help="the fan's nearest creators the personal retriever looks in (0: off)",
     )
+    ap.add_argument(
+        "--grams",
+        choices=GRAMS,
+        default=SearchSettings().grams,
+        help="whose name trigrams the lexical retriever asks for (search.lexical)",
+    )
     args = ap.parse_args()
     rec = recommender(args.dataset)
     bundle = rec.bundle
@@ -274,12 +283,12 @@ def main() -> None:
         f"{', semantic' if bundle.search.semantic is not None else ''}, personal")  # fmt: skip
     catalog = qs.Catalog.of_version(bundle.index.folder)
     data = halves(rec, build_sets(args.dataset, catalog, args.queries, args.seed), args.seed,
-                  args.candidates, args.near)  # fmt: skip
+                  args.candidates, args.near, args.grams)  # fmt: skip
     chosen, objective, tried = choose_all(data, args.candidates)
     best = max(chosen, key=lambda m: objective[m])
     results = {"dataset": args.dataset, "index_version": bundle.index_version,
                "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
-               "near": args.near,
+               "near": args.near, "grams": args.grams,
                "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
                "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
     for kind, (_, (q, lists, names)) in data.items():
@@ -300,6 +309,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     deeper = "" if args.candidates == SearchSettings().candidates else f"-c{args.candidates}"
     deeper += "" if args.near == SearchSettings().near else f"-near{args.near}"
+    deeper += "" if args.grams == SearchSettings().grams else f"-grams-{args.grams}"
     out = OUT / f"{args.dataset}{deeper}.json"
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))

@@ -39,6 +39,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -96,6 +97,9 @@ class Service:
     def __init__(self, port: int, sets: list[str]):
         self.port, self.sets = port, sets
         self.url = f"http://127.0.0.1:{port}"
+        config = yaml.safe_load((REPO / "configs" / "serving" / f"{NAME}.yaml").read_text())
+        at = sets.index("--workers") + 1 if "--workers" in sets else None
+        self.workers = int(sets[at]) if at else int(config.get("workers", 1))
         self.log = REPO / "artifacts" / "bench" / "serving" / f"service-{port}.log"
 
     def __enter__(self):
@@ -116,6 +120,23 @@ class Service:
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"service not ready; see {self.log}")
+
+    def each_worker(self, ask, timeout_s: float = 300) -> None:
+        """`ask(client)` once on a connection to each worker process. A keep-alive client
+        reaches one worker only (the kernel picks a listener per connection), so each try
+        opens its own connection and learns whose it is from /readyz."""
+        import httpx
+
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < self.workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reached {len(done)} of {self.workers} workers")
+            with httpx.Client(base_url=self.url, timeout=300) as client:
+                pid = client.get("/readyz").json()["pid"]
+                if pid not in done:
+                    ask(client)
+                    done.add(pid)
 
     def __exit__(self, *exc):
         os.killpg(self.proc.pid, 15)

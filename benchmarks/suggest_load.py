@@ -54,16 +54,15 @@ def prefixes(n: int) -> Path:
     return path
 
 
-def settle(url: str, asks: int = 12) -> None:
+def settle(svc) -> None:
     """Wait out each worker's explorer warm-up (it answers fan samples and loads the compared
-    version for a few seconds after /readyz): a version's health waits for it, and a dozen
-    asks reach both workers."""
-    import httpx
+    version for a few seconds after /readyz): a version's health waits for it."""
 
-    with httpx.Client(base_url=url, timeout=300) as client:
-        names = [v["index_version"] for v in client.get("/versions").json()["versions"]]
-        for i in range(asks):
-            client.get(f"/versions/{names[i % len(names)]}/health").raise_for_status()
+    def health(client) -> None:
+        for v in client.get("/versions").json()["versions"]:
+            client.get(f"/versions/{v['index_version']}/health").raise_for_status()
+
+    svc.each_worker(health)
 
 
 def main() -> None:
@@ -77,7 +76,7 @@ def main() -> None:
     path = prefixes(2000)
     runs = []
     with serving_load.Service(args.port, []) as svc:
-        settle(svc.url)
+        settle(svc)
         serving_load.wrk_raw(svc.url, SCRIPT, {"TOWERLINE_PREFIXES": str(path)}, 4, 2)  # warm
         for c in args.in_flight:
             runs.append(serving_load.wrk_raw(
