@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -56,13 +57,16 @@ def queries(n: int) -> Path:
     return path
 
 
-def ready(svc, path: Path) -> None:
-    """Wait out each worker's search warm-up (its retrievers and the personal retriever's
-    row-to-words index, ~12 s on the 1 M set, built in the background at the swap): a search
-    with a fan on each worker waits for it. A worker left warming would stall the first
-    measured requests (p99 > 100 ms at one in flight, seen before each worker was reached)."""
-    fan = next(line for line in path.read_text().split() if "user_id" in line)
-    svc.each_worker(lambda client: client.get(fan).raise_for_status())
+def ready(svc) -> None:
+    """Wait out each worker's search warm-up (its retrievers, the personal retriever's
+    row-to-words index, then the searches it asks itself: serving.api.search.warm; ~15 s on
+    the 1 M set) until its /readyz says `search_warm`."""
+
+    def warmed(client) -> None:
+        while not client.get("/readyz").json().get("search_warm"):
+            time.sleep(0.5)
+
+    svc.each_worker(warmed)
 
 
 def main() -> None:
@@ -79,7 +83,7 @@ def main() -> None:
     sets = ["--search.grams", args.grams] if args.grams else []
     with serving_load.Service(args.port, sets) as svc:
         settle(svc)
-        ready(svc, path)
+        ready(svc)
         serving_load.wrk_raw(svc.url, SCRIPT, env, 4, 2)  # warm
         for c in args.in_flight:
             runs.append(serving_load.wrk_raw(svc.url, SCRIPT, env, c, args.seconds))

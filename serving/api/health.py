@@ -56,7 +56,8 @@ def readiness(svc) -> dict:
     if not deps["query_encoder"]["server_ok"]:
         degraded.append("query_encoder_in_process")
     out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
-    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid()}
+    warm = bundle is not None and svc.search_warm == bundle.index_version
+    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid(), "search_warm": warm}
     if bundle is not None:
         out |= bundle.versions | {"encoder": bundle.encoder_name}
     if rec.last_refresh_error:

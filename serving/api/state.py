@@ -24,6 +24,8 @@ class Services:
     answer_log: AnswerLog | None = None
     search: SearchSettings = field(default_factory=SearchSettings)
     """How /search fuses its retrievers (the config's `search`)."""
+    search_warm: str | None = None
+    """The index version whose search this process has warmed (serving.api.search.warm)."""
 
     def bundle(self) -> Bundle:
         """The served bundle, or a 503 while none is loaded yet."""
