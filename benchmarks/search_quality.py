@@ -14,6 +14,10 @@ validation; the test half is then evaluated once: every single retriever, both f
 chosen fusion against the best single retriever (ranx paired t-test), and on the personal set
 the chosen fusion with the fan against the same query without (the lift).
 
+With --grams choose, both ways of asking the lexical retriever for name trigrams
+(search.lexical) are collected, each gets its fusion chosen, and the way whose fusion is better
+on validation (choose_grams) is the one evaluated on test.
+
 Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n>, -near<n>,
 -grams-<way> for other --candidates, --near, --grams than the defaults); prints a table per set.
 """
@@ -253,6 +257,38 @@ def choose_all(data: dict, candidates: int) -> tuple[dict, dict, dict]:
     return chosen, objective, tried
 
 
+def validation_means(data: dict, s: SearchSettings) -> np.ndarray:
+    """Each set's mean primary metric on its validation half under `s`, as served (routes by
+    the queries' name reading, the personal set with its fans)."""
+    out = []
+    for kind, ((q, lists, names), _) in data.items():
+        rows = ev.fused(lists, s, 10, kind == "personal", q.exclude, names)
+        out.append(ev.per_query(q, rows, ev.qrels(q)).mean())
+    return np.array(out)
+
+
+def choose_grams(ways: dict[str, dict], candidates: int) -> tuple[str, dict, dict]:
+    """The trigram way (search.lexical) whose chosen fusion is best on validation, compared
+    leximin on each set's metric over the best single retriever of either way (one yardstick
+    for both: each way's own singles differ). Returns the way, its choice (choose_all's) and
+    what each way scored."""
+    picks, scored = {}, {}
+    for grams, data in ways.items():
+        say(f"grams {grams}:")
+        picks[grams] = choose_all(data, candidates)
+    val = lambda data: [(q, ls, k == "personal") for k, ((q, ls, _), _) in data.items()]  # noqa: E731
+    yardstick = np.max([ev.best_singles(val(d)) for d in ways.values()], axis=0)
+    for grams, (chosen, objective, _) in picks.items():
+        best = max(chosen, key=lambda m: objective[m])
+        means = validation_means(ways[grams], chosen[best])
+        per_set = dict(zip(ways[grams], means.round(4), strict=True))
+        scored[grams] = {"fusion": best, "validation": per_set,
+                         "objective": list(ev.leximin(means / yardstick))}  # fmt: skip
+        say(f"grams {grams}: {scored[grams]}")
+    way = max(scored, key=lambda g: tuple(scored[g]["objective"]))
+    return way, picks[way], scored
+
+
 def describe(s: SearchSettings, objective: tuple) -> dict:
     return {"method": s.method, "c": s.c, "weights": s.weights, "names": s.names,
             "fans": s.fans, "validation": objective}  # fmt: skip
@@ -272,9 +308,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--grams",
-        choices=GRAMS,
+        choices=[*GRAMS, "choose"],
         default=SearchSettings().grams,
-        help="whose name trigrams the lexical retriever asks for (search.lexical)",
+        help="whose name trigrams the lexical retriever asks for (search.lexical); choose: "
+        "each way's fusion chosen, then the better way on validation",
     )
     args = ap.parse_args()
     rec = recommender(args.dataset)
@@ -282,13 +319,19 @@ def main() -> None:
     say(f"{args.dataset}: serving {bundle.index_version}, retrievers: lexical"
         f"{', semantic' if bundle.search.semantic is not None else ''}, personal")  # fmt: skip
     catalog = qs.Catalog.of_version(bundle.index.folder)
-    data = halves(rec, build_sets(args.dataset, catalog, args.queries, args.seed), args.seed,
-                  args.candidates, args.near, args.grams)  # fmt: skip
-    chosen, objective, tried = choose_all(data, args.candidates)
+    sets = build_sets(args.dataset, catalog, args.queries, args.seed)
+    ways = GRAMS if args.grams == "choose" else (args.grams,)
+    by_way = {g: halves(rec, sets, args.seed, args.candidates, args.near, g) for g in ways}
+    if args.grams == "choose":
+        grams, (chosen, objective, tried), scored = choose_grams(by_way, args.candidates)
+    else:
+        grams, scored = args.grams, None
+        chosen, objective, tried = choose_all(by_way[grams], args.candidates)
+    data = by_way[grams]
     best = max(chosen, key=lambda m: objective[m])
     results = {"dataset": args.dataset, "index_version": bundle.index_version,
                "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
-               "near": args.near, "grams": args.grams,
+               "near": args.near, "grams": grams, "grams_tried": scored,
                "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
                "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
     for kind, (_, (q, lists, names)) in data.items():
@@ -314,7 +357,7 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))
     print(
-        f"\nchosen on validation: {best} "
+        f"\nchosen on validation: grams {grams}, {best} "
         f"{json.dumps(results['chosen'][best])}; wrote {out} and {out.with_suffix('.png')}"
     )
 
