@@ -75,9 +75,12 @@ def recommender(dataset: str):
     return rec
 
 
-def build_sets(dataset: str, catalog: qs.Catalog, n: int, seed: int) -> list[qs.QuerySet]:
+def build_sets(
+    dataset: str, catalog: qs.Catalog, n: int, seed: int, kinds: tuple[str, ...] | None = None
+) -> list[qs.QuerySet]:
+    """The dataset's labelled query sets (SETS), or those of `kinds` among them."""
     made = []
-    for kind in SETS[dataset]:
+    for kind in SETS[dataset] if kinds is None else [k for k in SETS[dataset] if k in kinds]:
         if kind == "navigational":
             made.append(qs.navigational(catalog, n, seed))
         elif kind == "topical":

@@ -39,11 +39,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks import serving_set  # noqa: E402  (the repository root is on sys.path now)
+from common.config import load as load_config  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 
 NAME = "synthetic_1m_creators"
 PY = sys.executable
@@ -97,9 +98,8 @@ class Service:
     def __init__(self, port: int, sets: list[str]):
         self.port, self.sets = port, sets
         self.url = f"http://127.0.0.1:{port}"
-        config = yaml.safe_load((REPO / "configs" / "serving" / f"{NAME}.yaml").read_text())
-        at = sets.index("--workers") + 1 if "--workers" in sets else None
-        self.workers = int(sets[at]) if at else int(config.get("workers", 1))
+        config = REPO / "configs" / "serving" / f"{NAME}.yaml"
+        self.workers = load_config(ServingConfig, config, sets).workers  # as `serving up` reads it
         self.log = REPO / "artifacts" / "bench" / "serving" / f"service-{port}.log"
 
     def __enter__(self):
