@@ -63,7 +63,10 @@ def ready(svc) -> None:
     the 1 M set) until its /readyz says `search_warm`."""
 
     def warmed(client) -> None:
+        deadline = time.monotonic() + 300
         while not client.get("/readyz").json().get("search_warm"):
+            if time.monotonic() > deadline:  # a warm-up that failed says why in the log
+                raise TimeoutError(f"a worker never said search_warm; see {svc.log}")
             time.sleep(0.5)
 
     svc.each_worker(warmed)

@@ -284,7 +284,7 @@ def choose_grams(ways: dict[str, dict], candidates: int) -> tuple[str, dict, dic
     for grams, (chosen, objective, _) in picks.items():
         best = max(chosen, key=lambda m: objective[m])
         means = validation_means(ways[grams], chosen[best])
-        per_set = dict(zip(ways[grams], means.round(4), strict=True))
+        per_set = dict(zip(ways[grams], means.round(4).tolist(), strict=True))
         scored[grams] = {"fusion": best, "validation": per_set,
                          "objective": list(ev.leximin(means / yardstick))}  # fmt: skip
         say(f"grams {grams}: {scored[grams]}")
