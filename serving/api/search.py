@@ -95,6 +95,7 @@ async def search(
         raise HTTPException(422, NO_WORD.format(q=q[:40]))
     bundle = svc.bundle()
     out = await run_in_threadpool(_answer, svc, bundle, q, k, user_id, exclude or [])
+    svc.metrics.latency.labels("search").observe(time.perf_counter() - started)
     return {**out, "q": q, "user_id": user_id, **bundle.versions,
             "took_ms": round((time.perf_counter() - started) * 1e3, 3)}  # fmt: skip
 
@@ -114,36 +115,61 @@ def warm(svc, bundle) -> None:
         fans = ()
     for i, q in enumerate(q for q in queries[:WARM_QUERIES] if tokens(q)):
         fan = fans[i % len(fans)] if fans and i % 2 else None
-        _answer(svc, bundle, q, 10, fan, [])
+        _answer(svc, bundle, q, 10, fan, [], observe=False)
     svc.search_warm = bundle.index_version
 
 
 def _retrieve(
-    rec, bundle, q: str, user_id: str | None, s: SearchSettings
+    rec, bundle, q: str, user_id: str | None, s: SearchSettings, took: dict[str, float]
 ) -> tuple[dict, str | None, str | None]:
     """Each retriever's list, why the personal one sat out, and where the query was embedded
     if not where it should be. The fan's vector (features, then the user tower) and the
     query's (the query encoder) are computed, on Triton mostly waited for, while this thread
-    asks the lexical retriever."""
+    asks the lexical retriever. `took`: each stage's seconds."""
     try:
         engine = bundle.search
     except MissingInputError as e:  # a version built before search
         raise HTTPException(503, str(e)) from e
-    fan = None if user_id is None else BESIDE.submit(rec.user_vector, user_id, bundle)
-    query = None if engine.semantic is None else BESIDE.submit(rec.query_vector, q, bundle)
-    lists = engine.candidates(q, s.candidates, semantic=False, grams=s.grams)
+    fan = (
+        None
+        if user_id is None
+        else BESIDE.submit(timed, took, "search_fan_vector", rec.user_vector, user_id, bundle)
+    )
+    query = (
+        None
+        if engine.semantic is None
+        else BESIDE.submit(timed, took, "search_query_vector", rec.query_vector, q, bundle)
+    )
+    lists = timed(took, "search_lexical", engine.candidates, q, s.candidates, semantic=False,
+                  grams=s.grams)  # fmt: skip
     query_vector, query_why = (None, None) if query is None else query.result()
     if query_vector is not None:
-        lists["semantic"] = engine.semantic.search_vectors(query_vector, s.candidates)
+        lists["semantic"] = timed(took, "search_semantic", engine.semantic.search_vectors,
+                                  query_vector, s.candidates)  # fmt: skip
     vector, why = (None, None) if fan is None else fan.result()
     if vector is not None:
-        lists["personal"] = engine.personal(lists, vector, q, s.near, s.candidates)
+        lists["personal"] = timed(took, "search_personal", engine.personal, lists, vector, q,
+                                  s.near, s.candidates)  # fmt: skip
     return lists, why, query_why
 
 
-def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]) -> dict:
+def timed(took: dict[str, float], stage: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its seconds kept in `took[stage]` (the stage's histogram)."""
+    started = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        took[stage] = time.perf_counter() - started
+
+
+def _answer(
+    svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str], observe: bool = True
+) -> dict:
+    """/search's answer; `observe`: its stages' times go to the metrics (not the warm-up's)."""
     settings: SearchSettings = svc.search
-    lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings)
+    took: dict[str, float] = {}
+    lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings, took)
+    started = time.perf_counter()
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
     name_like = bundle.search.reads_as_name(q)
     with_fan = "personal" in lists
@@ -157,6 +183,9 @@ def _answer(svc, bundle, q: str, k: int, user_id: str | None, exclude: list[str]
     fusion = {"method": chosen.method, "c": chosen.c, "weights": chosen.weights,
               "candidates": settings.candidates, "near": settings.near, "grams": settings.grams,
               "query": SearchSettings.route(name_like, with_fan)}  # fmt: skip
+    took["search_fuse"] = time.perf_counter() - started
+    for stage, seconds in took.items() if observe else ():
+        svc.metrics.stage.labels(stage).observe(seconds)
     cold = why == "cold_start"
     degraded = [r for r in (None if cold else why, query_why) if r]
     return {"items": items, "retrievers": used, "fusion": fusion,

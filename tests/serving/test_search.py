@@ -84,6 +84,7 @@ def test_a_version_is_warmed_with_fans_searches_before_readyz_says_so(service):
         time.sleep(0.2)
     version = rec.bundle.index_version
     assert client.app.state.services.search_warm == version == ready["index_version"]
+    assert ready["memory_lock"]["locked"] is False  # the config did not ask (serving.memory)
 
 
 def test_a_fan_nobody_knows_searches_without_the_personal_retriever(service):
@@ -167,3 +168,28 @@ def sample(bundle) -> list[str]:
     from serving.pipeline.versions import sample_fans
 
     return list(sample_fans(bundle.index.manifest["catalog"]["data_dir"], 3, seed=1))
+
+
+def test_each_search_stage_is_timed_in_the_metrics(service, fans):
+    # /search's time per stage (the fan's and the query's vectors, beside lexical; then
+    # semantic, personal, fusion) shows where a slow search spends it
+    client, _ = service
+
+    def counts() -> dict[str, float]:
+        text = client.get("/metrics").text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith(
+                ("towerline_stage_seconds_count", "towerline_request_seconds_count")
+            ):
+                name, value = line.rsplit(" ", 1)
+                out[name.split('"')[1]] = float(value)
+        return out
+
+    before = counts()
+    ask(client, q="comics music", k=5, user_id=fans[1])
+    after = counts()
+    stages = ("search_lexical", "search_query_vector", "search_semantic", "search_fan_vector",
+              "search_personal", "search_fuse", "search")  # fmt: skip
+    for stage in stages:
+        assert after[stage] == before.get(stage, 0.0) + 1, stage
