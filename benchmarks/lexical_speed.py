@@ -141,6 +141,14 @@ def show(r: dict) -> None:
 
 
 def plot(results: list[dict], path: Path) -> None:
+    # relative to "every": a name's MRR (~0.9) and a topic's NDCG (~0.05) on one axis
+    speed_plot(results, path, GRAMS, "every", "lexical p99 (ms, one thread); dashed: the budget",
+               vline=BUDGET_MS)  # fmt: skip
+
+
+def speed_plot(results: list[dict], path: Path, ways, base: str, xlabel: str, vline=None,
+               hline=None) -> None:  # fmt: skip
+    """Each dataset's sets: test accuracy relative to the `base` way against each way's p99."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,37 +157,45 @@ def plot(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in results:
         for kind, x in r["sets"].items():
-            p99 = [r["latency_ms"][g]["p99"] for g in GRAMS]
-            # relative to "every": a name's MRR (~0.9) and a topic's NDCG (~0.05) on one axis
-            kept = [x["test"][g] / max(x["test"]["every"], 1e-9) for g in GRAMS]
+            p99 = [r["latency_ms"][w]["p99"] for w in ways]
+            kept = [x["test"][w] / max(x["test"][base], 1e-9) for w in ways]
             ax.plot(p99, kept, "o-", label=f"{r['dataset']} {kind} ({x['metric']})")
-            for g, t, m in zip(GRAMS, p99, kept, strict=True):
-                ax.annotate(g, (t, m), fontsize=7, textcoords="offset points", xytext=(3, 3))
-    ax.axvline(BUDGET_MS, color="grey", ls="--", lw=0.8)
+            for w, t, m in zip(ways, p99, kept, strict=True):
+                ax.annotate(w, (t, m), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    if vline is not None:
+        ax.axvline(vline, color="grey", ls="--", lw=0.8)
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("lexical p99 (ms, one thread); dashed: the budget")
-    ax.set_ylabel('accuracy on the test half, relative to "every"')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f'accuracy on the test half, relative to "{base}"')
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    run(__doc__, measure, show, plot, OUT)
+
+
+def run(doc: str, measure, show, plot, out: Path) -> None:
+    """The command line of a speed benchmark: each --dataset measured, shown and written to
+    out/<dataset>.json, then one plot of them all."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--dataset", nargs="+", default=["synthetic_demo"])
     ap.add_argument("--queries", type=int, default=1000, help="per set, before the split")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     for dataset in args.dataset:
         r = measure(dataset, args.queries, args.seed)
         show(r)
-        (OUT / f"{dataset}.json").write_text(json.dumps(r, indent=2, default=float))
+        (out / f"{dataset}.json").write_text(json.dumps(r, indent=2, default=float))
         results.append(r)
     name = "-".join(args.dataset) if len(args.dataset) > 1 else args.dataset[0]
-    plot(results, OUT / f"{name}.png")
-    print(f"\nwrote {OUT}/<dataset>.json and {OUT / name}.png")
+    plot(results, out / f"{name}.png")
+    print(f"\nwrote {out}/<dataset>.json and {out / name}.png")
 
 
 if __name__ == "__main__":

@@ -16,17 +16,23 @@ the chosen fusion with the fan against the same query without (the lift).
 
 With --grams choose, both ways of asking the lexical retriever for name trigrams
 (search.lexical) are collected, each gets its fusion chosen, and the way whose fusion is better
-on validation (choose_grams) is the one evaluated on test.
+on validation (choose_way) is the one evaluated on test. --query_precision choose does the same
+for the semantic retriever's query encoder, fp32 and int8 (index config `query_precision`;
+both made as the rebuild job makes them), with the trigram way given; int8, the faster, is
+taken when its fusion keeps KEEP of fp32's validation metric on every set.
 
 Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n>, -near<n>,
--grams-<way> for other --candidates, --near, --grams than the defaults); prints a table per set.
+-grams-<way>, -query-<precision> for other --candidates, --near, --grams than the defaults, or
+a --query_precision); prints a table per set.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -270,14 +276,18 @@ def validation_means(data: dict, s: SearchSettings) -> np.ndarray:
     return np.array(out)
 
 
-def choose_grams(ways: dict[str, dict], candidates: int) -> tuple[str, dict, dict]:
-    """The trigram way (search.lexical) whose chosen fusion is best on validation, compared
-    leximin on each set's metric over the best single retriever of either way (one yardstick
-    for both: each way's own singles differ). Returns the way, its choice (choose_all's) and
-    what each way scored."""
+def choose_way(
+    ways: dict[str, dict], candidates: int, faster: str | None = None
+) -> tuple[str, dict, dict]:
+    """The way of retrieving (the trigram way of search.lexical, the query encoder's
+    precision) whose chosen fusion is best on validation, compared leximin on each set's
+    metric over the best single retriever of any way (one yardstick for all: each way's own
+    singles differ); or the `faster` way, when its fusion keeps KEEP of the best's
+    validation metric on every set. Returns the way, its choice (choose_all's) and what each
+    way scored."""
     picks, scored = {}, {}
     for grams, data in ways.items():
-        say(f"grams {grams}:")
+        say(f"way {grams}:")
         picks[grams] = choose_all(data, candidates)
     val = lambda data: [(q, ls, k == "personal") for k, ((q, ls, _), _) in data.items()]  # noqa: E731
     yardstick = np.max([ev.best_singles(val(d)) for d in ways.values()], axis=0)
@@ -287,9 +297,44 @@ def choose_grams(ways: dict[str, dict], candidates: int) -> tuple[str, dict, dic
         per_set = dict(zip(ways[grams], means.round(4).tolist(), strict=True))
         scored[grams] = {"fusion": best, "validation": per_set,
                          "objective": list(ev.leximin(means / yardstick))}  # fmt: skip
-        say(f"grams {grams}: {scored[grams]}")
+        say(f"way {grams}: {scored[grams]}")
     way = max(scored, key=lambda g: tuple(scored[g]["objective"]))
+    if faster in scored and faster != way:
+        best, fast = scored[way]["validation"], scored[faster]["validation"]
+        if all(fast[k] >= KEEP * best[k] for k in best):
+            say(f"way {faster}: within {KEEP:.0%} of {way} on every set, and faster")
+            way = faster
     return way, picks[way], scored
+
+
+KEEP = 0.99
+"""A faster way (int8's query encoder) is taken when its fusion keeps this share of the best
+way's validation metric on every set."""
+
+
+def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:
+    """`halves` for each way asked: both trigram ways or both query encoder precisions
+    (made as the rebuild job makes them: benchmarks/query_encoder_speed.encoders), or the one
+    way the arguments give."""
+    ask = functools.partial(halves, rec, sets, args.seed, args.candidates, args.near)
+    if args.query_precision is None:
+        return {g: ask(g) for g in (GRAMS if args.grams == "choose" else (args.grams,))}
+    from benchmarks.query_encoder_speed import encoders
+
+    semantic = rec.bundle.search.semantic
+    if semantic is None:
+        raise SystemExit("--query_precision: this version has no semantic retriever")
+    made = encoders(rec.bundle.index.folder, scratch)
+    out = {}
+    for precision in made if args.query_precision == "choose" else (args.query_precision,):
+        semantic.encoder = made[precision]
+        say(f"query encoder {precision}:")
+        out[precision] = ask(args.grams)
+    return out
+
+
+def served_precision(bundle) -> str:
+    return (bundle.index.manifest.get("semantic") or {}).get("precision", "fp32")
 
 
 def describe(s: SearchSettings, objective: tuple) -> dict:
@@ -316,25 +361,40 @@ def main() -> None:
         help="whose name trigrams the lexical retriever asks for (search.lexical); choose: "
         "each way's fusion chosen, then the better way on validation",
     )
+    ap.add_argument(
+        "--query_precision",
+        choices=[*store.QUERY_PRECISIONS, "choose"],
+        help="the semantic retriever's query encoder (index config query_precision) instead "
+        "of the version's; choose: each one's fusion chosen, then the better on validation",
+    )
     args = ap.parse_args()
+    if args.query_precision and args.grams == "choose":
+        ap.error("--grams choose with --query_precision: choose one at a time")
     rec = recommender(args.dataset)
     bundle = rec.bundle
     say(f"{args.dataset}: serving {bundle.index_version}, retrievers: lexical"
         f"{', semantic' if bundle.search.semantic is not None else ''}, personal")  # fmt: skip
     catalog = qs.Catalog.of_version(bundle.index.folder)
     sets = build_sets(args.dataset, catalog, args.queries, args.seed)
-    ways = GRAMS if args.grams == "choose" else (args.grams,)
-    by_way = {g: halves(rec, sets, args.seed, args.candidates, args.near, g) for g in ways}
-    if args.grams == "choose":
-        grams, (chosen, objective, tried), scored = choose_grams(by_way, args.candidates)
+    with tempfile.TemporaryDirectory() as scratch:
+        by_way = ways(rec, sets, args, Path(scratch))
+    label = "query_precision" if args.query_precision == "choose" else "grams"
+    if "choose" in (args.grams, args.query_precision):
+        faster = "int8" if label == "query_precision" else None
+        way, (chosen, objective, tried), scored = choose_way(by_way, args.candidates, faster)
     else:
-        grams, scored = args.grams, None
-        chosen, objective, tried = choose_all(by_way[grams], args.candidates)
-    data = by_way[grams]
+        way, scored = next(iter(by_way)), None
+        chosen, objective, tried = choose_all(by_way[way], args.candidates)
+    data = by_way[way]
+    grams = way if label == "grams" else args.grams
+    precision = (
+        way if label == "query_precision" else args.query_precision or served_precision(bundle)
+    )
     best = max(chosen, key=lambda m: objective[m])
     results = {"dataset": args.dataset, "index_version": bundle.index_version,
                "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
-               "near": args.near, "grams": grams, "grams_tried": scored,
+               "near": args.near, "grams": grams, "query_precision": precision,
+               f"{label}_tried": scored,
                "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
                "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
     for kind, (_, (q, lists, names)) in data.items():
@@ -356,11 +416,12 @@ def main() -> None:
     deeper = "" if args.candidates == SearchSettings().candidates else f"-c{args.candidates}"
     deeper += "" if args.near == SearchSettings().near else f"-near{args.near}"
     deeper += "" if args.grams == SearchSettings().grams else f"-grams-{args.grams}"
+    deeper += f"-query-{args.query_precision}" if args.query_precision else ""
     out = OUT / f"{args.dataset}{deeper}.json"
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))
     print(
-        f"\nchosen on validation: grams {grams}, {best} "
+        f"\nchosen on validation: grams {grams}, query encoder {precision}, {best} "
         f"{json.dumps(results['chosen'][best])}; wrote {out} and {out.with_suffix('.png')}"
     )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from common.errors import ConfigError
 from index.build import DEFAULT_FACTORY, METRICS
+from index.store import QUERY_PRECISIONS as PRECISIONS
 from index.tune import K_FACTOR, NPROBE
 
 
@@ -66,6 +67,10 @@ class IndexConfig:
     semantic: bool = True
     """Build creator search's semantic retriever (index.semantic) when the catalog has text
     vectors: a text index and the query encoder (~90 MB, linked from a per-machine cache)."""
+    query_precision: str = "fp32"
+    """The query encoder's weights: fp32 as exported, or int8 (onnxruntime's dynamic
+    quantization, per channel: ~3× faster on a CPU; index.query_encoder.quantize). A CPU
+    choice: a GPU Triton runs the fp32 graph. Chosen by benchmarks/query_encoder_speed.py."""
     use_gpu: bool | None = None
     """None = use a GPU when faiss sees one."""
     seed: int = 0
@@ -93,6 +98,10 @@ class IndexConfig:
                 f"--incremental_max_fraction={self.incremental_max_fraction} must be > 0 "
                 f"(or --incremental false)"
             )
+        if self.query_precision not in PRECISIONS:
+            raise ConfigError(
+                f"--query_precision={self.query_precision!r}: use one of {PRECISIONS}"
+            )
         if not self.factory.strip():
             raise ConfigError(f"--factory={self.factory!r} is empty; default: {DEFAULT_FACTORY}")
 
@@ -102,6 +111,7 @@ class IndexConfig:
 BUILD_FIELDS = (
     "factory", "metric", "nlist", "pq_m", "k", "recall_target", "recall_floor",
     "tuning_users", "nprobe", "k_factor", "seed", "map_points", "semantic",
+    "query_precision",
 )  # fmt: skip
 
 

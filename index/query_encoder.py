@@ -10,6 +10,12 @@ onnxruntime backend in production, onnxruntime in-process as the fallback).
 The ONNX graph holds the whole sentence-transformers pipeline after the tokenizer (BERT, mean
 pooling over the attention mask, L2 normalisation), and parity with sentence-transformers'
 own `encode` is checked on export.
+
+`quantize` makes the int8 variant (index config `query_precision: int8`): onnxruntime's
+dynamic quantization, weights int8 per output channel, activations quantized per call. On the
+CPU it embeds a query ~3× faster. Per-tensor scales were as fast but moved query vectors
+further (cosine to fp32 down to 0.90 on 600 queries of the 1 M set, against 0.984 per
+channel), so parity for int8 is a cosine floor, checked on export like fp32's.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask")
 PARITY_ATOL = 1e-4
+INT8_MIN_COSINE = 0.97
+"""The int8 encoder's vectors keep at least this cosine to sentence-transformers' own."""
 PARITY_TEXTS = (
     "watercolor comics", "synthwave", "Clara Inkwell", "lo-fi beats to study to",
     "cooking from Lyon, every Sunday", "café noël", "a", "physics lessons for beginners " * 20,
@@ -84,7 +92,7 @@ def export(name: str, folder: Path, onnx_name: str, tokenizer_name: str) -> dict
     if diff > PARITY_ATOL:
         raise ValueError(f"query encoder ONNX differs from sentence-transformers by {diff:.1e}")
     log.info("query encoder %s: ONNX parity %.1e", name, diff)
-    return {"encoder": name, "dim": int(encoder.get_embedding_dimension()),
+    return {"encoder": name, "precision": "fp32", "dim": int(encoder.get_embedding_dimension()),
             "max_tokens": int(encoder.max_seq_length), "opset": OPSET,
             "parity_max_abs_diff": float(diff),
             "sha256": sha256_file(folder / onnx_name)}  # fmt: skip
@@ -95,3 +103,26 @@ def parity(encoder, onnx_path: Path, tokenizer_path: Path) -> float:
     mine = QueryEncoder(onnx_path, tokenizer_path).encode(list(PARITY_TEXTS))
     theirs = encode(list(PARITY_TEXTS), encoder)
     return float(np.abs(mine - theirs).max())
+
+
+def quantize(source: Path, target: Path, encoder_name: str, tokenizer_path: Path) -> dict:
+    """Write the int8 variant of the exported encoder `source` to `target`; its manifest
+    record, after checking its vectors against sentence-transformers' (INT8_MIN_COSINE)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs each tensor at INFO
+    try:
+        with atomic_path(target) as tmp:
+            quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    mine = QueryEncoder(target, tokenizer_path).encode(list(PARITY_TEXTS))
+    theirs = encode(list(PARITY_TEXTS), load_encoder(encoder_name))
+    cosine = float((mine * theirs).sum(1).min())
+    if cosine < INT8_MIN_COSINE:
+        raise ValueError(f"int8 query encoder: cosine to sentence-transformers {cosine:.4f} "
+                         f"< {INT8_MIN_COSINE}; use query_precision fp32")  # fmt: skip
+    log.info("query encoder %s int8: min cosine %.4f", encoder_name, cosine)
+    return {"precision": "int8", "quantization": "dynamic, per channel, QInt8 weights",
+            "parity_min_cosine": round(cosine, 5), "sha256": sha256_file(target)}  # fmt: skip

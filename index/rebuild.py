@@ -252,7 +252,9 @@ def build_version(
     text = lexical.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.LEXICAL)
     names = suggest.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.SUGGEST)
     meaning = (
-        semantic.build(inputs.catalog.data_dir, emb.creator_idx, folder) if cfg.semantic else None
+        semantic.build(inputs.catalog.data_dir, emb.creator_idx, folder, cfg.query_precision)
+        if cfg.semantic
+        else None
     )
     build.write_index(index, folder / store.INDEX_FILE)
     write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())

@@ -9,8 +9,9 @@ The index is exact (flat inner product) up to EXACT_UP_TO creators: the demo's a
 thousands search in well under a millisecond. A larger catalog gets IVF-Flat, its nprobe tuned
 at build time to recall@10 ≥ 0.95 against exact search (kept in the index file and the record).
 
-The query encoder depends only on the encoder's name and the libraries that export it, so it is
-exported once per machine (under ~/.cache/towerline) and linked into each version.
+The query encoder depends only on the encoder's name, its precision (index config
+`query_precision`: fp32, or int8 quantized from it) and the libraries that make it, so it is
+made once per machine (under ~/.cache/towerline) and linked into each version.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ def text_encoder(data_dir: Path) -> str | None:
     return info.get("encoder")
 
 
-def build(data_dir: Path, creator_idx: np.ndarray, folder: Path) -> dict | None:
-    """Write the version's semantic retriever into `folder` (the version folder); its manifest
-    record, or None when the catalog has no text vectors."""
+def build(
+    data_dir: Path, creator_idx: np.ndarray, folder: Path, precision: str = "fp32"
+) -> dict | None:
+    """Write the version's semantic retriever into `folder` (the version folder), its query
+    encoder at `precision` (store.QUERY_PRECISIONS); its manifest record, or None when the
+    catalog has no text vectors."""
     name = text_encoder(data_dir)
     if name is None:
         log.info("no creator text vectors in %s: no semantic retriever", data_dir)
@@ -66,7 +70,7 @@ def build(data_dir: Path, creator_idx: np.ndarray, folder: Path) -> dict | None:
     index, kind = text_index(xb)
     with atomic_path(folder / TEXT_INDEX) as tmp:
         faiss.write_index(index, str(tmp))
-    record = _encoder_into(name, folder)
+    record = _encoder_into(name, folder, precision)
     log.info("semantic retriever: %d creators' text vectors (%s, %s)", len(rows), name, kind)
     return {**record, "creators": len(rows), "with_text": int(np.any(xb != 0, axis=1).sum()),
             **kind, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
@@ -108,21 +112,43 @@ def _tune(index, xb: np.ndarray, rng: np.random.Generator) -> tuple[int, float]:
     return index.nprobe, round(float(recall), 4)
 
 
-def _encoder_into(name: str, folder: Path) -> dict:
-    """The query encoder `name`, exported once into this machine's cache, linked into folder."""
+def _encoder_into(name: str, folder: Path, precision: str = "fp32") -> dict:
+    """The query encoder `name` at `precision`, made once into this machine's cache (int8 from
+    the cached fp32 export), linked into folder; its record."""
     key = f"{name}-torch{version('torch')}-st{version('sentence-transformers')}"
     cached = CACHE / "query_encoder" / key.replace("/", "_")
-    if not (cached / "record.json").exists():
-        staging = cached.with_name(cached.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        record = query_encoder.export(name, staging, ENCODER, TOKENIZER)
-        (staging / "record.json").write_text(json.dumps(record))
-        shutil.rmtree(cached, ignore_errors=True)
-        staging.rename(cached)
+    _cache(cached, lambda staging: query_encoder.export(name, staging, ENCODER, TOKENIZER))
+    if precision == "int8":
+        fp32 = cached
+        cached = cached.with_name(cached.name + "-int8-ort" + version("onnxruntime"))
+
+        def int8(staging: Path) -> dict:
+            shutil.copyfile(fp32 / TOKENIZER, staging / TOKENIZER)
+            record = query_encoder.quantize(fp32 / ENCODER, staging / ENCODER, name,
+                                            staging / TOKENIZER)  # fmt: skip
+            made = json.loads((fp32 / "record.json").read_text())
+            of_fp32 = {"fp32_sha256": made.pop("sha256"),
+                       "fp32_parity_max_abs_diff": made.pop("parity_max_abs_diff")}  # fmt: skip
+            return {**made, **record, **of_fp32}
+
+        _cache(cached, int8)
     for file in (ENCODER, TOKENIZER):
         _link_or_copy(cached / file, folder / file)
     return json.loads((cached / "record.json").read_text())
+
+
+def _cache(cached: Path, make) -> None:
+    """Fill the cache folder `cached` with make(staging)'s files and record, unless done:
+    made in a staging folder of this process's, renamed into place whole."""
+    if (cached / "record.json").exists():
+        return
+    staging = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    record = make(staging)
+    (staging / "record.json").write_text(json.dumps(record))
+    shutil.rmtree(cached, ignore_errors=True)
+    staging.rename(cached)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -68,6 +68,9 @@ TEXT_INDEX = "text.faiss"
 """The semantic retriever's index of the creators' text vectors (index.semantic), by row."""
 QUERY_ENCODER, QUERY_TOKENIZER = "query_encoder.onnx", "query_tokenizer.json"
 """The sentence encoder that made those vectors, as ONNX, and its tokenizer (index.onnx)."""
+QUERY_PRECISIONS = ("fp32", "int8")
+"""The query encoder's weights in a version (index config `query_precision`): as exported, or
+quantized to int8 (index.query_encoder.quantize); the file name is the same either way."""
 SUGGEST = "suggest"
 """Name completion keys (index.suggest): every name from each of its words on, sorted."""
 CONFIG = "config.yaml"
