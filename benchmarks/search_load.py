@@ -10,9 +10,11 @@ Starts `python -m serving up` on the set as its config says (two workers, tower 
 waits out the explorer's and search's warm-ups (suggest_load.settle, `ready`), then measures.
 The 1 M set has creator text vectors (configs/data/synthetic_1m_creators.yaml), so /search runs
 all three retrievers: lexical, semantic (the query encoder on Triton, IVF-Flat over the text
-vectors) and personal.
-Writes artifacts/bench/search/load.json (load-<grams>.json with --grams: the lexical
-retriever's trigrams asked another way than the config says, search.lexical).
+vectors) and personal. Each level also reports /search's mean time per stage (`mean_ms`: the
+service's towerline_stage_seconds search_* and its handler, over every worker).
+Writes artifacts/bench/search/load.json (load-grams-<way>-lock-<bool>.json with --grams or
+--lock_memory: the lexical retriever's trigrams or the memory lock another way than the
+config says; search.lexical, serving.memory).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import sys
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +60,54 @@ def queries(n: int) -> Path:
     return path
 
 
-def ready(svc) -> None:
+def ready(svc) -> list[dict]:
     """Wait out each worker's search warm-up (its retrievers, the personal retriever's
     row-to-words index, then the searches it asks itself: serving.api.search.warm; ~15 s on
-    the 1 M set) until its /readyz says `search_warm`."""
+    the 1 M set) until its /readyz says `search_warm`; each worker's memory lock."""
+
+    locks = []
 
     def warmed(client) -> None:
         deadline = time.monotonic() + 300
-        while not client.get("/readyz").json().get("search_warm"):
+        while not (ready := client.get("/readyz").json()).get("search_warm"):
             if time.monotonic() > deadline:  # a warm-up that failed says why in the log
                 raise TimeoutError(f"a worker never said search_warm; see {svc.log}")
             time.sleep(0.5)
+        locks.append(ready.get("memory_lock"))
 
     svc.each_worker(warmed)
+    return locks
+
+
+def stage_totals(svc) -> dict[str, tuple[float, float]]:
+    """{stage: (seconds, count)} of /search's stages and its handler, over every worker (the
+    service's /metrics: towerline_stage_seconds search_*, towerline_request_seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{svc.url}/metrics", timeout=10).read().decode()
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.labels.get("stage") or (
+                "handler" if sample.labels.get("endpoint") == "search" else None
+            )
+            if family.name in ("towerline_stage", "towerline_stage_seconds",
+                               "towerline_request_seconds") and name and (
+                    name == "handler" or name.startswith("search_")):  # fmt: skip
+                kind = sample.name.rsplit("_", 1)[-1]
+                if kind in ("sum", "count"):
+                    out.setdefault(name, [0.0, 0.0])[kind == "count"] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean milliseconds per stage between two `stage_totals` (a stage that ran at all)."""
+    means = {}
+    for stage, (seconds, count) in after.items():
+        s0, c0 = before.get(stage, (0.0, 0.0))
+        if count > c0:
+            means[stage] = round((seconds - s0) / (count - c0) * 1e3, 3)
+    return means
 
 
 def main() -> None:
@@ -78,21 +116,36 @@ def main() -> None:
     ap.add_argument("--in_flight", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--port", type=int, default=18500)
     ap.add_argument("--grams", choices=GRAMS, help="search.grams instead of the config's")
+    ap.add_argument("--lock_memory", choices=["true", "false"],
+                    help="lock_memory instead of the config's (serving.memory)")  # fmt: skip
     args = ap.parse_args()
     serving_load.ensure_wrk()
     serving_set.ensure_built()
     path, runs = queries(4000), []
     env = {"TOWERLINE_PREFIXES": str(path)}  # the script draws request paths from this file
     sets = ["--search.grams", args.grams] if args.grams else []
+    sets += ["--lock_memory", args.lock_memory] if args.lock_memory else []
     with serving_load.Service(args.port, sets) as svc:
         settle(svc)
-        ready(svc)
+        locks = ready(svc)
+        print(f"memory lock of each worker: {locks}", flush=True)
         serving_load.wrk_raw(svc.url, SCRIPT, env, 4, 2)  # warm
         for c in args.in_flight:
+            before = stage_totals(svc)
             runs.append(serving_load.wrk_raw(svc.url, SCRIPT, env, c, args.seconds))
+            runs[-1]["mean_ms"] = stage_means(before, stage_totals(svc))
             print(json.dumps(runs[-1]), flush=True)
-    out = {"index_version": svc.info.get("index_version"), "grams": args.grams, "runs": runs}
-    name = f"load-{args.grams}.json" if args.grams else "load.json"
+    out = {"index_version": svc.info.get("index_version"), "grams": args.grams,
+           "lock_memory": args.lock_memory, "memory_lock": locks, "runs": runs}  # fmt: skip
+    name = (
+        "-".join(
+            [
+                "load",
+                *(f"{k}-{v}" for k, v in (("grams", args.grams), ("lock", args.lock_memory)) if v),
+            ]
+        )
+        + ".json"
+    )
     (OUT / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 

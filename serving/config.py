@@ -100,6 +100,11 @@ class ServingConfig:
     spinning against Triton and the HTTP loop on a small machine)."""
     run_dir: str | None = None
     """Where `up --detach` keeps its pid file and log; None = artifacts/serving/<name>."""
+    lock_memory: bool = False
+    """Keep each service process's pages in memory once touched (serving.memory: mlockall),
+    so an index page or code idle for a while is not read back from disk by the next
+    search. Needs CAP_IPC_LOCK or a memlock limit above the process's size; /readyz says
+    whether it took."""
     verify: bool = True
     """Check every file of an index version against its manifest's checksums when loading."""
     max_body_bytes: int = 1 << 20

@@ -48,6 +48,7 @@ from common.errors import FAILED, OK, UnavailableError
 from common.io import write_bytes
 from common.logs import setup_logging
 from index import store as index_store
+from serving import memory
 from serving.answer_log import AnswerLog
 from serving.api.app import create_app
 from serving.config import ServingConfig
@@ -71,6 +72,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when fi
 def build_app(cfg: ServingConfig, store, provider, triton_status=None):
     """The HTTP app of one service process: a recommender over `store` and the tower
     `provider`, serving the index store's current version."""
+    if cfg.lock_memory:  # before the version loads: its pages are locked as they are read
+        memory.lock()
     recommender = Recommender(cfg.index, store, provider, verify=cfg.verify)
     if triton_status is not None:
         recommender.health["triton"] = triton_status

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 
 from common.errors import ConfigError
 from search.engine import SearchSettings
+from serving import memory
 from serving.answer_log import AnswerLog
 from serving.api import (
     compare,
@@ -135,7 +136,9 @@ def mount_rooms(app: FastAPI, names: Sequence[str]) -> None:
 def _prepare_search(svc: Services, bundle) -> None:
     """Load a served version's search (retrievers, query encoder, name completion) and warm it
     with the searches fans make (serving.api.search.warm), in the background, so the first
-    /search and /suggest do not pay for it (~0.2 s on the demo, seconds on the 1 M set)."""
+    /search and /suggest do not pay for it (~0.2 s on the demo, seconds on the 1 M set); then,
+    where the config locks memory, pin the version's and the feature store's mapped files
+    (serving.memory)."""
 
     def load() -> None:
         try:
@@ -143,6 +146,10 @@ def _prepare_search(svc: Services, bundle) -> None:
             search.warm(svc, bundle)
         except Exception as e:  # a version built before search: /search says so itself
             log.info("search not prepared for %s: %s", bundle.index_version, e)
+            return
+        features = getattr(svc.recommender.features, "folder", None)  # an embedded store's
+        memory.pin([bundle.index.folder, *([features] if features else [])])
+        svc.search_warm = bundle.index_version  # /readyz: warmed, and pinned where asked
 
     threading.Thread(target=load, name="search-warm", daemon=True).start()
 

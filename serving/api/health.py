@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from serving import memory
 from serving.api.state import ServicesDep
 
 router = APIRouter(tags=["operations"])
@@ -57,7 +58,8 @@ def readiness(svc) -> dict:
         degraded.append("query_encoder_in_process")
     out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
     warm = bundle is not None and svc.search_warm == bundle.index_version
-    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid(), "search_warm": warm}
+    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid(), "search_warm": warm,
+            "memory_lock": memory.status}  # fmt: skip
     if bundle is not None:
         out |= bundle.versions | {"encoder": bundle.encoder_name}
     if rec.last_refresh_error:

@@ -103,7 +103,7 @@ async def search(
 def warm(svc, bundle) -> None:
     """Ask the version's search what fans ask, the way /search does: popular creators' names,
     the same names cut short (a typo's trigram path), their categories; every other one with
-    a fan. Then `svc.search_warm` names the version (/readyz says it)."""
+    a fan (the caller then says so in `svc.search_warm`, which /readyz reports)."""
     from serving.pipeline.versions import sample_fans
 
     info, rows = bundle.catalog, np.asarray(bundle.popular[: WARM_QUERIES // 3])
@@ -116,7 +116,6 @@ def warm(svc, bundle) -> None:
     for i, q in enumerate(q for q in queries[:WARM_QUERIES] if tokens(q)):
         fan = fans[i % len(fans)] if fans and i % 2 else None
         _answer(svc, bundle, q, 10, fan, [], observe=False)
-    svc.search_warm = bundle.index_version
 
 
 def _retrieve(
