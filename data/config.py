@@ -24,8 +24,14 @@ class SplitConfig:
     given: the dataset's own split column (LightGCN)."""
     test_fraction: float = 0.1
     """time: the fraction of positive events (by time) after the cut; per_user: of each user's."""
+    validation_fraction: float = 0.0
+    """The share of train carved out for validation (model selection never reads test), by the
+    test split's rule: time: train's last positive events before the test cut; per_user and
+    given: a seeded share of each user's train pairs (given: of the source's train lines).
+    0 = no validation split."""
     min_train_per_user: int = 1
-    """per_user: users with fewer positives keep them all in train."""
+    """per_user (and the validation carve-out): users with fewer positives keep them all in
+    train."""
     seed: int = 0
 
     def __post_init__(self):
@@ -33,6 +39,11 @@ class SplitConfig:
             raise ConfigError(f"--split.kind={self.kind!r} is not one of {SPLIT_KINDS}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"--split.test_fraction={self.test_fraction} must be in (0, 1)")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"--split.validation_fraction={self.validation_fraction} must be in [0, 1) "
+                f"(a share of train; 0 = none)"
+            )
 
 
 @dataclass

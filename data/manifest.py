@@ -49,11 +49,15 @@ def build(job) -> dict:
             "train_pairs": examples,
             "test_pairs": int(job.user_test.sum()),
             "test_users": int((job.user_test > 0).sum()),
+            "validation_pairs": int(job.user_validation.sum()),
+            "validation_users": int((job.user_validation > 0).sum()),
         },
         "split": {
             "kind": cfg.split.kind,
             "cut": _iso(job.cut_ms),
             "test_fraction": cfg.split.test_fraction,
+            "validation_cut": _iso(job.validation_cut_ms),
+            "validation_fraction": cfg.split.validation_fraction,
         },
         "vocab": {
             name: {
@@ -131,8 +135,8 @@ def summary(manifest: dict) -> str:
         f"  quarantine    {c['quarantine_by_reason'] or 'none'}",
         f"  split         {s['kind']}"
         + (f" at {s['cut']}" if s["cut"] else "")
-        + f": {c['train_pairs']:,} train pairs, {c['test_pairs']:,} test pairs "
-        f"({c['test_users']:,} test users)",
+        + f": {c['train_pairs']:,} train pairs, {c.get('validation_pairs', 0):,} validation "
+        f"pairs, {c['test_pairs']:,} test pairs ({c['test_users']:,} test users)",
         "  vocab         " + ", ".join(f"{k} {v['size']:,}" for k, v in manifest["vocab"].items()),
         f"  shards        {sh['count']} × {sh['records_per_shard']} records × "
         f"{sh['record_size']} examples ({sh['padded_examples']:,} padded); {sh['pattern']}",

@@ -259,7 +259,7 @@ class _Job:
 
     def _buckets(self) -> None:
         cfg = self.cfg
-        self.cut_ms = self._time_cut()
+        self.cut_ms, self.validation_cut_ms = self._time_cut()
         n_shards = cfg.shards.num_shards
         example_schema = _example_schema(cfg.features.history_length)
         self.shard_spill = _Spill(self._spill_dir("shards"), example_schema, n_shards)
@@ -268,14 +268,17 @@ class _Job:
         self.user_history = np.zeros((n_users, cfg.features.user_history), np.int32)  # [U, N]
         self.user_train = np.zeros(n_users, dtype=np.int32)
         self.user_test = np.zeros(n_users, dtype=np.int32)
+        self.user_validation = np.zeros(n_users, dtype=np.int32)
         self.creator_train = np.zeros(len(self.vocab["creators"]), dtype=np.int64)
         train_out = ParquetAppender(self.dir / tables.TRAIN, _PAIRS)
         test_out = ParquetAppender(self.dir / tables.TEST, _PAIRS)
+        validation_out = ParquetAppender(self.dir / tables.VALIDATION, _PAIRS)
         offset = 0
         for b in tqdm(range(cfg.buckets), desc="split+features", disable=not self.progress):
-            train, test, examples = self._bucket(b)
+            train, validation, test, examples = self._bucket(b)
             train_out.write(_pairs_table(train))
             test_out.write(_pairs_table(test))
+            validation_out.write(_pairs_table(validation))
             n = len(examples["user"])
             # Dealt round-robin in (user, time) order, so each user's examples spread over all
             # shards; every shard is shuffled as a whole when it is written.
@@ -288,6 +291,7 @@ class _Job:
             offset += n
         train_out.close()
         test_out.close()
+        validation_out.close()
 
     def _bucket(self, b: int):
         cfg = self.cfg
@@ -309,16 +313,15 @@ class _Job:
         side = self._event_side(cols)
         # Each side's pairs from that side's events only: a train pair's time and weight must
         # not reflect anything after the cut (a follow before it, a paid membership after).
-        train, test = (self._pairs(cols, pos & (side == s)) for s in (0, 1))
-        test = test.select(~features.contains(train.key, test.key))  # known before the cut
+        train, test, validation = (self._pairs(cols, pos & (side == s)) for s in SIDES)
+        validation = validation.select(~features.contains(train.key, validation.key))
+        known = features.contains(train.key, test.key) | features.contains(validation.key, test.key)
+        test = test.select(~known)  # known before the cut: neither train nor validation
         if cfg.split.kind == "per_user":
-            held_out = (
-                features.per_user_split(
-                    train, cfg.split.test_fraction, cfg.split.min_train_per_user, cfg.split.seed
-                )
-                == 1
-            )
-            train, test = train.select(~held_out), train.select(held_out)
+            train, test = self._held_out(train, cfg.split.test_fraction, cfg.split.seed)
+        if cfg.split.kind != "time" and cfg.split.validation_fraction > 0:
+            seed = cfg.split.seed + VALIDATION_SEED
+            train, validation = self._held_out(train, cfg.split.validation_fraction, seed)
         temporal = cfg.split.kind == "time"
         train = features.sort_for_history(train, temporal, cfg.split.seed)
         hist = features.histories(train.user, train.creator, cfg.features.history_length, temporal)
@@ -328,6 +331,9 @@ class _Job:
         self.user_history[users] = last
         self.user_train[users] = n_train
         self.user_test += np.bincount(test.user, minlength=len(self.user_test)).astype(np.int32)
+        self.user_validation += np.bincount(
+            validation.user, minlength=len(self.user_validation)
+        ).astype(np.int32)
         self.creator_train += np.bincount(train.creator, minlength=len(self.creator_train))
         examples = {
             "user": train.user,
@@ -336,7 +342,12 @@ class _Job:
             "weight": train.weight,
             "ts": train.ts,
         }
-        return train, test, examples
+        return train, validation, test, examples
+
+    def _held_out(self, pairs: features.Pairs, fraction: float, seed: int):
+        """(kept, held out): a seeded `fraction` of each user's pairs held out (per_user)."""
+        held = features.per_user_split(pairs, fraction, self.cfg.split.min_train_per_user, seed)
+        return pairs.select(held == 0), pairs.select(held == 1)
 
     def _pairs(self, cols, mask: np.ndarray) -> features.Pairs:
         return features.positive_pairs(
@@ -348,8 +359,10 @@ class _Job:
 
     def _event_side(self, cols) -> np.ndarray:
         kind = self.cfg.split.kind
-        if kind == "time":
-            return (cols["ts"] >= self.cut_ms).astype(np.int8)
+        if kind == "time":  # train before the validation cut, validation up to the test cut
+            side = (cols["ts"] >= self.cut_ms).astype(np.int8)
+            side[(cols["ts"] >= self.validation_cut_ms) & (side == 0)] = SIDES[2]
+            return side
         if kind == "given":
             if (cols["split"] < 0).any():
                 raise ValueError(
@@ -359,9 +372,11 @@ class _Job:
             return cols["split"]
         return np.zeros(len(cols["row"]), dtype=np.int8)  # per_user: decided on pairs
 
-    def _time_cut(self) -> int | None:
+    def _time_cut(self) -> tuple[int | None, int | None]:
+        """The test cut and the validation cut before it (equal without validation): the
+        positive events' time quantiles (1 - test) and (1 - test)(1 - validation)."""
         if self.cfg.split.kind != "time":
-            return None
+            return None, None
         if not self.source.has_timestamps:
             raise ValueError(
                 f"split.kind=time but source {self.source.name!r} has no timestamps; "
@@ -371,7 +386,11 @@ class _Job:
         if len(sample) == 0:
             raise ValueError("no positive events to split; check events.positive")
         q = 1.0 - self.cfg.split.test_fraction
-        return int(sample[min(len(sample) - 1, int(q * len(sample)))])
+        at = lambda q: int(sample[min(len(sample) - 1, int(q * len(sample)))])  # noqa: E731
+        cut = at(q)
+        if self.cfg.split.validation_fraction == 0:
+            return cut, cut
+        return cut, min(cut, at(q * (1.0 - self.cfg.split.validation_fraction)))
 
     def _duplicates(self, cols, dup, first_row) -> pa.Table:
         idx = np.flatnonzero(dup)
@@ -510,6 +529,12 @@ class _Job:
     def manifest(self) -> dict:
         return manifest.build(self)
 
+
+SIDES = (0, 1, 2)
+"""An event's side: train, test, validation (carved out of train; split.validation_fraction)."""
+VALIDATION_SEED = 2
+"""The validation carve-out's hash seed offset: a draw of its own (the per-user test split
+uses the seed, the history shuffle seed + 1)."""
 
 _PAIRS = pa.schema(
     [

@@ -5,7 +5,9 @@ index, read the one way training, the index stage and the feature store all read
                               created_at, category_idx, tag_idx, train_count
     tables/users.parquet      user_idx, user_id, history (fixed-size list), train_count,
                               test_count, signup_at, country, attributes
-    tables/train.parquet, tables/test.parquet   (user_idx, creator_idx, ts, weight) pairs
+    tables/train.parquet, tables/validation.parquet, tables/test.parquet
+                              (user_idx, creator_idx, ts, weight) pairs; validation is carved
+                              out of train (split.validation_fraction; empty when 0)
     tables/creator_text.npy   float16 [C, D] sentence vectors, when the dataset has them
 
 `CreatorFeatures` and `UserFeatures` hold numpy arrays; `.to(device)` gives the same object
@@ -29,6 +31,7 @@ CREATORS = "tables/creators.parquet"
 USERS = "tables/users.parquet"
 TRAIN = "tables/train.parquet"
 TEST = "tables/test.parquet"
+VALIDATION = "tables/validation.parquet"
 CREATOR_TEXT = "tables/creator_text.npy"
 VOCAB = "vocab"
 SHARDS = "shards"
