@@ -30,7 +30,7 @@ from data import contract, tables
 from data import manifest as data_manifest
 from data.shards import FIELDS, record_dataset
 from data.tables import CreatorFeatures, UserFeatures
-from training.evaluate import Interactions
+from training.evaluate import EVAL_SPLIT, Interactions
 from training.loss import PositiveIndex
 
 
@@ -42,6 +42,16 @@ def load_split(folder: str | Path, num_users: int) -> tuple[Interactions, Intera
         users, creators = t["user_idx"].to_numpy(), t["creator_idx"].to_numpy()
         out.append(Interactions.from_pairs(users, creators, num_users))
     return out[0], out[1]
+
+
+def load_validation(folder: str | Path, num_users: int) -> Interactions | None:
+    """The validation pairs carved out of train (data split.validation_fraction), as CSR; None
+    when the dataset has none (prepared without, or before the split existed)."""
+    path = Path(folder) / tables.VALIDATION
+    if not path.exists() or pq.ParquetFile(path).metadata.num_rows == 0:
+        return None
+    t = pq.read_table(path, columns=["user_idx", "creator_idx"])
+    return Interactions.from_pairs(t["user_idx"].to_numpy(), t["creator_idx"].to_numpy(), num_users)
 
 
 def positive_index(train: Interactions, num_creators: int) -> PositiveIndex:
@@ -61,7 +71,8 @@ def collate_records(records: list[dict[str, np.ndarray]]) -> dict[str, torch.Ten
 
 
 class TowerDataModule(pl.LightningDataModule):
-    """Shards for training; test users in chunks for full-corpus evaluation.
+    """Shards for training; held-out users in chunks for full-corpus evaluation: the
+    validation split's where the dataset has one (`held_out`, `eval_split`), else test's.
 
     Args:
         data_dir: a prepared dataset (the folder `python -m data prepare` wrote).
@@ -127,10 +138,15 @@ class TowerDataModule(pl.LightningDataModule):
             self.data_dir / tables.USERS, h.user_attribute_buckets, h.max_user_attributes
         )
         self.train, self.test = load_split(self.data_dir, self.num_users)
+        # each epoch's evaluation, and so the checkpoint chosen, reads validation where the
+        # dataset has it: model selection never reads test
+        self.validation = load_validation(self.data_dir, self.num_users)
+        self.eval_split = EVAL_SPLIT if self.validation is None else "validation"
+        self.held_out = self.test if self.validation is None else self.validation
         self.popularity = np.zeros(self.num_creators, dtype=np.int64)
         self.popularity[: len(self.creators)] = self.creators.train_count
         self.train_users = np.flatnonzero(self.train.lengths() > 0)
-        self.eval_users = np.flatnonzero(self.test.lengths() > 0)
+        self.eval_users = np.flatnonzero(self.held_out.lengths() > 0)
         if h.max_eval_users and h.max_eval_users < len(self.eval_users):
             rng = np.random.default_rng(h.seed)
             self.eval_users = np.sort(rng.choice(self.eval_users, h.max_eval_users, False))

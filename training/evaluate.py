@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 EVAL_SPLIT = "test"
-"""The split each epoch's evaluation scores (issue 17 moves it to a validation split carved
-from train); every evaluation record names it."""
+"""The split each epoch's evaluation scores when the dataset has no validation split carved
+from train (data split.validation_fraction; with one, "validation"); every evaluation record
+names it."""
 EVALUATIONS = "evaluations"
 """The checkpoint key under which training keeps its evaluations, epoch by epoch (the index
 records them in its manifest for the explorer's health view)."""

@@ -24,7 +24,7 @@ from data.contract import FIRST_ID, UNK
 from data.tables import CreatorFeatures, UserFeatures
 from towers.model import TowerConfig, TwoTower
 from training.data import positive_index
-from training.evaluate import EVAL_SPLIT, EVALUATIONS, finalize, merge_sums, metric_sums, top_k
+from training.evaluate import EVALUATIONS, finalize, merge_sums, metric_sums, top_k
 from training.loss import (
     MultiPositiveLoss,
     RetrievalLoss,
@@ -314,7 +314,7 @@ class TwoTowerModule(pl.LightningModule):
         dm = self.trainer.datamodule
         empty = np.zeros((0, max(self.eval_k)), dtype=np.int64)
         self._sums = metric_sums(
-            empty, dm.test, empty[:, 0], dm.popularity, self.eval_k, self.hparams.cold_threshold
+            empty, dm.held_out, empty[:, 0], dm.popularity, self.eval_k, self.hparams.cold_threshold
         )
         self._started = time.perf_counter()
 
@@ -324,7 +324,7 @@ class TwoTowerModule(pl.LightningModule):
         scorer = TowerScorer(self.model, self.users, self._creator_emb)
         recommended = top_k(scorer, dm.train, max(self.eval_k), users)
         block = metric_sums(
-            recommended, dm.test, users, dm.popularity, self.eval_k, self.hparams.cold_threshold
+            recommended, dm.held_out, users, dm.popularity, self.eval_k, self.hparams.cold_threshold
         )
         self._sums = merge_sums(self._sums, block)
         if batch_idx == 0 and self.trainer.is_global_zero:
@@ -359,7 +359,8 @@ class TwoTowerModule(pl.LightningModule):
         """One line per evaluation in <log_dir>/evaluation.jsonl, for scripts and benchmarks."""
         folder.mkdir(parents=True, exist_ok=True)
         epoch = self.current_epoch if epoch is None else epoch
-        line = {"epoch": epoch, "step": self.global_step, "split": EVAL_SPLIT, **result}
+        split = self.trainer.datamodule.eval_split  # validation where the dataset has it
+        line = {"epoch": epoch, "step": self.global_step, "split": split, **result}
         # plain Python values (a checkpoint loads weights_only): numpy scalars become floats
         self.evaluations.append(
             {k: v if isinstance(v, (str, int)) else float(v) for k, v in line.items()}
@@ -401,7 +402,7 @@ class TwoTowerModule(pl.LightningModule):
         users, recommended = self._examples
         rows = []
         for u, recs in zip(users, recommended, strict=True):
-            truth = set(dm.test.row(u).tolist())
+            truth = set(dm.held_out.row(u).tolist())
             history = [names[c] for c in dm.train.row(u)[:10]]
             shown = [("✓ " if c in truth else "") + names[c] for c in recs[:10]]
             rows.append([dm.user_ids[u], " · ".join(history), " · ".join(shown)])

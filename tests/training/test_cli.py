@@ -239,3 +239,29 @@ def test_creator_text_reaches_the_creator_tower(tiny_text_data, tmp_path):
         )
     assert not torch.allclose(unseen, no_text, atol=1e-4)
     assert torch.cdist(unseen, unseen).triu(1).max() > 1e-3
+
+
+def test_each_epochs_evaluation_reads_validation_where_the_dataset_has_it(tmp_path):
+    """Model selection never reads test: with split.validation_fraction, the per-epoch figures
+    (and so the checkpoint a monitor would keep) are the validation split's, and say so."""
+    from data.prepare import prepare
+    from tests.data.helpers import synthetic_config
+    from training.evaluate import evaluate
+    from training.module import TowerScorer, encode_all_creators
+
+    carved = {"shards.record_size": 64, "source.num_events": 30_000,
+              "split.validation_fraction": 0.2}  # fmt: skip
+    data = prepare(synthetic_config(tmp_path / "data", **carved), progress=False)
+    cli = main(["fit", *fit_args(data, tmp_path / "run", "--trainer.max_epochs", "1")])
+    dm, module = cli.datamodule, cli.model
+    assert dm.eval_split == "validation" and dm.held_out is dm.validation
+    assert set(dm.eval_users) == set(np.flatnonzero(dm.validation.lengths() > 0))
+    lines = next(tmp_path.rglob("evaluation.jsonl")).read_text().splitlines()
+    (line,) = [json.loads(x) for x in lines]
+    assert line["split"] == "validation"
+    # the logged recall is the validation pairs', computed again here the slow way
+    with torch.no_grad():
+        emb = encode_all_creators(module.model, module.creators)
+        scorer = TowerScorer(module.model, module.users, emb)
+        again = evaluate(scorer, dm.train, dm.validation, dm.popularity)["recall@20"]
+    assert again == pytest.approx(line["recall@20"], abs=1e-6)
