@@ -120,12 +120,26 @@ def _metric(text: str, metric: str, model: str) -> float:
     return float(found.group(1))
 
 
+def _settled(server, name: str, at_least: int = 0) -> tuple[tuple[int, int], str]:
+    """The statistics and the metrics text once the statistics count `at_least` successes and
+    the metrics agree with them: a client gets its answer a moment before the server records
+    it (CI once read 317 of 320 finished requests)."""
+    deadline = time.monotonic() + 10
+    while True:
+        counts, text = _counts(server, name), server.metrics()
+        agree = (_metric(text, "nv_inference_request_success", name),
+                 _metric(text, "nv_inference_exec_count", name)) == counts  # fmt: skip
+        if (counts[0] >= at_least and agree) or time.monotonic() > deadline:
+            return counts, text
+        time.sleep(0.05)
+
+
 def test_dynamic_batching_joins_concurrent_requests(triton_server, user_batch):
     triton_server.load_model(UNBATCHED)
     try:
         delta = {}
         for name in (MODEL, UNBATCHED):
-            before, text = _counts(triton_server, name), triton_server.metrics()
+            before, text = _settled(triton_server, name)
             client, errors = UserTowerClient(triton_server.grpc_url, model_name=name), []
             threads = [
                 threading.Thread(target=_hammer, args=(client, user_batch.inputs, "", 40, errors))
@@ -137,7 +151,7 @@ def test_dynamic_batching_joins_concurrent_requests(triton_server, user_batch):
                 t.join()
             client.close()
             assert errors == []
-            after, text2 = _counts(triton_server, name), triton_server.metrics()
+            after, text2 = _settled(triton_server, name, before[0] + 8 * 40)
             delta[name] = (after[0] - before[0], after[1] - before[1])
             metric = {
                 m: _metric(text2, m, name) - _metric(text, m, name)
