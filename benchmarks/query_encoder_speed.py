@@ -46,9 +46,11 @@ KINDS = ("navigational", "topical")
 K = 100
 
 
-def encoders(folder: Path, scratch: Path) -> dict[str, QueryEncoder]:
-    """Both precisions of the version's query encoder, made as the rebuild job makes them."""
-    name = store.read_manifest(folder.parents[1], folder.name)["semantic"]["encoder"]
+def encoders(folder: Path, scratch: Path, record: dict | None = None) -> dict[str, QueryEncoder]:
+    """Both precisions of the version's query encoder, made as the rebuild job makes them
+    (`record`: the version's semantic record, read from its manifest when not given)."""
+    record = record or store.read_manifest(folder.parents[1], folder.name)["semantic"]
+    name = record["encoder"]
     out = {}
     for precision in PRECISIONS:
         (scratch / precision).mkdir()
@@ -79,13 +81,13 @@ def ask(semantic: Semantic, enc: dict[str, QueryEncoder], texts: list[str]):
 def measure(dataset: str, n: int, seed: int) -> dict:
     folder = version_folder(dataset)
     semantic = Semantic(folder)
+    record = store.read_manifest(folder.parents[1], folder.name)["semantic"]
     with tempfile.TemporaryDirectory() as scratch:
-        enc = encoders(folder, Path(scratch))
+        enc = encoders(folder, Path(scratch), record)
         for e in enc.values():
             e.encode(["warm up"])
         out = {"dataset": dataset, "index_version": folder.name, "sets": {},
-               "served": store.read_manifest(folder.parents[1], folder.name)["semantic"]
-               .get("precision", "fp32")}  # fmt: skip
+               "served": record.get("precision", "fp32")}  # fmt: skip
         took_all = {p: [] for p in [*PRECISIONS, "index"]}
         tests = {}
         catalog = qs.Catalog.of_version(folder)

@@ -88,15 +88,15 @@ def stage_totals(svc) -> dict[str, tuple[float, float]]:
     out: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            name = sample.labels.get("stage") or (
-                "handler" if sample.labels.get("endpoint") == "search" else None
-            )
-            if family.name in ("towerline_stage", "towerline_stage_seconds",
-                               "towerline_request_seconds") and name and (
-                    name == "handler" or name.startswith("search_")):  # fmt: skip
-                kind = sample.name.rsplit("_", 1)[-1]
-                if kind in ("sum", "count"):
-                    out.setdefault(name, [0.0, 0.0])[kind == "count"] += sample.value
+            if family.name == "towerline_stage_seconds":
+                name = sample.labels["stage"]
+            elif family.name == "towerline_request_seconds":
+                name = "handler" if sample.labels["endpoint"] == "search" else ""
+            else:
+                continue
+            kind = sample.name.rsplit("_", 1)[-1]
+            if (name == "handler" or name.startswith("search_")) and kind in ("sum", "count"):
+                out.setdefault(name, [0.0, 0.0])[kind == "count"] += sample.value
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
@@ -137,15 +137,8 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
     out = {"index_version": svc.info.get("index_version"), "grams": args.grams,
            "lock_memory": args.lock_memory, "memory_lock": locks, "runs": runs}  # fmt: skip
-    name = (
-        "-".join(
-            [
-                "load",
-                *(f"{k}-{v}" for k, v in (("grams", args.grams), ("lock", args.lock_memory)) if v),
-            ]
-        )
-        + ".json"
-    )
+    tags = [f"{k}-{v}" for k, v in (("grams", args.grams), ("lock", args.lock_memory)) if v]
+    name = "-".join(["load", *tags]) + ".json"
     (OUT / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 

@@ -276,6 +276,11 @@ def validation_means(data: dict, s: SearchSettings) -> np.ndarray:
     return np.array(out)
 
 
+KEEP = 0.99
+"""A faster way (int8's query encoder) is taken when its fusion keeps this share of the best
+way's validation metric on every set."""
+
+
 def choose_way(
     ways: dict[str, dict], candidates: int, faster: str | None = None
 ) -> tuple[str, dict, dict]:
@@ -305,11 +310,6 @@ def choose_way(
             say(f"way {faster}: within {KEEP:.0%} of {way} on every set, and faster")
             way = faster
     return way, picks[way], scored
-
-
-KEEP = 0.99
-"""A faster way (int8's query encoder) is taken when its fusion keeps this share of the best
-way's validation metric on every set."""
 
 
 def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:

@@ -27,6 +27,7 @@ either the call fails, the service runs unlocked, and /readyz says why (`memory_
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -44,8 +45,7 @@ def lock() -> dict:
     if not sys.platform.startswith("linux"):
         status = {"locked": False, "why": f"mlockall is Linux's; this is {sys.platform}"}
         return status
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+    if _libc().mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
         status = {"locked": True, "why": None}
         log.info("process %d: pages locked in memory as they are touched", os.getpid())
         return status
@@ -62,8 +62,7 @@ def pin(folders) -> dict:
     if not status["locked"]:
         return {"pinned_bytes": 0, "mappings": 0}
     roots = tuple(str(os.path.realpath(f)).rstrip("/") + "/" for f in folders)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc = _libc()
     pinned, mappings = 0, 0
     with open("/proc/self/maps") as maps:
         for line in maps:
@@ -79,3 +78,10 @@ def pin(folders) -> dict:
     log.info("process %d: %d MB of %d mappings pinned", os.getpid(), pinned >> 20, mappings)
     status["pinned_mb"] = round(pinned / 2**20, 1)
     return {"pinned_bytes": pinned, "mappings": mappings}
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    return libc

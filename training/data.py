@@ -36,12 +36,7 @@ from training.loss import PositiveIndex
 
 def load_split(folder: str | Path, num_users: int) -> tuple[Interactions, Interactions]:
     """Train and test (user, creator) pairs of a prepared dataset, deduplicated, as CSR."""
-    out = []
-    for table in (tables.TRAIN, tables.TEST):
-        t = pq.read_table(Path(folder) / table, columns=["user_idx", "creator_idx"])
-        users, creators = t["user_idx"].to_numpy(), t["creator_idx"].to_numpy()
-        out.append(Interactions.from_pairs(users, creators, num_users))
-    return out[0], out[1]
+    return load_pairs(folder, tables.TRAIN, num_users), load_pairs(folder, tables.TEST, num_users)
 
 
 def load_validation(folder: str | Path, num_users: int) -> Interactions | None:
@@ -50,7 +45,12 @@ def load_validation(folder: str | Path, num_users: int) -> Interactions | None:
     path = Path(folder) / tables.VALIDATION
     if not path.exists() or pq.ParquetFile(path).metadata.num_rows == 0:
         return None
-    t = pq.read_table(path, columns=["user_idx", "creator_idx"])
+    return load_pairs(folder, tables.VALIDATION, num_users)
+
+
+def load_pairs(folder: str | Path, table: str, num_users: int) -> Interactions:
+    """One table's (user, creator) pairs, deduplicated, as CSR."""
+    t = pq.read_table(Path(folder) / table, columns=["user_idx", "creator_idx"])
     return Interactions.from_pairs(t["user_idx"].to_numpy(), t["creator_idx"].to_numpy(), num_users)
 
 
