@@ -153,6 +153,7 @@ def speed_plot(results: list[dict], path: Path, ways, base: str, xlabel: str, vl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in results:
@@ -167,6 +168,9 @@ def speed_plot(results: list[dict], path: Path, ways, base: str, xlabel: str, vl
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # "4", not "4×10⁰", on a narrow log axis
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f'accuracy on the test half, relative to "{base}"')
     ax.legend(fontsize=7)
