@@ -43,6 +43,9 @@ class TrainedModel:
     evaluations: list[dict] = field(default_factory=list)
     """The run's evaluations up to this checkpoint, epoch by epoch (training.evaluate); empty
     for a checkpoint saved before training kept them."""
+    selected_by: dict | None = None
+    """{"monitor": "val/recall@20", "score": ...} for a checkpoint its run chose on validation;
+    None for one no monitor chose."""
 
     @property
     def attribute_hashing(self) -> tuple[int, int]:
@@ -57,15 +60,17 @@ class TrainedModel:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the newest `last.ckpt` anywhere under a folder (a training
-    run's checkpoints land in `<save_dir>/<project>/<run id>/checkpoints/`, the run id random)."""
+    """A checkpoint file as given, or for a folder the checkpoint its newest run kept: the one
+    its monitor chose on validation (see kept_checkpoint), else that run's `last.ckpt` (a
+    training run's checkpoints land in `<save_dir>/<project>/<run id>/checkpoints/`, the run id
+    random)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
         found = sorted(path.rglob(LAST), key=lambda p: p.stat().st_mtime)
         if found:
-            return found[-1]
+            return kept_checkpoint(found[-1])
         raise MissingInputError(
             f"no {LAST} under checkpoint folder {path}; train first (`python -m training fit "
             f"--config configs/train/<name>.yaml`) or set checkpoint to a .ckpt file"
@@ -74,6 +79,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"checkpoint {path} not found; train first (`python -m training fit ...`) or set "
         f"`--checkpoint PATH` to a .ckpt file or a run folder"
     )
+
+
+def monitor_state(ckpt: dict) -> dict:
+    """The ModelCheckpoint state a checkpoint carries (monitor, best_model_path, ...), {} for
+    a run that monitored nothing (no validation split)."""
+    for key, value in ckpt.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("monitor"):
+            return value
+    return {}
+
+
+def kept_checkpoint(last: Path) -> Path:
+    """The checkpoint a run's monitor kept as its best (training.cli: the epoch with the best
+    validation metric), as named in `last.ckpt`; `last.ckpt` itself when the run chose none or
+    the file is gone (moved folders are followed: the name is looked up beside `last.ckpt`)."""
+    state = monitor_state(torch.load(last, map_location="cpu", weights_only=True, mmap=True))
+    if not state.get("best_model_path"):
+        return last
+    best = last.parent / Path(state["best_model_path"]).name
+    if best.is_file():
+        return best
+    log.warning("%s names %s as its best checkpoint, but it is gone: using last", last, best)
+    return last
 
 
 def model_version(state_dict: dict[str, torch.Tensor]) -> str:
@@ -126,4 +154,15 @@ def load(path: str | Path) -> TrainedModel:
         epoch=ckpt.get("epoch"),
         global_step=ckpt.get("global_step"),
         evaluations=list(ckpt.get(EVALUATIONS, [])),
+        selected_by=selection(ckpt, path),
     )
+
+
+def selection(ckpt: dict, path: Path) -> dict | None:
+    """How the run chose this checkpoint, if it did: its monitor and score (a checkpoint the
+    monitor keeps is saved after it becomes the best, so the best it names is itself)."""
+    state = monitor_state(ckpt)
+    if Path(state.get("best_model_path") or "").name != path.name:
+        return None  # last.ckpt, or a checkpoint of a run that monitored nothing
+    score = state.get("best_model_score")
+    return {"monitor": state["monitor"], "score": None if score is None else float(score)}

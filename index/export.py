@@ -142,6 +142,7 @@ def describe(trained, catalog, xb, xq, probes, seed) -> dict:
             "epoch": trained.epoch,
             "global_step": trained.global_step,
             "evaluations": trained.evaluations,
+            "selected_by": trained.selected_by,
             "towers": vars(trained.config),
         },
         "catalog": {

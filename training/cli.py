@@ -4,7 +4,15 @@ data module, every option overridable on the command line (`--model.lr 1e-3`,
 
 Decided here, once: precision (bf16 mixed on a GPU that supports it, fp32 elsewhere), the W&B
 logger (offline unless `--trainer.logger.offline false`), checkpointing (`last.ckpt` for resuming
-with `--ckpt_path last`) and the resolved config written beside the checkpoints.
+with `--ckpt_path last`, and the best epoch by `checkpoint.monitor`, a validation metric) and
+the resolved config written beside the checkpoints.
+
+Model selection never reads test. Each epoch evaluates the validation split carved from train
+(data `split.validation_fraction`); the checkpoint with the best `val/recall@20`
+(training.evaluate.SELECTION_METRIC) is kept, and after the fit that checkpoint, and only it, is
+evaluated on test: one `"split": "test"` line in evaluation.jsonl, `test/*` in the logger. A
+dataset without a validation split evaluates test each epoch, as before, and then keeps only
+the last checkpoint: choosing one by test would be choosing on test.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_only
 
-from training.data import TowerDataModule
+from training.data import TowerDataModule, has_validation
+from training.evaluate import SELECTION_METRIC
 from training.module import TwoTowerModule
 
 
@@ -63,6 +72,9 @@ class TowerCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:03d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.monitor": f"val/{SELECTION_METRIC}",
+                "checkpoint.mode": "max",
+                "checkpoint.save_top_k": 1,
                 "trainer.precision": default_precision(),
                 "trainer.num_sanity_val_steps": 0,
                 "trainer.reload_dataloaders_every_n_epochs": 1,  # reshuffle shards each epoch
@@ -78,8 +90,33 @@ class TowerCLI(LightningCLI):
             }
         )
 
+    def before_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if callback is None or callback.monitor is None:
+            return
+        if not has_validation(self.datamodule.data_dir):
+            warnings.warn(
+                f"{self.datamodule.data_dir} has no validation split, so each epoch evaluates "
+                f"test and no checkpoint is chosen by {callback.monitor}: the last is kept. "
+                f"Prepare it with split.validation_fraction (configs/data/<name>.yaml) to choose "
+                f"on validation.",
+                stacklevel=1,
+            )
+            callback.monitor = None
+
     def after_fit(self) -> None:
+        self.test_once()
         finish_wandb()
+
+    def test_once(self) -> None:
+        """Test, read once: the checkpoint the monitor kept (the weights as they are when no
+        epoch was evaluated, e.g. `--trainer.max_epochs 0`)."""
+        dm = self.datamodule
+        if dm.validation is None:
+            return  # each epoch evaluated test already
+        callback = self.trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None and callback.monitor else ""
+        self.trainer.test(self.model, datamodule=dm, ckpt_path=best or None, verbose=False)
 
 
 def finish_wandb() -> None:

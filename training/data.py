@@ -42,10 +42,15 @@ def load_split(folder: str | Path, num_users: int) -> tuple[Interactions, Intera
 def load_validation(folder: str | Path, num_users: int) -> Interactions | None:
     """The validation pairs carved out of train (data split.validation_fraction), as CSR; None
     when the dataset has none (prepared without, or before the split existed)."""
-    path = Path(folder) / tables.VALIDATION
-    if not path.exists() or pq.ParquetFile(path).metadata.num_rows == 0:
+    if not has_validation(folder):
         return None
     return load_pairs(folder, tables.VALIDATION, num_users)
+
+
+def has_validation(folder: str | Path) -> bool:
+    """Whether a prepared dataset has validation pairs (read from the file's footer only)."""
+    path = Path(folder) / tables.VALIDATION
+    return path.exists() and pq.ParquetFile(path).metadata.num_rows > 0
 
 
 def load_pairs(folder: str | Path, table: str, num_users: int) -> Interactions:
@@ -143,14 +148,26 @@ class TowerDataModule(pl.LightningDataModule):
         self.validation = load_validation(self.data_dir, self.num_users)
         self.eval_split = EVAL_SPLIT if self.validation is None else "validation"
         self.held_out = self.test if self.validation is None else self.validation
+        # test, scored once at the end, masks all a fan is known to like: train and validation
+        self.known = (
+            self.train
+            if self.validation is None
+            else Interactions.union(self.train, self.validation)
+        )
         self.popularity = np.zeros(self.num_creators, dtype=np.int64)
         self.popularity[: len(self.creators)] = self.creators.train_count
         self.train_users = np.flatnonzero(self.train.lengths() > 0)
-        self.eval_users = np.flatnonzero(self.held_out.lengths() > 0)
-        if h.max_eval_users and h.max_eval_users < len(self.eval_users):
-            rng = np.random.default_rng(h.seed)
-            self.eval_users = np.sort(rng.choice(self.eval_users, h.max_eval_users, False))
+        self.eval_users = self._sample(np.flatnonzero(self.held_out.lengths() > 0))
+        self.test_users = self._sample(np.flatnonzero(self.test.lengths() > 0))
         self._loaded = True
+
+    def _sample(self, users: np.ndarray) -> np.ndarray:
+        """A fixed, seeded sample of max_eval_users of them (all when it is unset or larger)."""
+        h = self.hparams
+        if h.max_eval_users and h.max_eval_users < len(users):
+            rng = np.random.default_rng(h.seed)
+            return np.sort(rng.choice(users, h.max_eval_users, False))
+        return users
 
     def creator_names(self) -> list[str]:
         """Display name per creator index (the id where a creator has no name)."""
@@ -228,10 +245,18 @@ class TowerDataModule(pl.LightningDataModule):
         return DataLoader(batches, batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        """Chunks of test-user indices; each rank takes a strided share (no padding, so the
-        merged sums are exact)."""
+        """Each epoch's evaluation: the held-out split's users (validation's where there is one)."""
+        return self._user_chunks(self.eval_users)
+
+    def test_dataloader(self) -> DataLoader:
+        """The one test evaluation at the end of a fit (training.cli): test's users."""
+        return self._user_chunks(self.test_users)
+
+    def _user_chunks(self, users: np.ndarray) -> DataLoader:
+        """Chunks of user indices; each rank takes a strided share (no padding, so the merged
+        sums are exact)."""
         rank, world = self._rank()
-        users = self.eval_users[rank::world]
+        users = users[rank::world]
         size = self.hparams.eval_users_per_batch
         chunks = [torch.as_tensor(users[s : s + size]) for s in range(0, len(users), size)]
         return DataLoader(chunks, batch_size=None, shuffle=False)

@@ -17,6 +17,9 @@ EVAL_SPLIT = "test"
 """The split each epoch's evaluation scores when the dataset has no validation split carved
 from train (data split.validation_fraction; with one, "validation"); every evaluation record
 names it."""
+SELECTION_METRIC = "recall@20"
+"""The validation metric that chooses: the checkpoint a training run keeps (`checkpoint.monitor`
+is `val/` + this) and every peer's setting in benchmarks/quality.py."""
 EVALUATIONS = "evaluations"
 """The checkpoint key under which training keeps its evaluations, epoch by epoch (the index
 records them in its manifest for the explorer's health view)."""
@@ -37,6 +40,13 @@ class Interactions:
         counts = np.bincount(users, minlength=num_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return cls(indptr, creators.astype(np.int64))
+
+    @classmethod
+    def union(cls, a: Interactions, b: Interactions) -> Interactions:
+        """Every pair of either (train and validation: what a fan is known to like at test)."""
+        users = [np.repeat(np.arange(len(x.indptr) - 1), x.lengths()) for x in (a, b)]
+        return cls.from_pairs(np.concatenate(users), np.concatenate([a.indices, b.indices]),
+                              len(a.indptr) - 1)  # fmt: skip
 
     def row(self, u: int) -> np.ndarray:
         return self.indices[self.indptr[u] : self.indptr[u + 1]]

@@ -1,10 +1,11 @@
 """The LightningModule: trains the two towers with the retrieval loss and evaluates them over
 the full creator corpus.
 
-Evaluation is exact and distributed: each rank scores its share of the test users against every
-creator (training creators excluded), keeps additive metric sums, and the sums are all-reduced, so
-1 or N processes give the same figures. The tables go to the logger (W&B: an evaluation table per
-epoch and a table of example recommendations).
+Evaluation is exact and distributed: each rank scores its share of the held-out users against
+every creator (the creators a fan is known to like excluded), keeps additive metric sums, and
+the sums are all-reduced, so 1 or N processes give the same figures. Each epoch reads the
+validation split where the dataset has one; test is read once, at the end of a fit. The tables
+go to the logger (W&B: an evaluation table per epoch and a table of example recommendations).
 """
 
 from __future__ import annotations
@@ -309,28 +310,46 @@ class TwoTowerModule(pl.LightningModule):
         return max(1, total)  # max_epochs 0 takes no step, but the schedule needs a length
 
     # -- full-corpus evaluation -----------------------------------------------------------------
+    # Each epoch scores the held-out split (validation where the dataset has one) against the
+    # training creators; the one test evaluation at the end of a fit (training.cli) scores test
+    # against all a fan is known to like (train and validation).
     def on_validation_epoch_start(self) -> None:
+        self._start_evaluation(self.trainer.datamodule.held_out)
+
+    def on_test_epoch_start(self) -> None:
+        self._to_device()
+        self._start_evaluation(self.trainer.datamodule.test)
+
+    def validation_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        dm = self.trainer.datamodule
+        self._evaluation_step(users, batch_idx, dm.train, dm.held_out)
+
+    def test_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        dm = self.trainer.datamodule
+        self._evaluation_step(users, batch_idx, dm.known, dm.test)
+
+    def _start_evaluation(self, truth) -> None:
         self._creator_emb = encode_all_creators(self.model, self.creators)
         dm = self.trainer.datamodule
         empty = np.zeros((0, max(self.eval_k)), dtype=np.int64)
         self._sums = metric_sums(
-            empty, dm.held_out, empty[:, 0], dm.popularity, self.eval_k, self.hparams.cold_threshold
+            empty, truth, empty[:, 0], dm.popularity, self.eval_k, self.hparams.cold_threshold
         )
         self._started = time.perf_counter()
 
-    def validation_step(self, users: torch.Tensor, batch_idx: int) -> None:
+    def _evaluation_step(self, users: torch.Tensor, batch_idx: int, exclude, truth) -> None:
         dm = self.trainer.datamodule
         users = users.cpu().numpy()
         scorer = TowerScorer(self.model, self.users, self._creator_emb)
-        recommended = top_k(scorer, dm.train, max(self.eval_k), users)
+        recommended = top_k(scorer, exclude, max(self.eval_k), users)
         block = metric_sums(
-            recommended, dm.held_out, users, dm.popularity, self.eval_k, self.hparams.cold_threshold
+            recommended, truth, users, dm.popularity, self.eval_k, self.hparams.cold_threshold
         )
         self._sums = merge_sums(self._sums, block)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._examples = (users[:8], recommended[:8])
 
-    def on_validation_epoch_end(self) -> None:
+    def _finish_evaluation(self) -> dict:
         sums = self._sums
         if self.trainer.world_size > 1:
             sums = {k: self._all_reduce(v) for k, v in sums.items()}
@@ -338,6 +357,10 @@ class TwoTowerModule(pl.LightningModule):
         result["eval_seconds"] = time.perf_counter() - self._started
         if hasattr(self, "_fit_started"):  # wall time of this fit so far, evaluations included
             result["fit_seconds"] = time.perf_counter() - self._fit_started
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._finish_evaluation()
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective
         if self.trainer.sanity_checking:
             # --trainer.num_sanity_val_steps -1 runs the whole evaluation before the first step:
@@ -355,15 +378,32 @@ class TwoTowerModule(pl.LightningModule):
             self._log_tables(result)
             self._append_json(result, folder)
 
-    def _append_json(self, result: dict, folder: Path, epoch: int | None = None) -> None:
+    def on_test_epoch_end(self) -> None:
+        """The test figures of the checkpoint the fit kept, recorded under the epoch it was
+        saved at (its own evaluations end there) and its file name."""
+        result = self._finish_evaluation()
+        result.pop("fit_seconds", None)
+        self.log_dict({f"test/{k}": float(v) for k, v in result.items()}, sync_dist=False)
+        self.test_metrics = result
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective
+        if self.trainer.is_global_zero:
+            kept = [e for e in self.evaluations if e.get("split") != "test"]
+            at = kept[-1] if kept else {"epoch": -1, "step": 0}
+            checkpoint = Path(self.trainer.ckpt_path).name if self.trainer.ckpt_path else None
+            line = {**result, "step": at["step"], "checkpoint": checkpoint}
+            self._append_json(line, folder, epoch=at["epoch"], split="test")
+
+    def _append_json(
+        self, result: dict, folder: Path, epoch: int | None = None, split: str | None = None
+    ) -> None:
         """One line per evaluation in <log_dir>/evaluation.jsonl, for scripts and benchmarks."""
         folder.mkdir(parents=True, exist_ok=True)
         epoch = self.current_epoch if epoch is None else epoch
-        split = self.trainer.datamodule.eval_split  # validation where the dataset has it
+        split = split or self.trainer.datamodule.eval_split  # validation where there is one
         line = {"epoch": epoch, "step": self.global_step, "split": split, **result}
         # plain Python values (a checkpoint loads weights_only): numpy scalars become floats
         self.evaluations.append(
-            {k: v if isinstance(v, (str, int)) else float(v) for k, v in line.items()}
+            {k: v if isinstance(v, (str, int)) or v is None else float(v) for k, v in line.items()}
         )
         with open(folder / "evaluation.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")

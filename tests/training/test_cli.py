@@ -241,10 +241,13 @@ def test_creator_text_reaches_the_creator_tower(tiny_text_data, tmp_path):
     assert torch.cdist(unseen, unseen).triu(1).max() > 1e-3
 
 
-def test_each_epochs_evaluation_reads_validation_where_the_dataset_has_it(tmp_path):
-    """Model selection never reads test: with split.validation_fraction, the per-epoch figures
-    (and so the checkpoint a monitor would keep) are the validation split's, and say so."""
+def test_validation_chooses_the_checkpoint_and_test_is_read_once_after_the_fit(tmp_path):
+    """Model selection never reads test: with split.validation_fraction, each epoch's figures
+    are the validation split's and say so, the checkpoint kept is the epoch with the best
+    val/recall@20, and test is evaluated once, on that checkpoint, with train and validation
+    creators masked."""
     from data.prepare import prepare
+    from index import checkpoint
     from tests.data.helpers import synthetic_config
     from training.evaluate import evaluate
     from training.module import TowerScorer, encode_all_creators
@@ -252,16 +255,48 @@ def test_each_epochs_evaluation_reads_validation_where_the_dataset_has_it(tmp_pa
     carved = {"shards.record_size": 64, "source.num_events": 30_000,
               "split.validation_fraction": 0.2}  # fmt: skip
     data = prepare(synthetic_config(tmp_path / "data", **carved), progress=False)
-    cli = main(["fit", *fit_args(data, tmp_path / "run", "--trainer.max_epochs", "1")])
+    # a constant, high learning rate so that the epochs' figures differ
+    extra = ("--trainer.max_epochs", "3", "--model.schedule", "constant", "--model.lr", "0.05")
+    cli = main(["fit", *fit_args(data, tmp_path / "run", *extra)])
     dm, module = cli.datamodule, cli.model
     assert dm.eval_split == "validation" and dm.held_out is dm.validation
     assert set(dm.eval_users) == set(np.flatnonzero(dm.validation.lengths() > 0))
     lines = next(tmp_path.rglob("evaluation.jsonl")).read_text().splitlines()
-    (line,) = [json.loads(x) for x in lines]
-    assert line["split"] == "validation"
-    # the logged recall is the validation pairs', computed again here the slow way
+    *epochs, test = [json.loads(x) for x in lines]
+    assert [e["split"] for e in epochs] == ["validation"] * 3 and test["split"] == "test"
+    best = max(epochs, key=lambda e: e["recall@20"])
+    assert cli.trainer.checkpoint_callback.monitor == "val/recall@20"
+    kept = Path(cli.trainer.checkpoint_callback.best_model_path)
+    assert kept.name == f"epoch{best['epoch']:03d}-step{best['step']}.ckpt" == test["checkpoint"]
+    assert (test["epoch"], test["step"]) == (best["epoch"], best["step"])
+    assert sorted(p.name for p in kept.parent.glob("*.ckpt")) == sorted([kept.name, "last.ckpt"])
+    # the index stage takes the kept checkpoint from the run folder, and says how it was chosen
+    trained = checkpoint.load(tmp_path / "run")
+    assert trained.path == kept and trained.evaluations[-1]["epoch"] == best["epoch"]
+    assert trained.selected_by["monitor"] == "val/recall@20"
+    assert trained.selected_by["score"] == pytest.approx(best["recall@20"], rel=1e-6)  # float32
+    assert checkpoint.load(kept.parent / "last.ckpt").selected_by is None
+    # the module holds the kept checkpoint's weights now; the figures again, the slow way
     with torch.no_grad():
         emb = encode_all_creators(module.model, module.creators)
         scorer = TowerScorer(module.model, module.users, emb)
         again = evaluate(scorer, dm.train, dm.validation, dm.popularity)["recall@20"]
-    assert again == pytest.approx(line["recall@20"], abs=1e-6)
+        tested = evaluate(scorer, dm.known, dm.test, dm.popularity)["recall@20"]
+    assert again == pytest.approx(best["recall@20"], abs=1e-6)
+    assert tested == pytest.approx(test["recall@20"], abs=1e-6)
+    # known = train ∪ validation: a validation creator is never counted as a test miss
+    u = int(np.flatnonzero(dm.validation.lengths() > 0)[0])
+    assert set(dm.known.row(u)) == set(dm.train.row(u)) | set(dm.validation.row(u))
+
+
+def test_without_a_validation_split_no_checkpoint_is_chosen_by_test(tiny_data, tmp_path):
+    """A dataset prepared without validation evaluates test each epoch; the monitor is
+    switched off (with a warning) so that no checkpoint is chosen on it, and test is not
+    evaluated again."""
+    with pytest.warns(UserWarning, match="no validation split"):
+        cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2")])
+    assert cli.trainer.checkpoint_callback.monitor is None
+    lines = [
+        json.loads(x) for x in next(tmp_path.rglob("evaluation.jsonl")).read_text().splitlines()
+    ]
+    assert [e["split"] for e in lines] == ["test", "test"]
