@@ -67,6 +67,11 @@ class TowerCLI(LightningCLI):
             "data.user_attribute_buckets", "model.tower.attribute_buckets", apply_on="parse"
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="evaluate the kept checkpoint on test once the fit ends; a sweep turns it off "
+                 "and tests only the setting validation chose (`python -m training test`)",
+        )  # fmt: skip
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -112,8 +117,8 @@ class TowerCLI(LightningCLI):
         """Test, read once: the checkpoint the monitor kept (the weights as they are when no
         epoch was evaluated, e.g. `--trainer.max_epochs 0`)."""
         dm = self.datamodule
-        if dm.validation is None:
-            return  # each epoch evaluated test already
+        if dm.validation is None or not self.config[self.subcommand].get("test_after_fit", True):
+            return  # each epoch evaluated test already, or a sweep tests its choice alone
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None and callback.monitor else ""
         self.trainer.test(self.model, datamodule=dm, ckpt_path=best or None, verbose=False)

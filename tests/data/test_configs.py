@@ -23,6 +23,7 @@ def test_configs_are_shipped():
 def test_every_config_loads_and_builds_its_source(path):
     cfg = config.load(PrepareConfig, path)
     assert cfg.name == path.stem
+    assert cfg.split.validation_fraction > 0  # model selection reads validation, never test
     if cfg.source["kind"] in REAL:
         folder = datasets_root() / REAL[cfg.source["kind"]]  # lastfm_search reads lastfm's
         if not folder.exists():
@@ -55,8 +56,10 @@ def test_real_dataset_prepares_end_to_end(name, tmp_path, capsys):
     m = prepare_real(name, out, "--features.text_encoder", "null")
     assert f"wrote {out}" in capsys.readouterr().out
     assert m["text_features"] is None
-    if name == "gowalla":  # the published LightGCN split, exactly
-        assert (m["counts"]["train_pairs"], m["counts"]["test_pairs"]) == (810_128, 217_242)
+    if name == "gowalla":  # the published LightGCN split, exactly; validation from its train
+        c = m["counts"]
+        assert (c["train_pairs"] + c["validation_pairs"], c["test_pairs"]) == (810_128, 217_242)
+        assert 0.09 < c["validation_pairs"] / 810_128 < 0.11
         assert m["counts"]["test_users"] == 29_858
 
 

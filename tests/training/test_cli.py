@@ -284,6 +284,14 @@ def test_validation_chooses_the_checkpoint_and_test_is_read_once_after_the_fit(t
         tested = evaluate(scorer, dm.known, dm.test, dm.popularity)["recall@20"]
     assert again == pytest.approx(best["recall@20"], abs=1e-6)
     assert tested == pytest.approx(test["recall@20"], abs=1e-6)
+    # a sweep fits without the test and tests its choice alone: the same line again
+    main(["test", *fit_args(data, tmp_path / "run"), "--ckpt_path", str(kept)])
+    again = [
+        json.loads(x) for x in next(tmp_path.rglob("evaluation.jsonl")).read_text().split("\n") if x
+    ]
+    assert {k: again[-1][k] for k in ("epoch", "checkpoint", "recall@20", "ndcg@20")} == {
+        k: test[k] for k in ("epoch", "checkpoint", "recall@20", "ndcg@20")
+    }
     # known = train ∪ validation: a validation creator is never counted as a test miss
     u = int(np.flatnonzero(dm.validation.lengths() > 0)[0])
     assert set(dm.known.row(u)) == set(dm.train.row(u)) | set(dm.validation.row(u))
