@@ -1,0 +1,192 @@
+"""What the rank stage sees of a (fan, candidate creator) pair that one dot product cannot.
+
+Every feature is computed from one window of pairs (`Window`): what the fans were known to follow
+up to a moment, and the catalog. The ranker learns with the training pairs as the window and the
+validation pairs as labels, and is measured with the same window and test labels, so a label never
+feeds a feature of the fan it labels (issue 17: features from the training window, labels from the
+validation window).
+
+FEATURES, in column order:
+
+- retrieval_score, retrieval_rank: the towers' score and log1p of the 0-based rank in the fan's
+  candidate list (what retrieval thought);
+- category_share: the share of the fan's creators that are in the candidate's category;
+- tag_affinity: over the candidate's tags, the mean share of the fan's creators carrying the tag;
+- text_similarity: cosine of the candidate's text vector with the mean of the fan's creators'
+  unit text vectors (0 where the catalog has no text);
+- cofollow: the mean, over the fan's creators, of the item-item cosine of their fans with the
+  candidate's fans (ItemKNN's similarity, what "fans of X also follow Y" measures);
+- popularity: log1p of the candidate's pairs in the window;
+- age_days: log1p of the days from the candidate's created_at to the window's end (0 unknown);
+- growth: the share of the candidate's pairs in the window's last `recent_days` (0 without times);
+- fan_activity: log1p of the fan's pairs in the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from data import contract, tables
+from data import manifest as data_manifest
+
+FEATURES = (
+    "retrieval_score",
+    "retrieval_rank",
+    "category_share",
+    "tag_affinity",
+    "text_similarity",
+    "cofollow",
+    "popularity",
+    "age_days",
+    "growth",
+    "fan_activity",
+)
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Catalog:
+    """The creators as the features read them, by creator index."""
+
+    category: np.ndarray  # [C] int64; UNK (or any value < first_category) = none
+    tags: sp.csr_matrix  # [C, T] binary
+    text: np.ndarray | None  # [C, D] float32 or None
+    created_ms: np.ndarray  # [C] int64 epoch ms, -1 unknown
+    first_category: int = contract.FIRST_ID  # 0 pad, 1 unknown
+
+    @classmethod
+    def from_dataset(cls, data_dir: str | Path) -> Catalog:
+        """A prepared dataset's creators as the towers read them, with their creation times."""
+        data_dir = Path(data_dir)
+        creators = tables.CreatorFeatures.from_dataset(data_dir)
+        padded = creators.tags  # [C, T], 0 = padding
+        rows, cols = np.nonzero(padded >= contract.FIRST_ID)
+        width = int(padded.max(initial=0)) + 1
+        tags = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, padded[rows, cols])),
+                             (len(padded), width))  # fmt: skip
+        t = pq.read_table(data_dir / tables.CREATORS, columns=["creator_idx", "created_at"])
+        created = np.full(len(padded), -1, np.int64)
+        at = t["created_at"].cast("int64").fill_null(-1).to_numpy()
+        created[t["creator_idx"].to_numpy()] = at
+        return cls(creators.category, tags, creators.text, created)
+
+
+class Window:
+    """The pairs features are computed from (a fan's creators, co-follows, popularity, growth)
+    and the catalog they describe.
+
+    Args:
+        users, creators, ts: the window's (fan, creator, epoch ms) pairs; repeats count once.
+        num_users: fans in the vocabulary (rows of the fan × creator matrix).
+        catalog: the creators' category, tags, text and creation time.
+        recent_days: what `growth` calls recent, counted back from the window's last pair.
+    """
+
+    def __init__(self, users, creators, ts, num_users: int, catalog: Catalog, recent_days=30):
+        num_creators = len(catalog.category)
+        x = sp.csr_matrix(
+            (np.ones(len(users), np.float32), (users, creators)), (num_users, num_creators)
+        )
+        x.sum_duplicates()
+        x.data[:] = 1.0  # a pair followed twice is one pair
+        self.x, self.catalog = x, catalog
+        self.counts = np.asarray(x.sum(0)).ravel()  # [C] fans per creator
+        self.fan_counts = np.asarray(x.sum(1)).ravel()  # [U] creators per fan
+        # Y = X D^-1/2: Y_b X^T Y gives each fan's summed item-item cosines in two sparse products
+        scale = 1.0 / np.sqrt(np.maximum(self.counts, 1.0))
+        self.y = (x @ sp.diags(scale.astype(np.float32))).tocsr()
+        self.xt = x.T.tocsr()
+        self.end_ms = int(ts.max()) if len(ts) else 0
+        self.growth = self._growth(creators, ts, recent_days, num_creators)
+        known = catalog.created_ms >= 0
+        days = np.where(known, (self.end_ms - catalog.created_ms) / DAY_MS, 0.0)
+        self.age = np.log1p(np.maximum(days, 0.0)).astype(np.float32)
+        text = catalog.text
+        if text is not None:
+            norms = np.linalg.norm(text, axis=1, keepdims=True)
+            self.text = (text / np.maximum(norms, 1e-12)).astype(np.float32)
+        else:
+            self.text = None
+
+    def _growth(self, creators, ts, recent_days: float, num_creators: int) -> np.ndarray:
+        if len(ts) == 0 or int(ts.min()) == self.end_ms:  # no times: nothing is recent
+            return np.zeros(num_creators, np.float32)
+        recent = creators[ts > self.end_ms - recent_days * DAY_MS]
+        fresh = np.bincount(recent, minlength=num_creators)
+        total = np.bincount(creators, minlength=num_creators)
+        return (fresh / np.maximum(total, 1)).astype(np.float32)
+
+    @classmethod
+    def from_dataset(cls, data_dir: str | Path, catalog: Catalog | None = None, **kw) -> Window:
+        """The training pairs of a prepared dataset as the window (validation and test are the
+        labels the features must not see)."""
+        data_dir = Path(data_dir)
+        num_users = int(data_manifest.load(data_dir)["vocab"]["users"]["size"])
+        t = pq.read_table(data_dir / tables.TRAIN, columns=["user_idx", "creator_idx", "ts"])
+        users, creators, ts = (t[c].to_numpy().astype(np.int64) for c in t.column_names)
+        return cls(users, creators, ts, num_users, catalog or Catalog.from_dataset(data_dir), **kw)
+
+    def known(self, user: int) -> np.ndarray:
+        """The fan's creators in the window."""
+        return self.x.indices[self.x.indptr[user] : self.x.indptr[user + 1]]
+
+
+def features(w: Window, users: np.ndarray, candidates: np.ndarray, scores: np.ndarray):
+    """[B, N, len(FEATURES)] float32 for fans `users` [B] and their candidates [B, N] (creator
+    indices, best first) with the retrieval scores [B, N]."""
+    b, n = candidates.shape
+    history = w.x[users]  # [B, C]
+    sizes = np.maximum(w.fan_counts[users], 1.0)[:, None]  # [B, 1]
+    out = np.zeros((b, n, len(FEATURES)), np.float32)
+    out[..., 0] = scores
+    out[..., 1] = np.log1p(np.arange(n))[None, :]
+    out[..., 2] = _category_share(w, history, candidates) / sizes
+    out[..., 3] = _tag_affinity(w, history, candidates, sizes)
+    out[..., 4] = _text_similarity(w, history, candidates)
+    out[..., 5] = _gather((w.y[users] @ w.xt) @ w.y, candidates) / sizes
+    out[..., 6] = np.log1p(w.counts[candidates])
+    out[..., 7] = w.age[candidates]
+    out[..., 8] = w.growth[candidates]
+    out[..., 9] = np.log1p(w.fan_counts[users])[:, None]
+    return out
+
+
+def _gather(block: sp.spmatrix, candidates: np.ndarray) -> np.ndarray:
+    """block[i, candidates[i, j]] as a dense [B, N] array, without densifying the block."""
+    rows = np.repeat(np.arange(candidates.shape[0]), candidates.shape[1])
+    return np.asarray(block.tocsr()[rows, candidates.ravel()]).reshape(candidates.shape)
+
+
+def _category_share(w: Window, history: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+    """Count of the fan's creators in each candidate's category (none: 0)."""
+    category = w.catalog.category
+    k = int(category.max()) + 1
+    onehot = sp.csr_matrix((np.ones(len(category), np.float32), (np.arange(len(category)),
+                            category)), (len(category), k))  # fmt: skip
+    counts = _gather(history @ onehot, category[candidates])
+    return np.where(category[candidates] >= w.catalog.first_category, counts, 0.0)
+
+
+def _tag_affinity(w: Window, history, candidates: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Mean over each candidate's tags of the share of the fan's creators with that tag."""
+    tags = w.catalog.tags
+    share = (history @ tags).toarray() / sizes  # [B, T]
+    cand_tags = tags[candidates.ravel()]  # [B·N, T], a row per pair
+    per = np.diff(cand_tags.indptr)  # tags per pair
+    pair = np.repeat(np.arange(len(per)), per)  # the pair of each stored tag
+    fan = pair // candidates.shape[1]
+    summed = np.bincount(pair, share[fan, cand_tags.indices], minlength=len(per))
+    return (summed / np.maximum(per, 1)).reshape(candidates.shape)
+
+
+def _text_similarity(w: Window, history, candidates: np.ndarray) -> np.ndarray:
+    if w.text is None:
+        return np.zeros(candidates.shape, np.float32)
+    mean = np.asarray(history @ w.text)  # [B, D]
+    mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    return np.einsum("bd,bnd->bn", mean, w.text[candidates])
