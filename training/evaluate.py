@@ -78,12 +78,15 @@ def top_k(
     k: int,
     users: np.ndarray,
     max_scores: int = 1 << 26,
-) -> np.ndarray:
+    with_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """[len(users), k] creator indices, best first, with each user's `exclude` row masked and
     the reserved slots (0 = pad, 1 = unknown) never recommended. `scorer(users)` returns the
-    [b, C] score block of a chunk of users (EmbeddingScorer, or a model's own, e.g. EASE^R)."""
+    [b, C] score block of a chunk of users (EmbeddingScorer, or a model's own, e.g. EASE^R).
+    with_scores: also their [len(users), k] float32 scores (a rank stage's candidates)."""
     chunk = max(1, max_scores // scorer.num_creators)
     out = np.empty((len(users), k), dtype=np.int64)
+    values = np.empty((len(users), k), dtype=np.float32)
     for start in range(0, len(users), chunk):
         batch = users[start : start + chunk]
         scores = scorer(batch)  # [b, C]
@@ -94,8 +97,10 @@ def top_k(
         scores[
             torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
         ] = -torch.inf
-        out[start : start + len(batch)] = scores.topk(k, dim=1).indices.cpu().numpy()
-    return out
+        best = scores.topk(k, dim=1)
+        out[start : start + len(batch)] = best.indices.cpu().numpy()
+        values[start : start + len(batch)] = best.values.float().cpu().numpy()
+    return (out, values) if with_scores else out
 
 
 SUMMED = ("recall", "ndcg", "mrr", "hit_rate", "cold_recall")

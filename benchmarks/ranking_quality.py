@@ -1,0 +1,156 @@
+"""The rank stage against the towers alone, on the same candidates and evaluator (issue 17).
+
+Protocol: no label feeds a feature, every choice is made on validation, test is read once.
+
+- Candidates: the towers' top N (the checkpoint a training run kept on validation), the fan's
+  training creators masked, for every fan with validation pairs. Features come from the training
+  window (ranking.features.Window over train.parquet); a candidate's label is 1 where it is one of
+  the fan's validation pairs.
+- LightGBM's lambdarank fits on a seeded 80 % of those fans and stops early on NDCG@20 of the
+  other 20 % (its number of trees is chosen there).
+- Test: the towers' top N with train and validation creators masked, the same window's features,
+  the ranker's order against the towers' order, scored by training.evaluate like every other row.
+
+    python benchmarks/quality.py --datasets lastfm --peers popularity   # a kept towers run
+    python benchmarks/ranking_quality.py --dataset lastfm \
+        --run artifacts/bench/quality-validation/lastfm/towers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from index import checkpoint  # noqa: E402
+from ranking.features import FEATURES, Window, features  # noqa: E402
+from training.data import TowerDataModule  # noqa: E402
+from training.evaluate import Interactions, metrics, top_k  # noqa: E402
+from training.module import TowerScorer, encode_all_creators  # noqa: E402
+
+KS = (10, 20, 50)
+SHOWN = ("recall@20", "ndcg@20", "mrr@20", "hit_rate@20", "coverage@20")
+
+
+def candidates(scorer, exclude: Interactions, users: np.ndarray, n: int, window: Window):
+    """The towers' top n of each fan (exclude masked), their scores and features."""
+    found, scores = top_k(scorer, exclude, n, users, with_scores=True)
+    blocks = [slice(s, s + 512) for s in range(0, len(users), 512)]
+    x = np.concatenate([features(window, users[b], found[b], scores[b]) for b in blocks])
+    return found, x
+
+
+def labels(found: np.ndarray, truth: Interactions, users: np.ndarray) -> np.ndarray:
+    return np.stack([np.isin(row, truth.row(u)) for row, u in zip(found, users, strict=True)])
+
+
+def fit_ranker(x: np.ndarray, y: np.ndarray, seed: int = 0):
+    """lambdarank on 80 % of the fans (those with a positive among their candidates), trees
+    chosen by early stopping on NDCG@20 of the other 20 %."""
+    import lightgbm
+
+    rng = np.random.default_rng(seed)
+    fans = rng.permutation(np.flatnonzero(y.any(1)))
+    cut = int(0.8 * len(fans))
+    fit, stop = fans[:cut], fans[cut:]
+    n, f = x.shape[1], x.shape[2]
+    ranker = lightgbm.LGBMRanker(objective="lambdarank", n_estimators=2000, learning_rate=0.03,
+                                 num_leaves=31, min_child_samples=50, subsample=0.8,
+                                 subsample_freq=1, colsample_bytree=0.9, random_state=seed,
+                                 verbose=-1)  # fmt: skip
+    ranker.fit(
+        x[fit].reshape(-1, f), y[fit].ravel().astype(np.int32), group=[n] * len(fit),
+        eval_set=[(x[stop].reshape(-1, f), y[stop].ravel().astype(np.int32))],
+        eval_group=[[n] * len(stop)], eval_at=[20], feature_name=list(FEATURES),
+        callbacks=[lightgbm.early_stopping(100, verbose=False)],
+    )  # fmt: skip
+    return ranker, {"fit_fans": len(fit), "stop_fans": len(stop),
+                    "trees": int(ranker.best_iteration_),
+                    "stop_ndcg@20": float(ranker.best_score_["valid_0"]["ndcg@20"])}  # fmt: skip
+
+
+def rerank(ranker, found: np.ndarray, x: np.ndarray) -> np.ndarray:
+    score = ranker.predict(x.reshape(-1, x.shape[2])).reshape(found.shape)
+    return np.take_along_axis(found, np.argsort(-score, axis=1, kind="stable"), axis=1)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = ("towers", "towers + ranker")
+    xs = np.arange(len(SHOWN))
+    for i, name in enumerate(rows):
+        a.bar(xs + (i - 0.5) * 0.4, [result[name][k] for k in SHOWN], 0.4, label=name)
+    a.set_xticks(xs, SHOWN, rotation=20)
+    a.set_title(f"{result['dataset']}: test, top {result['candidates']} re-ranked")
+    a.legend()
+    gain = result["importance_gain"]
+    order = sorted(gain, key=gain.get)
+    b.barh(order, [gain[k] for k in order])
+    b.set_title("feature importance (gain)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="a prepared dataset under artifacts/data")
+    p.add_argument("--run", required=True, type=Path, help="the towers' run folder or .ckpt")
+    p.add_argument("--candidates", type=int, default=200, help="N: the towers' top N re-ranked")
+    p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
+    a = p.parse_args()
+    started = time.perf_counter()
+    dm = TowerDataModule(str(REPO / "artifacts" / "data" / a.dataset))
+    dm.setup()
+    if dm.validation is None:
+        raise SystemExit(f"{dm.data_dir} has no validation split: prepare it with one")
+    trained = checkpoint.load(a.run)
+    print(f"towers {trained.path} ({trained.selected_by})", flush=True)
+    users, creators = dm.users.to("cpu"), dm.creators.to("cpu")  # the towers read tensors
+    scorer = TowerScorer(trained.model, users, encode_all_creators(trained.model, creators))
+    window = Window.from_dataset(dm.data_dir)
+    fans = np.flatnonzero(dm.validation.lengths() > 0)
+    found, x = candidates(scorer, dm.train, fans, a.candidates, window)
+    y = labels(found, dm.validation, fans)
+    print(f"validation: {len(fans)} fans, {y.any(1).mean():.1%} with a positive in the top "
+          f"{a.candidates}", flush=True)  # fmt: skip
+    ranker, fitted = fit_ranker(x, y)
+    print(f"ranker: {fitted}", flush=True)
+    fans = np.flatnonzero(dm.test.lengths() > 0)
+    found, x = candidates(scorer, dm.known, fans, a.candidates, window)
+    ranked = rerank(ranker, found, x)
+    gain = ranker.booster_.feature_importance("gain").tolist()
+    result = {
+        "dataset": a.dataset,
+        "checkpoint": str(trained.path),
+        "candidates": a.candidates,
+        "ranker": fitted,
+        "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
+        "towers + ranker": metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
+        "importance_gain": dict(zip(FEATURES, gain, strict=True)),
+        "seconds": time.perf_counter() - started,
+    }
+    out = a.out / a.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ranking.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "ranking.png")
+    print("| model | " + " | ".join(SHOWN) + " |\n|" + " --- |" * (len(SHOWN) + 1))
+    for name in ("towers", "towers + ranker"):
+        print(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in SHOWN) + " |")
+    lift = result["towers + ranker"]["ndcg@20"] / result["towers"]["ndcg@20"] - 1
+    print(f"NDCG@20 lift on test: {lift:+.1%}; wrote {out / 'ranking.json'} and ranking.png")
+
+
+if __name__ == "__main__":
+    main()
