@@ -8,8 +8,9 @@ validation window).
 
 FEATURES, in column order:
 
-- retrieval_score, retrieval_rank: the towers' score and log1p of the 0-based rank in the fan's
-  candidate list (what retrieval thought);
+- retrieval_score, retrieval_rank, retrieval_gap: the towers' score, log1p of the 0-based rank in
+  the fan's candidate list, and the score less the list's best (scores of different fans are on
+  different scales; the gap puts them on one);
 - category_share: the share of the fan's creators that are in the candidate's category;
 - tag_affinity: over the candidate's tags, the mean share of the fan's creators carrying the tag;
 - text_similarity: cosine of the candidate's text vector with the mean of the fan's creators'
@@ -37,6 +38,7 @@ from data import manifest as data_manifest
 FEATURES = (
     "retrieval_score",
     "retrieval_rank",
+    "retrieval_gap",
     "category_share",
     "tag_affinity",
     "text_similarity",
@@ -143,16 +145,21 @@ def features(w: Window, users: np.ndarray, candidates: np.ndarray, scores: np.nd
     history = w.x[users]  # [B, C]
     sizes = np.maximum(w.fan_counts[users], 1.0)[:, None]  # [B, 1]
     out = np.zeros((b, n, len(FEATURES)), np.float32)
-    out[..., 0] = scores
-    out[..., 1] = np.log1p(np.arange(n))[None, :]
-    out[..., 2] = _category_share(w, history, candidates) / sizes
-    out[..., 3] = _tag_affinity(w, history, candidates, sizes)
-    out[..., 4] = _text_similarity(w, history, candidates)
-    out[..., 5] = _gather((w.y[users] @ w.xt) @ w.y, candidates) / sizes
-    out[..., 6] = np.log1p(w.counts[candidates])
-    out[..., 7] = w.age[candidates]
-    out[..., 8] = w.growth[candidates]
-    out[..., 9] = np.log1p(w.fan_counts[users])[:, None]
+    columns = {
+        "retrieval_score": scores,
+        "retrieval_rank": np.log1p(np.arange(n))[None, :],
+        "retrieval_gap": scores - scores.max(1, keepdims=True),
+        "category_share": _category_share(w, history, candidates) / sizes,
+        "tag_affinity": _tag_affinity(w, history, candidates, sizes),
+        "text_similarity": _text_similarity(w, history, candidates),
+        "cofollow": _gather((w.y[users] @ w.xt) @ w.y, candidates) / sizes,
+        "popularity": np.log1p(w.counts[candidates]),
+        "age_days": w.age[candidates],
+        "growth": w.growth[candidates],
+        "fan_activity": np.log1p(w.fan_counts[users])[:, None],
+    }
+    for i, name in enumerate(FEATURES):
+        out[..., i] = columns[name]
     return out
 
 

@@ -25,7 +25,7 @@ def window():
     return Window(pairs[:, 0], pairs[:, 1], ts, U, catalog), pairs, ts
 
 
-def reference(w: Window, pairs, ts, u: int, c: int, score: float, rank: int) -> list[float]:
+def reference(w: Window, pairs, ts, u, c, score: float, rank: int, top: float) -> list[float]:
     """Each feature by its definition (ranking.features' docstring), for one pair."""
     cat = w.catalog
     fans = {x: {f for f, y in pairs if y == x} for x in range(C)}
@@ -45,8 +45,9 @@ def reference(w: Window, pairs, ts, u: int, c: int, score: float, rank: int) -> 
     age = math.log1p(max(days, 0.0)) if cat.created_ms[c] >= 0 else 0.0
     mine = ts[pairs[:, 1] == c]
     growth = (mine > end - 30 * DAY_MS).sum() / max(len(mine), 1)
-    return [score, math.log1p(rank), category, float(np.mean(shares)) if shares else 0.0, text,
-            sum(cos) / n, math.log1p(len(fans[c])), age, growth, math.log1p(len(hist))]  # fmt: skip
+    tag = float(np.mean(shares)) if shares else 0.0
+    return [score, math.log1p(rank), score - top, category, tag, text, sum(cos) / n,
+            math.log1p(len(fans[c])), age, growth, math.log1p(len(hist))]  # fmt: skip
 
 
 def test_every_feature_equals_its_slow_reference(window):
@@ -59,7 +60,7 @@ def test_every_feature_equals_its_slow_reference(window):
     assert got.shape == (len(users), 6, len(FEATURES)) and got.dtype == np.float32
     for i, u in enumerate(users):
         for j, c in enumerate(candidates[i]):
-            want = reference(w, pairs, ts, int(u), int(c), float(scores[i, j]), j)
+            want = reference(w, pairs, ts, int(u), int(c), scores[i, j], j, scores[i].max())
             np.testing.assert_allclose(got[i, j], want, rtol=1e-5, atol=1e-6, err_msg=f"{u},{c}")
 
 
