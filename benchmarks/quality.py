@@ -158,6 +158,7 @@ def run_towers(name: str, out: Path, extra: list[str], config: str, grid: list[s
                       **dict(zip(best["args"][::2], best["args"][1::2], strict=True))}  # fmt: skip
     best["fit_s"] = sum(r["fit_s"] for r in runs)
     best["grid_size"] = len(settings)
+    best["run_dir"] = str(best["run_dir"])
     return best
 
 
