@@ -49,7 +49,11 @@ def test_every_shipped_train_config_parses_and_builds(path, tiny_data, tmp_path)
 
 
 def test_fit_logs_full_corpus_metrics_and_saves_config_beside_checkpoints(tiny_data, tmp_path):
-    cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2")])
+    """tiny_data has no validation split: each epoch evaluates test, and the monitor is
+    switched off (with a warning) so that no checkpoint is chosen on it."""
+    with pytest.warns(UserWarning, match="no validation split"):
+        cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2")])
+    assert cli.trainer.checkpoint_callback.monitor is None
     metrics = cli.trainer.callback_metrics
     for name in ("val/recall@20", "val/ndcg@20", "val/coverage@20", "val/cold_recall@20"):
         assert name in metrics, sorted(metrics)
@@ -70,6 +74,7 @@ def test_fit_logs_full_corpus_metrics_and_saves_config_beside_checkpoints(tiny_d
     lines = next(tmp_path.rglob("evaluation.jsonl")).read_text().splitlines()
     seconds = [json.loads(line)["fit_seconds"] for line in lines]
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
+    assert [json.loads(line)["split"] for line in lines] == ["test", "test"]  # and no more
 
 
 USER_SAMPLING = ["--data.sampling", "users", "--data.users_per_batch", "64"]
@@ -295,16 +300,3 @@ def test_validation_chooses_the_checkpoint_and_test_is_read_once_after_the_fit(t
     # known = train ∪ validation: a validation creator is never counted as a test miss
     u = int(np.flatnonzero(dm.validation.lengths() > 0)[0])
     assert set(dm.known.row(u)) == set(dm.train.row(u)) | set(dm.validation.row(u))
-
-
-def test_without_a_validation_split_no_checkpoint_is_chosen_by_test(tiny_data, tmp_path):
-    """A dataset prepared without validation evaluates test each epoch; the monitor is
-    switched off (with a warning) so that no checkpoint is chosen on it, and test is not
-    evaluated again."""
-    with pytest.warns(UserWarning, match="no validation split"):
-        cli = main(["fit", *fit_args(tiny_data, tmp_path, "--trainer.max_epochs", "2")])
-    assert cli.trainer.checkpoint_callback.monitor is None
-    lines = [
-        json.loads(x) for x in next(tmp_path.rglob("evaluation.jsonl")).read_text().splitlines()
-    ]
-    assert [e["split"] for e in lines] == ["test", "test"]
