@@ -123,6 +123,12 @@ def main() -> None:
     p.add_argument("--dataset", required=True, help="a prepared dataset under artifacts/data")
     p.add_argument("--run", required=True, type=Path, help="the towers' run folder or .ckpt")
     p.add_argument("--candidates", type=int, default=200, help="N: the towers' top N re-ranked")
+    p.add_argument(
+        "--fit-fans",
+        type=int,
+        default=0,
+        help="learn from a seeded sample of this many validation fans (0 = all)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
     a = p.parse_args()
     started = time.perf_counter()
@@ -136,6 +142,8 @@ def main() -> None:
     scorer = TowerScorer(trained.model, users, encode_all_creators(trained.model, creators))
     window = Window.from_dataset(dm.data_dir)
     fans = np.flatnonzero(dm.validation.lengths() > 0)
+    if a.fit_fans and a.fit_fans < len(fans):  # a seeded sample, for catalogs like Gowalla's
+        fans = np.sort(np.random.default_rng(1).choice(fans, a.fit_fans, replace=False))
     found, x = candidates(scorer, dm.train, fans, a.candidates, window)
     y = labels(found, dm.validation, fans)
     print(f"validation: {len(fans)} fans, {y.any(1).mean():.1%} with a positive in the top "
