@@ -72,7 +72,18 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, seed: int = 0):
             best = (ranker, score, params)
     ranker, score, params = best
     return ranker, {"fit_fans": len(fit), "stop_fans": len(stop), **params,
-                    "trees": int(ranker.best_iteration_), "stop_ndcg@20": score}  # fmt: skip
+                    "trees": int(ranker.best_iteration_), "stop_ndcg@20": score,
+                    "stop_ndcg@20_towers": list_ndcg(y[stop], 20)}  # fmt: skip
+
+
+def list_ndcg(y: np.ndarray, k: int) -> float:
+    """Mean NDCG@k of lists in their given order, ideal within the list (LightGBM's ndcg@k),
+    over the lists with a positive: the towers' own order on the stop fans."""
+    y = y[y.any(1)].astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (y[:, :k] * discounts).sum(1)
+    ideal = (-np.sort(-y, axis=1)[:, :k] * discounts).sum(1)
+    return float((dcg / ideal).mean())
 
 
 def lambdarank(x, y, x_stop, y_stop, params: dict, seed: int):
