@@ -207,8 +207,9 @@ def training(args: list[str], run_dir: Path) -> float:
 
 
 def evaluations(run_dir: Path) -> list[dict]:
-    found = sorted(run_dir.rglob("evaluation.jsonl"), key=lambda p: p.stat().st_mtime)
-    return [json.loads(line) for line in found[-1].read_text().splitlines()]
+    """The run's own evaluation.jsonl (its log dir is run_dir: run_folders sets the logger's
+    save_dir), not the newest below it, which may be a sweep's setting folder of an earlier run."""
+    return [json.loads(line) for line in (run_dir / "evaluation.jsonl").read_text().splitlines()]
 
 
 def table(name: str, rows: list[dict]) -> str:

@@ -97,6 +97,11 @@ class Window:
         x.sum_duplicates()
         x.data[:] = 1.0  # a pair followed twice is one pair
         self.x, self.catalog = x, catalog
+        category = catalog.category  # [C, K] one-hot: a fan's creators per category in one product
+        self.category_onehot = sp.csr_matrix(
+            (np.ones(num_creators, np.float32), (np.arange(num_creators), category)),
+            (num_creators, int(category.max()) + 1),
+        )
         self.counts = np.asarray(x.sum(0)).ravel()  # [C] fans per creator
         self.fan_counts = np.asarray(x.sum(1)).ravel()  # [U] creators per fan
         # Y = X D^-1/2: Y_b X^T Y gives each fan's summed item-item cosines in two sparse products
@@ -133,10 +138,6 @@ class Window:
         users, creators, ts = (t[c].to_numpy().astype(np.int64) for c in t.column_names)
         return cls(users, creators, ts, num_users, catalog or Catalog.from_dataset(data_dir), **kw)
 
-    def known(self, user: int) -> np.ndarray:
-        """The fan's creators in the window."""
-        return self.x.indices[self.x.indptr[user] : self.x.indptr[user + 1]]
-
 
 def features(w: Window, users: np.ndarray, candidates: np.ndarray, scores: np.ndarray):
     """[B, N, len(FEATURES)] float32 for fans `users` [B] and their candidates [B, N] (creator
@@ -172,10 +173,7 @@ def _gather(block: sp.spmatrix, candidates: np.ndarray) -> np.ndarray:
 def _category_share(w: Window, history: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
     """Count of the fan's creators in each candidate's category (none: 0)."""
     category = w.catalog.category
-    k = int(category.max()) + 1
-    onehot = sp.csr_matrix((np.ones(len(category), np.float32), (np.arange(len(category)),
-                            category)), (len(category), k))  # fmt: skip
-    counts = _gather(history @ onehot, category[candidates])
+    counts = _gather(history @ w.category_onehot, category[candidates])
     return np.where(category[candidates] >= w.catalog.first_category, counts, 0.0)
 
 

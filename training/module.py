@@ -390,17 +390,23 @@ class TwoTowerModule(pl.LightningModule):
             kept = [e for e in self.evaluations if e.get("split") != "test"]
             at = kept[-1] if kept else {"epoch": -1, "step": 0}
             checkpoint = Path(self.trainer.ckpt_path).name if self.trainer.ckpt_path else None
-            line = {**result, "step": at["step"], "checkpoint": checkpoint}
-            self._append_json(line, folder, epoch=at["epoch"], split="test")
+            line = {**result, "checkpoint": checkpoint}
+            self._append_json(line, folder, epoch=at["epoch"], step=at["step"], split="test")
 
     def _append_json(
-        self, result: dict, folder: Path, epoch: int | None = None, split: str | None = None
+        self,
+        result: dict,
+        folder: Path,
+        epoch: int | None = None,
+        step: int | None = None,
+        split: str | None = None,
     ) -> None:
         """One line per evaluation in <log_dir>/evaluation.jsonl, for scripts and benchmarks."""
         folder.mkdir(parents=True, exist_ok=True)
         epoch = self.current_epoch if epoch is None else epoch
+        step = self.global_step if step is None else step
         split = split or self.trainer.datamodule.eval_split  # validation where there is one
-        line = {"epoch": epoch, "step": self.global_step, "split": split, **result}
+        line = {"epoch": epoch, "step": step, "split": split, **result}
         # plain Python values (a checkpoint loads weights_only): numpy scalars become floats
         self.evaluations.append(
             {k: v if isinstance(v, (str, int)) or v is None else float(v) for k, v in line.items()}
