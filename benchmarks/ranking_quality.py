@@ -6,8 +6,9 @@ Protocol: no label feeds a feature, every choice is made on validation, test is 
   training creators masked, for every fan with validation pairs. Features come from the training
   window (ranking.features.Window over train.parquet); a candidate's label is 1 where it is one of
   the fan's validation pairs.
-- LightGBM's lambdarank fits on a seeded 80 % of those fans and stops early on NDCG@20 of the
-  other 20 % (its number of trees is chosen there).
+- ranking.ranker.fit, as `python -m ranking train` runs it: LightGBM's lambdarank on a seeded
+  80 % of those fans; its trees, setting, and whether to re-rank at all (else the retrieval order
+  passes through) chosen on NDCG@20 of the other 20 %.
 - Test: the towers' top N with train and validation creators masked, the same window's features,
   the ranker's order against the towers' order, scored by training.evaluate like every other row.
 
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from index import checkpoint  # noqa: E402
+from ranking import ranker  # noqa: E402
 from ranking.features import FEATURES, Window, features  # noqa: E402
 from training.data import TowerDataModule  # noqa: E402
 from training.evaluate import Interactions, metrics, top_k  # noqa: E402
@@ -51,59 +53,12 @@ def labels(found: np.ndarray, truth: Interactions, users: np.ndarray) -> np.ndar
     return np.stack([np.isin(row, truth.row(u)) for row, u in zip(found, users, strict=True)])
 
 
-GRID = [{"num_leaves": leaves, "min_child_samples": child}
-        for leaves in (7, 31) for child in (20, 100)]  # fmt: skip
-
-
-def fit_ranker(x: np.ndarray, y: np.ndarray, seed: int = 0):
-    """lambdarank on 80 % of the fans (those with a positive among their candidates); the
-    trees of each GRID setting, and the setting, chosen on NDCG@20 of the other 20 %."""
-    rng = np.random.default_rng(seed)
-    fans = rng.permutation(np.flatnonzero(y.any(1)))
-    cut = int(0.8 * len(fans))
-    fit, stop = fans[:cut], fans[cut:]
-    best = None
-    for params in GRID:
-        ranker = lambdarank(x[fit], y[fit], x[stop], y[stop], params, seed)
-        score = float(ranker.best_score_["valid_0"]["ndcg@20"])
-        print(f"  ranker {params}: stop-fans NDCG@20 {score:.4f}, "
-              f"{ranker.best_iteration_} trees", flush=True)  # fmt: skip
-        if best is None or score > best[1]:
-            best = (ranker, score, params)
-    ranker, score, params = best
-    return ranker, {"fit_fans": len(fit), "stop_fans": len(stop), **params,
-                    "trees": int(ranker.best_iteration_), "stop_ndcg@20": score,
-                    "stop_ndcg@20_towers": list_ndcg(y[stop], 20)}  # fmt: skip
-
-
-def list_ndcg(y: np.ndarray, k: int) -> float:
-    """Mean NDCG@k of lists in their given order, ideal within the list (LightGBM's ndcg@k),
-    over the lists with a positive: the towers' own order on the stop fans."""
-    y = y[y.any(1)].astype(np.float64)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (y[:, :k] * discounts).sum(1)
-    ideal = (-np.sort(-y, axis=1)[:, :k] * discounts).sum(1)
-    return float((dcg / ideal).mean())
-
-
-def lambdarank(x, y, x_stop, y_stop, params: dict, seed: int):
-    import lightgbm
-
-    n, f = x.shape[1], x.shape[2]
-    ranker = lightgbm.LGBMRanker(objective="lambdarank", n_estimators=2000, learning_rate=0.03,
-                                 subsample=0.8, subsample_freq=1, colsample_bytree=0.9,
-                                 random_state=seed, verbose=-1, **params)  # fmt: skip
-    ranker.fit(
-        x.reshape(-1, f), y.ravel().astype(np.int32), group=[n] * len(x),
-        eval_set=[(x_stop.reshape(-1, f), y_stop.ravel().astype(np.int32))],
-        eval_group=[[n] * len(x_stop)], eval_at=[20], feature_name=list(FEATURES),
-        callbacks=[lightgbm.early_stopping(100, verbose=False)],
-    )  # fmt: skip
-    return ranker
-
-
-def rerank(ranker, found: np.ndarray, x: np.ndarray) -> np.ndarray:
-    score = ranker.predict(x.reshape(-1, x.shape[2])).reshape(found.shape)
+def rerank(fitted, found: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The candidates in the chosen ranker's order (the retrieval order where validation kept
+    it)."""
+    if fitted.booster is None:
+        return found
+    score = ranker.predict(fitted.booster, x)
     return np.take_along_axis(found, np.argsort(-score, axis=1, kind="stable"), axis=1)
 
 
@@ -159,20 +114,20 @@ def main() -> None:
     y = labels(found, dm.validation, fans)
     print(f"validation: {len(fans)} fans, {y.any(1).mean():.1%} with a positive in the top "
           f"{a.candidates}", flush=True)  # fmt: skip
-    ranker, fitted = fit_ranker(x, y)
-    print(f"ranker: {fitted}", flush=True)
+    fitted = ranker.fit(x, y)
+    print(f"ranker: {fitted.info}", flush=True)
     fans = np.flatnonzero(dm.test.lengths() > 0)
     found, x = candidates(scorer, dm.known, fans, a.candidates, window)
-    ranked = rerank(ranker, found, x)
-    gain = ranker.booster_.feature_importance("gain").tolist()
+    ranked = rerank(fitted, found, x)
+    gain = fitted.info.get("importance_gain", dict.fromkeys(FEATURES, 0.0))
     result = {
         "dataset": a.dataset,
         "checkpoint": str(trained.path),
         "candidates": a.candidates,
-        "ranker": fitted,
+        "ranker": {k: v for k, v in fitted.info.items() if k != "importance_gain"},
         "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
         "towers + ranker": metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
-        "importance_gain": dict(zip(FEATURES, gain, strict=True)),
+        "importance_gain": gain,
         "seconds": time.perf_counter() - started,
     }
     out = a.out / a.dataset

@@ -46,6 +46,17 @@ def signature(onnx_path: str | Path) -> dict:
     }
 
 
+def session(path: str | Path, threads: int = 1):
+    """An onnxruntime CPU session of `path` with `threads` intra-op threads and no inter-op
+    pool (the service runs sessions from its own threads)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxEncoder:
     """The user tower in this process through onnxruntime: the service's alternative to
     Triton, and what the benchmark compares Triton with.
@@ -55,20 +66,13 @@ class OnnxEncoder:
     """
 
     def __init__(self, path: str | Path, threads: int = 1):
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"ONNX user tower {self.path} not found; every index version carries one "
                 f"(`python -m index rebuild`), or export one with `python -m index export-onnx`"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = session(self.path, threads)
         self.shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.inputs = list(self.shapes)
         self.dim = int(self.session.get_outputs()[0].shape[1])
@@ -91,7 +95,6 @@ class QueryEncoder:
     vectors. Like OnnxEncoder, safe to share between threads."""
 
     def __init__(self, onnx_path: str | Path, tokenizer_path: str | Path, threads: int = 1):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         for path in (onnx_path, tokenizer_path):
@@ -101,12 +104,7 @@ class QueryEncoder:
                     f"text vectors carries it (`python -m index rebuild`)"
                 )
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = session(onnx_path, threads)
         self.dim = int(self.session.get_outputs()[0].shape[1])
 
     def encode(self, texts: list[str]) -> np.ndarray:

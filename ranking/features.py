@@ -108,6 +108,7 @@ class Window:
         scale = 1.0 / np.sqrt(np.maximum(self.counts, 1.0))
         self.y = (x @ sp.diags(scale.astype(np.float32))).tocsr()
         self.xt = x.T.tocsr()
+        self.yt = self.y.T.tocsr()  # [C, U] each creator's fans, cosine-weighted
         self.end_ms = int(ts.max()) if len(ts) else 0
         self.growth = self._growth(creators, ts, recent_days, num_creators)
         known = catalog.created_ms >= 0
@@ -139,12 +140,18 @@ class Window:
         return cls(users, creators, ts, num_users, catalog or Catalog.from_dataset(data_dir), **kw)
 
 
-def features(w: Window, users: np.ndarray, candidates: np.ndarray, scores: np.ndarray):
+def features(w: Window, users, candidates: np.ndarray, scores: np.ndarray, history=None):
     """[B, N, len(FEATURES)] float32 for fans `users` [B] and their candidates [B, N] (creator
-    indices, best first) with the retrieval scores [B, N]."""
+    indices, best first) with the retrieval scores [B, N].
+
+    `history` [B, C] (0/1, sparse): each fan's creators as the caller knows them, in place of
+    the window's rows for `users` (the service passes what its feature store says each fan
+    follows, which is the window's row when the store was materialised from the same pairs)."""
     b, n = candidates.shape
-    history = w.x[users]  # [B, C]
-    sizes = np.maximum(w.fan_counts[users], 1.0)[:, None]  # [B, 1]
+    history = w.x[users] if history is None else sp.csr_matrix(history, dtype=np.float32)
+    counts = np.asarray(history.sum(1)).ravel()  # [B] creators per fan
+    sizes = np.maximum(counts, 1.0)[:, None]  # [B, 1]
+    scale = sp.diags(1.0 / np.sqrt(np.maximum(w.counts, 1.0)).astype(np.float32))
     out = np.zeros((b, n, len(FEATURES)), np.float32)
     columns = {
         "retrieval_score": scores,
@@ -153,14 +160,26 @@ def features(w: Window, users: np.ndarray, candidates: np.ndarray, scores: np.nd
         "category_share": _category_share(w, history, candidates) / sizes,
         "tag_affinity": _tag_affinity(w, history, candidates, sizes),
         "text_similarity": _text_similarity(w, history, candidates),
-        "cofollow": _gather((w.y[users] @ w.xt) @ w.y, candidates) / sizes,
+        "cofollow": _cofollow(w, history @ scale, candidates) / sizes,
         "popularity": np.log1p(w.counts[candidates]),
         "age_days": w.age[candidates],
         "growth": w.growth[candidates],
-        "fan_activity": np.log1p(w.fan_counts[users])[:, None],
+        "fan_activity": np.log1p(counts)[:, None],
     }
     for i, name in enumerate(FEATURES):
         out[..., i] = columns[name]
+    return out
+
+
+def _cofollow(w: Window, y_fans: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+    """Summed cosine of each candidate's fans with the fan's creators' fans: (Y_b X^T) Y, only
+    at the candidates' columns (a block of fans against every creator would touch each
+    co-follower's whole list; the candidates' fan lists are all that is needed)."""
+    cofans = (y_fans @ w.xt).tocsr()  # [B, U] the fan's creators' fans, cosine-weighted
+    b, n = candidates.shape
+    out = np.empty((b, n), np.float32)
+    for i in range(b):  # one fan's N candidates against its co-followers, sparse
+        out[i] = np.asarray((w.yt[candidates[i]] @ cofans[i].T).todense()).ravel()
     return out
 
 

@@ -91,3 +91,21 @@ def test_features_read_only_their_window_so_a_label_never_feeds_one(window):
     assert not np.allclose(before, features(leaked, np.array([u]), candidates, scores))
     again = Window(pairs[:, 0], pairs[:, 1], ts, U, w.catalog)
     np.testing.assert_array_equal(before, features(again, np.array([u]), candidates, scores))
+
+
+def test_a_history_given_by_the_caller_is_the_window_row_it_stands_for(window):
+    """The service passes what its feature store says each fan follows: the same features as
+    the window's own rows when they agree, and a changed history changes only that fan's."""
+    w, _, _ = window
+    users = np.array([1, 4, 9])
+    candidates = np.tile(np.arange(2, 10), (3, 1))
+    scores = np.linspace(1, 0, 8, dtype=np.float32)[None].repeat(3, 0)
+    rows = w.x[users]
+    assert np.allclose(features(w, users, candidates, scores, rows),
+                       features(w, users, candidates, scores), atol=1e-6)  # fmt: skip
+    changed = rows.tolil()
+    changed[0, :] = 0
+    changed[0, [2, 3]] = 1
+    got = features(w, users, candidates, scores, changed.tocsr())
+    assert not np.allclose(got[0], features(w, users, candidates, scores)[0])
+    assert np.allclose(got[1:], features(w, users, candidates, scores)[1:], atol=1e-6)
