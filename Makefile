@@ -41,6 +41,7 @@ demo: env triton-env
 	$(PY) -m data manifest $(ARTIFACTS)/data/synthetic_demo
 	$(PY) -m training fit --config configs/train/synthetic_demo.yaml
 	$(PY) -m index rebuild --config configs/index/synthetic_demo.yaml
+	$(PY) -m ranking train --config configs/ranking/synthetic_demo.yaml
 	@echo "evaluation (full corpus: validation each epoch, then test once on the kept epoch):" && cat $(ARTIFACTS)/runs/synthetic_demo/evaluation.jsonl
 	$(PY) -m serving up --config configs/serving/synthetic_demo.yaml --detach
 	$(PY) -m serving try --config configs/serving/synthetic_demo.yaml

@@ -31,35 +31,44 @@ STEPS = (  # (module, subcommand, config folder, output folder)
 )
 
 
-def stamp_of(config: Path) -> dict:
-    return {"config": str(config.relative_to(REPO)),
-            "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}  # fmt: skip
+NO_TEXT = {"data": ["--features.text_encoder", "null"]}
+"""Overrides of a set without creator text vectors (MiniLM over a million descriptions is an
+hour on 2 cores): what benchmarks/rank_latency.py builds when told `--no-text`."""
 
 
-def is_current(folder: Path, config: Path) -> bool:
+def stamp_of(config: Path, overrides: list[str] = ()) -> dict:
+    stamp = {"config": str(config.relative_to(REPO)),
+             "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}  # fmt: skip
+    return {**stamp, "overrides": list(overrides)} if overrides else stamp
+
+
+def is_current(folder: Path, config: Path, overrides: list[str] = ()) -> bool:
     try:
-        return json.loads((folder / STAMP).read_text()) == stamp_of(config)
+        return json.loads((folder / STAMP).read_text()) == stamp_of(config, overrides)
     except (OSError, ValueError):
         return False
 
 
-def ensure_built(run=subprocess.run) -> None:
+def ensure_built(run=subprocess.run, overrides: dict | None = None) -> None:
     """Prepare, train and index the set: each step whose output is missing or stale, and every
-    step after one that ran (a new model needs a new index)."""
+    step after one that ran (a new model needs a new index). `overrides`: flags per config
+    folder (NO_TEXT), part of the stamp."""
     rebuilt = False
     for module, command, configs, outputs in STEPS:
         config = REPO / "configs" / configs / f"{NAME}.yaml"
         folder = REPO / outputs / NAME
-        if not rebuilt and is_current(folder, config):
+        extra = (overrides or {}).get(configs, [])
+        if not rebuilt and is_current(folder, config, extra):
             continue
         if folder.exists():
             print(f"{folder.relative_to(REPO)} is stale (not made from {config.name} as it reads "
                   f"now): rebuilding it", flush=True)  # fmt: skip
             shutil.rmtree(folder)
         cmd = [sys.executable, "-m", module, command, "--config", str(config.relative_to(REPO))]
+        cmd += extra
         print("$", " ".join(cmd), flush=True)
         run(cmd, check=True, cwd=REPO)
-        (folder / STAMP).write_text(json.dumps(stamp_of(config)))
+        (folder / STAMP).write_text(json.dumps(stamp_of(config, extra)))
         rebuilt = True
 
 

@@ -41,6 +41,35 @@ class TritonSettings:
 
 
 @dataclass
+class RankSettings:
+    """The rank stage (serving.pipeline.stages.Rank): the ranker trained for the served index
+    version (`python -m ranking train`) re-orders the towers' top `candidates`."""
+
+    store: str | None = None
+    """The ranking store (ranking.store); None = no rank stage, the towers' order is served."""
+    candidates: int = 200
+    """N retrieved per request for the ranker (its manifest says the N it was trained on)."""
+    mmr: float = 0.0
+    """MMR's trade-off λ in [0, 1] (ranking.diversity.mmr): 0 = the ranked order; higher
+    gives up score for creators unlike those already in the list."""
+    calibration: float = 0.0
+    """Calibration's trade-off λ in [0, 1] (Steck's, ranking.diversity.calibrate): 0 = the
+    ranked order; higher brings the list's category mix closer to the fan's history."""
+
+    def __post_init__(self):
+        if self.candidates < 1:
+            raise ConfigError(f"--rank.candidates={self.candidates} must be >= 1")
+        for name in ("mmr", "calibration"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--rank.{name}={getattr(self, name)} must be in [0, 1]")
+        if self.mmr > 0 and self.calibration > 0:
+            raise ConfigError(
+                f"--rank.mmr={self.mmr} and --rank.calibration={self.calibration}: each picks "
+                f"the list by its own objective; set one of them to 0"
+            )
+
+
+@dataclass
 class AnswerLogSettings:
     """The answer log (serving.answer_log): sampled, rotated JSON lines of served answers."""
 
@@ -117,6 +146,8 @@ class ServingConfig:
     """Rooms above the service mounted on it by name (entry points `towerline.rooms`):
     `explorer`, the relevance explorer at /explorer; [] = the JSON API alone."""
     answer_log: AnswerLogSettings = field(default_factory=AnswerLogSettings)
+    rank: RankSettings = field(default_factory=RankSettings)
+    """The rank stage after retrieval: which ranking store, how many candidates it orders."""
     search: SearchSettings = field(default_factory=SearchSettings)
     """How /search fuses its retrievers: method (rrf | weighted), c, weights, candidates."""
 

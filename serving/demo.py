@@ -49,7 +49,8 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
             print(f"{fan} ({flag}; {r['took_ms']:.1f} ms)")
             for item in r["items"]:
                 name = names.get(item["creator_id"], "")
-                print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}")
+                moved = f"  (towers #{item['before']})" if item.get("before") else ""
+                print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}{moved}")
         print(f"model {r['model_version'][:12]}, index {r['index_version']}")
         search_examples(url, fans[0], names)
     except urllib.error.URLError as e:

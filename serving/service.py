@@ -51,12 +51,13 @@ def materialise_features(cfg: ServingConfig) -> None:
 def towers(cfg: ServingConfig):
     """The tower provider for the config, with a local Triton server when one is needed."""
     if cfg.encoder == "onnx":
-        yield InProcessTowers()
+        yield InProcessTowers(rank_store=cfg.rank.store)
         return
     s = cfg.triton
     repository = Path(s.repository)
     if s.url:
-        yield TritonTowers(repository, s.url, s)  # its repository must be `repository`/local
+        # its repository must be `repository`/local
+        yield TritonTowers(repository, s.url, s, rank_store=cfg.rank.store)
         return
     from serving.triton.server import TritonServer
     from serving.triton.supervisor import Supervisor
@@ -74,7 +75,7 @@ def towers(cfg: ServingConfig):
     ) as server:
         url = server.grpc_url if s.protocol == "grpc" else server.http_url
         log.info("Triton ready: gRPC %s, HTTP %s", server.grpc_url, server.http_url)
-        provider = TritonTowers(repository, url, s, server)
+        provider = TritonTowers(repository, url, s, server, rank_store=cfg.rank.store)
         provider.supervisor = Supervisor(server, on_restart=provider.reload).start()
         try:
             yield provider

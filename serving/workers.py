@@ -53,6 +53,7 @@ from serving.answer_log import AnswerLog
 from serving.api.app import create_app
 from serving.config import ServingConfig
 from serving.pipeline.recommender import Recommender
+from serving.pipeline.stages import Rank
 from serving.pipeline.towers import READY_TIMEOUT_S, InProcessTowers, SharedTritonTowers
 from serving.triton.client import TritonUnavailable
 from serving.triton.server import die_with_parent
@@ -74,7 +75,9 @@ def build_app(cfg: ServingConfig, store, provider, triton_status=None):
     `provider`, serving the index store's current version."""
     if cfg.lock_memory:  # before the version loads: its pages are locked as they are read
         memory.lock()
-    recommender = Recommender(cfg.index, store, provider, verify=cfg.verify)
+    r = cfg.rank
+    rank = Rank(r.candidates if r.store else 0, mmr=r.mmr, calibration=r.calibration)
+    recommender = Recommender(cfg.index, store, provider, verify=cfg.verify, rank=rank)
     if triton_status is not None:
         recommender.health["triton"] = triton_status
     _first_bundle(recommender)
@@ -329,13 +332,15 @@ def _worker_app(spec: WorkerSpec):
     faiss.omp_set_num_threads(cfg.search_threads)
     store = open_store(cfg.features)
     if spec.triton_url is None:
-        return build_app(cfg, store, InProcessTowers())
+        return build_app(cfg, store, InProcessTowers(rank_store=cfg.rank.store))
 
     def published() -> list[int]:
         return read_state(state)["triton"].get("published", [])
 
     s = cfg.triton
-    provider = SharedTritonTowers(Path(s.repository), spec.triton_url, s, published)
+    provider = SharedTritonTowers(
+        Path(s.repository), spec.triton_url, s, published, rank_store=cfg.rank.store
+    )
     return build_app(cfg, store, provider, lambda: read_state(state)["triton"])
 
 

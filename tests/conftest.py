@@ -19,7 +19,8 @@ def datasets() -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_data(tmp_path_factory) -> Path:
     """A prepared synthetic dataset small enough to train on in seconds (300 creators, 1,500
-    users, 8 shards), with creator text vectors from the bundled MiniLM encoder."""
+    users, 8 shards), with creator text vectors from the bundled MiniLM encoder and a
+    validation split (what the rank stage's ranker learns from)."""
     from data.prepare import prepare
     from tests.data.helpers import synthetic_config
 
@@ -29,5 +30,6 @@ def tiny_text_data(tmp_path_factory) -> Path:
         "shards.record_size": 64,
         "source.num_events": 30_000,
         "features.text_encoder": "all-MiniLM-L6-v2",
+        "split.validation_fraction": 0.1,
     }
     return prepare(synthetic_config(out, **overrides), progress=False)

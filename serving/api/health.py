@@ -56,6 +56,9 @@ def readiness(svc) -> dict:
     deps["query_encoder"] = _query_encoder(rec, bundle)
     if not deps["query_encoder"]["server_ok"]:
         degraded.append("query_encoder_in_process")
+    deps["ranker"] = _ranker(rec, bundle)
+    if not deps["ranker"]["server_ok"]:
+        degraded.append("ranker_in_process")
     out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
     warm = bundle is not None and svc.search_warm == bundle.index_version
     out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid(), "search_warm": warm,
@@ -92,6 +95,26 @@ def _query_encoder(rec, bundle) -> dict:
     return {
         "server_ok": not on_server or breaker["state"] == "closed",
         "encoder": bundle.tower.query_name if on_server else "onnxruntime in-process",
+        "breaker": breaker,
+    }
+
+
+def _ranker(rec, bundle) -> dict:
+    """The rank stage: the served version's ranker (on Triton while its breaker is closed,
+    else in this process), or none (the towers' order: no ranking store configured, or none
+    trained for this version). Not a readiness check: the towers' order is still an answer."""
+    breaker = rec.breakers["ranker"].status()
+    ranker = bundle.tower.ranker if bundle is not None else None
+    if ranker is None or rec.rank.candidates == 0:
+        why = "no rank store configured" if rec.rank.candidates == 0 else "none for this version"
+        return {"server_ok": True, "model": None, "order": f"the towers' ({why})"}
+    chosen = ranker.manifest.get("chosen", {})
+    return {
+        "server_ok": ranker.fallback is None or breaker["state"] == "closed",
+        "model": ranker.name,
+        "chosen": chosen.get("chosen"),
+        "candidates": rec.rank.candidates,
+        "trained_on": ranker.manifest.get("candidates"),
         "breaker": breaker,
     }
 

@@ -10,7 +10,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.schema import ID_PATTERN
 
@@ -39,6 +39,23 @@ class RecommendRequest(BaseModel):
         max_length=MAX_EXCLUDE,
         description="Creator ids never to return (on top of what the fan already follows).",
     )
+    mmr: float | None = Field(
+        None, ge=0.0, le=1.0, description="MMR's trade-off for this request (0 = the ranked "
+        "order); default: the service's `rank.mmr`. Not with `calibration` above 0.",
+    )  # fmt: skip
+    calibration: float | None = Field(
+        None, ge=0.0, le=1.0, description="Calibration's trade-off for this request (0 = the "
+        "ranked order); default: the service's `rank.calibration`.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_trade_off(self):
+        if (self.mmr or 0) > 0 and (self.calibration or 0) > 0:
+            raise ValueError(
+                f"mmr={self.mmr} and calibration={self.calibration}: each picks the list by its "
+                f"own objective; set one of them to 0"
+            )
+        return self
 
 
 class Problem(BaseModel):
@@ -74,7 +91,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class Item(BaseModel):
     creator_id: str
-    score: float
+    score: float = Field(description="the towers' score (retrieval's, before any re-ranking)")
+    before: int | None = Field(
+        None, description="1-based place in the towers' order, where the rank stage moved it",
+    )  # fmt: skip
 
 
 class RecommendResponse(BaseModel):
@@ -86,8 +106,8 @@ class RecommendResponse(BaseModel):
     source: str = Field(description="model: the towers ranked these; popular: a fallback list")
     cold_start: bool = Field(False, description="the user is unknown to the feature store")
     degraded: str | None = Field(
-        None, description="why a fallback answered: feature_store_unavailable, "
-        "user_tower_unavailable",
+        None, description="why a fallback answered or ranked: feature_store_unavailable, "
+        "user_tower_unavailable, user_tower_in_process, ranker_in_process, ranker_unavailable",
     )  # fmt: skip
     took_ms: float
 
@@ -112,7 +132,8 @@ def response(answer, bundle, started: float, **who) -> Response:
 def items(answer) -> list[dict]:
     """An answer's creators and scores as Item bodies (a non-finite score is null, as pydantic
     would render it: JSON has no NaN)."""
+    before = answer.before or [None] * len(answer.creator_ids)
     return [
-        {"creator_id": c, "score": s if math.isfinite(s) else None}
-        for c, s in zip(answer.creator_ids, answer.scores, strict=True)
+        {"creator_id": c, "score": s if math.isfinite(s) else None, "before": b}
+        for c, s, b in zip(answer.creator_ids, answer.scores, before, strict=True)
     ]

@@ -22,6 +22,7 @@ from common.errors import IntegrityError, MissingInputError
 from data import tables
 from index import projection
 from index import store as index_store
+from ranking.features import Window
 from search.engine import Engine
 from search.lexical import Lexical
 from search.semantic import Semantic
@@ -50,6 +51,22 @@ class Tower:
     """Creator search's query encoder on the same server (token ids and mask → [B, d]); None:
     it runs in this process (search.semantic), as it does when the server does not answer."""
     query_name: str | None = None
+    ranker: Ranker | None = None
+    """The rank stage's model of the version (ranking.store), where one was trained for it."""
+
+
+@dataclass
+class Ranker:
+    """A version's rank-stage model (ranking.ranker), where its provider put it, and the window
+    of pairs its features read (built when the bundle loads, not by the first request)."""
+
+    score: Encode
+    """{"features": [B, N, F]} → [B, N], higher first."""
+    name: str
+    manifest: dict
+    fallback: Encode | None = None
+    """The same ONNX in this process, for when `score`'s server does not answer."""
+    window: Window | None = None
 
 
 PrepareEncoder = Callable[[Path, str], Tower]
@@ -168,6 +185,13 @@ class Bundle:
         data_dir = Path(self.index.manifest["catalog"]["data_dir"])
         return projection.catalog_info(data_dir, self.index.creator_idx)
 
+    @functools.cached_property
+    def category_codes(self) -> tuple[np.ndarray, int]:
+        """Each faiss row's catalog category as an int code (blank is one more code), and how
+        many codes: what calibration mixes (serving.pipeline.stages.Rank)."""
+        _, codes = np.unique(self.catalog["category"].astype(str), return_inverse=True)
+        return codes.astype(np.int64), int(codes.max(initial=-1)) + 1
+
     @property
     def encoder_name(self) -> str:
         return self.tower.name
@@ -259,11 +283,31 @@ def load_bundle(
         )
     tower = prepare_encoder(index.folder, index.version)
     try:
+        _attach_window(index, tower)
         return _checked(index, tower)
     except Exception:
         if tower.release is not None:
             tower.release()
         raise
+
+
+def _attach_window(index, tower: Tower) -> None:
+    """The ranker's feature window, from the pairs it was trained on; a ranker trained for
+    other towers is dropped (its retrieval features would mean something else)."""
+    ranker = tower.ranker
+    if ranker is None:
+        return
+    if ranker.manifest.get("model_version") != index.manifest["model"]["version"]:
+        log.error("the ranker of %s was trained for model %s, not %s: ranking by retrieval",
+                  index.version, str(ranker.manifest.get("model_version"))[:12],
+                  index.manifest["model"]["version"][:12])  # fmt: skip
+        tower.ranker = None
+        return
+    started = time.perf_counter()
+    ranker.window = Window.from_dataset(ranker.manifest["data_dir"],
+                                        recent_days=ranker.manifest["recent_days"])  # fmt: skip
+    log.info("ranker %s: feature window of %d pairs in %.1f s", ranker.name,
+             ranker.window.x.nnz, time.perf_counter() - started)  # fmt: skip
 
 
 def _checked(index, tower: Tower) -> Bundle:

@@ -58,6 +58,9 @@ class Recommender:
             "user_tower": Breaker("the user tower's server"),
             "query_encoder": Breaker("the query encoder's server"),
         }
+        rank = rank or Rank()
+        self.breakers["ranker"] = rank.breaker
+        self.rank = rank
         self.pipeline: Pipeline = default_pipeline(features, rank, self.breakers)
         self.health: dict[str, Callable[[], dict]] = {}
         """More dependencies /readyz reports, by name (the Triton supervisor's status)."""

@@ -13,7 +13,7 @@ The stages that call a dependency go through its circuit breaker (serving.pipeli
     Encode    the user tower (Triton), or the same ONNX in-process when Triton does not answer
     Retrieve  one ANN search for the batch, over-fetched past each request's exclusions
     Filter    each request's candidates without its exclusions, searched deeper when short
-    Rank      the candidates in their final order, cut to k (the identity for now)
+    Rank      the candidates in their final order (the version's ranker), cut to k
     Fallback  an answer for every request the model path did not answer
 """
 
@@ -26,9 +26,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from data import contract
 from index import search
+from ranking import diversity
+from ranking.features import features as rank_features
+from ranking.ranker import INPUT as RANK_INPUT
 from serving.features.base import FeatureStore, UserFeaturesBatch
 from serving.pipeline.breaker import Breaker
 from serving.pipeline.bundle import Bundle
@@ -39,6 +43,10 @@ FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 USER_TOWER_UNAVAILABLE = "user_tower_unavailable"
 USER_TOWER_IN_PROCESS = "user_tower_in_process"
 """Personalised, by the same tower run in-process while Triton does not answer."""
+RANKER_IN_PROCESS = "ranker_in_process"
+"""Ranked by the same ranker run in-process while Triton does not answer."""
+RANKER_UNAVAILABLE = "ranker_unavailable"
+"""In the towers' order: no ranker answered."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,9 @@ class Request:
     user_id: str
     k: int
     exclude: Sequence[str] = ()
+    mmr: float | None = None
+    """The rank stage's trade-offs for this request; None = the stage's own."""
+    calibration: float | None = None
 
 
 @dataclass
@@ -53,6 +64,8 @@ class Answer:
     creator_ids: list[str]
     scores: list[float]
     source: str  # model | popular
+    before: list[int] | None = None
+    """Each creator's 1-based place in the towers' order, where a ranker re-ordered them."""
     cold_start: bool = False
     degraded: str | None = None
     timings: dict = field(default_factory=dict)
@@ -204,29 +217,122 @@ class Filter:
 
 
 class Rank:
-    """The candidates in their final order, cut to each request's k. The identity ranking for
-    now: retrieval's order, `depth(k)` = k; a learned re-ranker replaces `order`."""
+    """The candidates in their final order, cut to each request's k.
+
+    With `candidates` N > 0 the towers retrieve max(k, N), and the version's ranker (where the
+    ranking store has one) orders them by what each (fan, candidate) pair looks like
+    (ranking.features over the fan's followed creators and the ranker's window): on its server
+    through the breaker, else the same ONNX in-process (flagged `ranker_in_process`), else in
+    the towers' order (flagged `ranker_unavailable`). Without a ranker, the towers' order.
+    `order` is the seam a hand-written ranking replaces. Then, with a trade-off above 0, MMR
+    (`mmr`) or calibration to the fan's category mix (`calibration`) picks the k from that
+    order (ranking.diversity). An answer the stage moved says where each creator stood in the
+    towers' order (`before`)."""
 
     name = "rank"
 
+    def __init__(self, candidates: int = 0, breaker: Breaker | None = None, mmr: float = 0.0,
+                 calibration: float = 0.0):  # fmt: skip
+        self.candidates = candidates
+        self.breaker = breaker or Breaker("the ranker")
+        self.mmr, self.calibration = mmr, calibration
+
     def depth(self, k: int) -> int:
-        return k
+        return max(k, self.candidates)
 
     def order(self, batch: Batch, j: int) -> np.ndarray:
-        """Positions into model request j's candidates, best first."""
+        """Positions into model request j's candidates, best first (the towers' order)."""
         return np.arange(len(batch.candidates[j][0]))
 
     def __call__(self, batch: Batch) -> None:
+        if not batch.model:
+            return
+        learned = self.learned(batch)
         ids = batch.bundle.index.creator_id
         for j, i in enumerate(batch.model):
             rows, scores = batch.candidates[j]
-            keep = self.order(batch, j)[: batch.requests[i].k]
+            order, value = (self.order(batch, j), scores) if learned is None else learned[j]
+            mmr, calibration = self.trade_offs(batch.requests[i])
+            keep = self.diversify(batch, i, rows, order, value, mmr, calibration)
+            keep = keep[: batch.requests[i].k]
+            moved = learned is not None or mmr > 0 or calibration > 0
             batch.answers[i] = Answer(
-                [str(ids[r]) for r in rows[keep]],
-                scores[keep].tolist(),
-                "model",
-                degraded=batch.degraded[i],
-            )
+                [str(ids[r]) for r in rows[keep]], scores[keep].tolist(), "model",
+                (keep + 1).tolist() if moved else None, degraded=batch.degraded[i],
+            )  # fmt: skip
+
+    def trade_offs(self, request: Request) -> tuple[float, float]:
+        """(mmr, calibration) for a request: its own where it set one, else the stage's."""
+        if request.mmr is None and request.calibration is None:
+            return self.mmr, self.calibration
+        return request.mmr or 0.0, request.calibration or 0.0
+
+    def diversify(self, batch: Batch, i: int, rows, order, value, mmr, calibration):
+        """The ordered positions re-picked by MMR or by calibration (ranking.diversity), where
+        one has a trade-off above 0; `value` [n] scores each position (the ranker's, else the
+        towers')."""
+        k, b = batch.requests[i].k, batch.bundle
+        if mmr > 0:
+            vectors = np.asarray(b.embeddings[rows[order]], np.float32)
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            return order[diversity.mmr(value[order], vectors, k, mmr)]
+        if calibration > 0:
+            codes, count = b.category_codes
+            followed = b.rows(np.asarray(batch.features.followed[i], np.int64))
+            p = diversity.history_mix(codes[followed], count)
+            return order[diversity.calibrate(value[order], codes[rows[order]], p, k, calibration)]
+        return order
+
+    def learned(self, batch: Batch) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The ranker's order and scores of each model request's candidates; None = the
+        towers' order."""
+        ranker = batch.bundle.tower.ranker
+        if ranker is None or self.candidates == 0:
+            return None
+        x, lengths = rank_inputs(batch, ranker.window)
+        if x is None:
+            return None
+        scores = self.breaker.call(ranker.score, {RANK_INPUT: x})
+        reason = None
+        if scores is None and ranker.fallback is not None:
+            try:
+                scores, reason = ranker.fallback({RANK_INPUT: x}), RANKER_IN_PROCESS
+            except Exception:
+                log.exception("the in-process ranker failed too")
+        if scores is None:
+            reason = RANKER_UNAVAILABLE
+        for i in batch.model:
+            batch.degraded[i] = batch.degraded[i] or reason
+        if scores is None:
+            return None
+        return [(np.argsort(-scores[j, :n], kind="stable"), scores[j, :n])
+                for j, n in enumerate(lengths)]  # fmt: skip
+
+
+def rank_inputs(batch: Batch, window) -> tuple[np.ndarray | None, list[int]]:
+    """Features [B, N, F] of the model requests' candidates (a short list padded with its last
+    candidate, cut off again after scoring) and each request's number of candidates."""
+    b, f = batch.bundle, batch.features
+    lengths = [len(rows) for rows, _ in batch.candidates]
+    n = max(lengths, default=0)
+    if n == 0:
+        return None, lengths
+    creators = np.zeros((len(lengths), n), np.int64)
+    scores = np.zeros((len(lengths), n), np.float32)
+    for j, (rows, s) in enumerate(batch.candidates):
+        if len(rows):
+            pad = n - len(rows)
+            creators[j] = b.index.creator_idx[np.concatenate([rows, np.repeat(rows[-1:], pad)])]
+            scores[j] = np.concatenate([s, np.repeat(s[-1:], pad)])
+    width = window.x.shape[1]
+    followed = [np.asarray(f.followed[i], np.int64) for i in batch.model]
+    followed = [c[c < width] for c in followed]
+    indptr = np.cumsum([0, *map(len, followed)])
+    data = np.ones(int(indptr[-1]), np.float32)
+    history = sp.csr_matrix((data, np.concatenate([np.zeros(0, np.int64), *followed]), indptr),
+                            shape=(len(followed), width))  # fmt: skip
+    users = f.user_idx[np.asarray(batch.model)]
+    return rank_features(window, users, creators, scores, history), lengths
 
 
 class Fallback:

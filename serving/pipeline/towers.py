@@ -24,42 +24,62 @@ from pathlib import Path
 from common.errors import UnavailableError
 from index.onnx import OnnxEncoder
 from index.store import QUERY_ENCODER, USER_TOWER
-from serving.pipeline.bundle import Tower, version_number
+from ranking import store as ranking_store
+from ranking.ranker import OnnxRanker
+from serving.pipeline.bundle import Ranker, Tower, version_number
 from serving.triton import repository
 from serving.triton.client import UserTowerClient
-from serving.triton.repository import MODEL_NAME, QUERY_MODEL_NAME
+from serving.triton.repository import MODEL_NAME, QUERY_MODEL_NAME, RANKER_MODEL_NAME
 from serving.triton.server import CONTROL_HEADER
 
 MODELS = {MODEL_NAME: USER_TOWER, QUERY_MODEL_NAME: QUERY_ENCODER}
-"""The Triton models of an index version, by the version file each serves."""
+"""The Triton models of an index version, by the version file each serves; the version's
+ranker (RANKER_MODEL_NAME) comes from the ranking store instead."""
+ALL_MODELS = (*MODELS, RANKER_MODEL_NAME)
 READY_TIMEOUT_S = 60.0
 """How long a version may take to load on Triton before the swap to it is given up (retried
 at the next poll)."""
 
 
+def ranker_folder(rank_store: str | Path | None, version: str) -> Path | None:
+    """The ranking store's folder for an index version (checked), or None: ranked by retrieval."""
+    return ranking_store.find(rank_store, version)
+
+
+def in_process_ranker(folder: Path, name: str = "onnxruntime (in-process)") -> Ranker:
+    model = OnnxRanker(folder / ranking_store.RANKER)
+    return Ranker(model.encode, name, ranking_store.read_manifest(folder))
+
+
 class InProcessTowers:
-    """Each version's ONNX tower run by onnxruntime inside the service process."""
+    """Each version's ONNX tower (and ranker, where the ranking store has one) run by
+    onnxruntime inside the service process."""
 
     name = "onnxruntime (in-process)"
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, rank_store: str | Path | None = None):
         self.threads = threads
+        self.rank_store = rank_store
 
     def __call__(self, folder: Path, version: str):
         encoder = OnnxEncoder(folder / USER_TOWER, threads=self.threads)
-        return Tower(encoder.encode, tuple(encoder.inputs), self.name)
+        tower = Tower(encoder.encode, tuple(encoder.inputs), self.name)
+        ranks = ranker_folder(self.rank_store, version)
+        tower.ranker = in_process_ranker(ranks, self.name) if ranks else None
+        return tower
 
 
 class TritonTowers:
     """Each version's models as versions of the Triton models `user_tower` and, where the
     version has creator search's query encoder, `query_encoder` (local repository)."""
 
-    def __init__(self, repository: Path, url: str, settings, server=None):
+    def __init__(self, repository: Path, url: str, settings, server=None, rank_store=None):
         self.repository = Path(repository)
         self.settings = settings
         self.url = url
         self.server = server  # a serving.triton.server.TritonServer we started, or None
-        self.clients = {name: self._client(name) for name in MODELS}
+        self.rank_store = rank_store
+        self.clients = {name: self._client(name) for name in ALL_MODELS}
         self.client = self.clients[MODEL_NAME]
         self._lock = threading.Lock()
         self._loaded: set[str] = set()  # the models this provider asked Triton to load
@@ -76,10 +96,16 @@ class TritonTowers:
     def model_dir(self, model: str = MODEL_NAME, kind: str = repository.LOCAL) -> Path:
         return self.repository / kind / model
 
-    @staticmethod
-    def models_of(folder: Path) -> list[str]:
-        """The Triton models an index version has files for (the user tower always)."""
-        return [name for name, file in MODELS.items() if (Path(folder) / file).exists()]
+    def files_of(self, folder: Path, version: str) -> dict[str, Path]:
+        """The Triton models of an index version and the ONNX file each serves: the user tower
+        always, the query encoder where the version has one, the ranker where the ranking
+        store has one for it."""
+        files = {name: Path(folder) / file for name, file in MODELS.items()}
+        files = {name: path for name, path in files.items() if path.exists()}
+        ranks = ranker_folder(self.rank_store, version)
+        if ranks is not None:
+            files[RANKER_MODEL_NAME] = ranks / ranking_store.RANKER
+        return files
 
     def add(self, onnx: Path, number: int, model: str = MODEL_NAME) -> None:
         """Put version `number` of `model` in both repositories (written on first use); a
@@ -112,7 +138,7 @@ class TritonTowers:
         """Explicit model control: (re)load each model with every version in the repository
         (Triton keeps the served versions answering while it loads); a model whose folder is
         gone is unloaded."""
-        for model in MODELS if models is None else models:
+        for model in ALL_MODELS if models is None else models:
             if (self.model_dir(model) / repository.CONFIG).exists():
                 self._control(model, "load")
                 self._loaded.add(model)
@@ -141,11 +167,12 @@ class TritonTowers:
     def publish(self, folder: Path, version: str) -> int:
         """Make an index version's models ready on Triton (added, loaded, answering); returns
         their model version number. A version that fails is taken out again, then raises."""
-        number, models = version_number(version), self.models_of(folder)
+        number, files = version_number(version), self.files_of(folder, version)
+        models = list(files)
         try:
             with self._lock:
-                for model in models:
-                    self.add(Path(folder) / MODELS[model], number, model)
+                for model, path in files.items():
+                    self.add(path, number, model)
                 self.load(models)
             for model in models:
                 self._wait_ready(number, model)
@@ -157,17 +184,19 @@ class TritonTowers:
     def retire(self, number: int) -> None:
         """Unload a version that no longer serves (out of the repositories, then a load)."""
         with self._lock:
-            for model in MODELS:
+            for model in ALL_MODELS:
                 self._remove(number, model)
             self.load()
 
     def __call__(self, folder: Path, version: str):
         number = self.publish(folder, version)
-        return self.tower(folder, number, release=lambda: self.retire(number))
+        return self.tower(folder, version, release=lambda: self.retire(number))
 
-    def tower(self, folder: Path, number: int, release=None) -> Tower:
-        """Version `number` on Triton as a Tower, with the same ONNX in this process as the
-        fallback for when Triton does not answer (the query encoder's too, where it has one)."""
+    def tower(self, folder: Path, version: str, release=None) -> Tower:
+        """An index version's models on Triton as a Tower, with the same ONNX in this process
+        as the fallback for when Triton does not answer (the query encoder's and the ranker's
+        too, where the version has them)."""
+        number = version_number(version)
 
         def on_server(model: str):
             return lambda inputs: self.clients[model].encode(inputs, model_version=str(number))
@@ -175,9 +204,15 @@ class TritonTowers:
         fallback = OnnxEncoder(folder / USER_TOWER, threads=1).encode
         name = f"{self.name} {MODEL_NAME}/{number}"
         tower = Tower(on_server(MODEL_NAME), tuple(self.client.inputs), name, release, fallback)
-        if QUERY_MODEL_NAME in self.models_of(folder):
+        files = self.files_of(folder, version)
+        if QUERY_MODEL_NAME in files:
             tower.query = on_server(QUERY_MODEL_NAME)
             tower.query_name = f"{self.name} {QUERY_MODEL_NAME}/{number}"
+        if RANKER_MODEL_NAME in files:
+            ranker = in_process_ranker(files[RANKER_MODEL_NAME].parent)
+            ranker.fallback, ranker.score = ranker.score, on_server(RANKER_MODEL_NAME)
+            ranker.name = f"{self.name} {RANKER_MODEL_NAME}/{number}"
+            tower.ranker = ranker
         return tower
 
     def _wait_ready(self, number: int, model: str, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -191,7 +226,7 @@ class TritonTowers:
         """A version that failed to load: out of the repositories, and out of Triton if it
         answers (if it does not, the next load after it is back leaves the version out)."""
         with self._lock:
-            for model in MODELS:
+            for model in ALL_MODELS:
                 self._remove(number, model)
             with contextlib.suppress(Exception):
                 self.load()
@@ -202,8 +237,9 @@ class SharedTritonTowers(TritonTowers):
     of several service workers, serving.workers.Publisher): a version's tower is used once
     `published()` lists its number, never added, loaded or unloaded from here."""
 
-    def __init__(self, repository: Path, url: str, settings, published: Callable[[], list[int]]):
-        super().__init__(repository, url, settings)
+    def __init__(self, repository: Path, url: str, settings, published: Callable[[], list[int]],
+                 rank_store=None):  # fmt: skip
+        super().__init__(repository, url, settings, rank_store=rank_store)
         self.published = published
 
     def __call__(self, folder: Path, version: str):
@@ -216,4 +252,4 @@ class SharedTritonTowers(TritonTowers):
                     f"{READY_TIMEOUT_S:.0f} s; the service's parent process publishes it"
                 )
             time.sleep(0.2)
-        return self.tower(folder, number)
+        return self.tower(folder, version)

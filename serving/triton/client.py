@@ -36,6 +36,9 @@ _UNAVAILABLE = (
     "not available",
 )
 
+_NUMPY = {"INT64": np.int64, "FP32": np.float32, "INT32": np.int32}
+"""Triton datatypes of the models' inputs as numpy dtypes."""
+
 _ERRORS = (InferenceServerException, OSError, TimeoutError)
 """What a request raises that is the server's or the network's doing rather than a bug."""
 
@@ -89,6 +92,8 @@ class UserTowerClient:
         self._clients: list = []
         self._lock = threading.Lock()
         self._inputs: dict[str, list[int]] | None = None  # name → shape, batch first (-1)
+        self._dtypes: dict[str, str] = {}  # name → Triton datatype (INT64, FP32)
+        self._output = OUTPUT
 
     # -- tritonclient, one per thread
     def _client(self):
@@ -128,6 +133,8 @@ class UserTowerClient:
             if self._max_batch_size is None:
                 self._max_batch_size = int(config.get("max_batch_size", 0)) or 1024
             self._inputs = {i["name"]: [int(d) for d in i["shape"]] for i in meta["inputs"]}
+            self._dtypes = {i["name"]: i["datatype"] for i in meta["inputs"]}
+            self._output = meta["outputs"][0]["name"]  # `embedding`; a ranker's `score`
         return self._inputs
 
     def _call_kwargs(self) -> dict:
@@ -144,7 +151,7 @@ class UserTowerClient:
 
     # -- requests
     def _wire(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The model's inputs from `inputs` as int64 in the shapes the server takes; `user` [B]
+        """The model's inputs from `inputs` in the dtypes and shapes the server takes; `user` [B]
         becomes [B, 1] (its config dims are [1], reshaped for the model)."""
         spec = self._metadata()
         missing = [name for name in spec if name not in inputs]
@@ -152,7 +159,7 @@ class UserTowerClient:
             raise ValueError(f"missing user tower inputs {missing}; the model takes {list(spec)}")
         out = {}
         for name, shape in spec.items():
-            x = np.ascontiguousarray(inputs[name], dtype=np.int64)
+            x = np.ascontiguousarray(inputs[name], dtype=_NUMPY.get(self._dtypes[name], np.int64))
             if x.ndim == len(shape) - 1 and shape[-1] == 1:
                 x = x.reshape(*x.shape, 1)
             fixed = shape[1:]
@@ -186,7 +193,7 @@ class UserTowerClient:
         tc, client = self._module(), self._client()
         tensors = []
         for name, x in wire.items():
-            t = tc.InferInput(name, list(x.shape), "INT64")
+            t = tc.InferInput(name, list(x.shape), self._dtypes.get(name, "INT64"))
             t.set_data_from_numpy(x)
             tensors.append(t)
         try:
@@ -194,14 +201,14 @@ class UserTowerClient:
                 self.model_name,
                 tensors,
                 model_version=version,
-                outputs=[tc.InferRequestedOutput(OUTPUT)],
+                outputs=[tc.InferRequestedOutput(self._output)],
                 **self._call_kwargs(),
             )
         except _ERRORS as e:
             where = f"{self.model_name!r} version {version or '(default)'} at {self.url}"
             batch = len(next(iter(wire.values())))
             raise _classify(e, f"inference of {batch} users on {where}") from e
-        return result.as_numpy(OUTPUT)
+        return result.as_numpy(self._output)
 
     def ready(self, model_version: str = "") -> bool:
         """The server is up and the model (version) is loaded; never raises. The server's

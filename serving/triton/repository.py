@@ -27,8 +27,12 @@ MODEL_NAME = "user_tower"
 QUERY_MODEL_NAME = "query_encoder"
 """Creator search's query encoder (index.query_encoder): the second model, its versions
 numbered as the user tower's, added and retired with them."""
+RANKER_MODEL_NAME = "ranker"
+"""The rank stage's model (ranking.ranker): the ranker trained for an index version, numbered
+as that version's user tower; features [B, N, F] → scores [B, N]."""
 WARMUP_LENGTH = 16
-"""Tokens per text in the warm-up of a model whose length is free (a typed query: a few words)."""
+"""The length a free dimension warms at: a typed query's tokens (a few words), a ranker's
+candidates."""
 MODEL_FILE = "model.onnx"
 """The ONNX file of a repository version (Triton's default name for the onnxruntime backend);
 the Python backend is told it through the `onnx_file` parameter of config.pbtxt."""

@@ -84,6 +84,18 @@ def features_dir(store_root, tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="package")
+def rank_store(store_root, tmp_path_factory) -> Path:
+    """A ranking store holding the ranker of `store_root`'s version (`python -m ranking train`
+    over its towers' top 50, a few seconds)."""
+    from ranking.config import RankingConfig
+    from ranking.train import run
+
+    out = tmp_path_factory.mktemp("ranking") / "store"
+    run(RankingConfig(name="tiny", index=str(store_root), store=str(out), candidates=50))
+    return out
+
+
+@pytest.fixture(scope="package")
 def fans(tiny_data) -> list[str]:
     from data import tables
 

@@ -37,7 +37,10 @@ def parameter(config: dict, key: str, default: str | None = None) -> str:
     return value
 
 
-def to_graph_shape(name: str, x: np.ndarray, shape: list) -> np.ndarray:
+_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32}
+
+
+def to_graph_shape(name: str, x: np.ndarray, shape: list, dtype=np.int64) -> np.ndarray:
     """One request's tensor in the rank the graph takes: `user` arrives as [B, 1] or [B]
     (config dims [1], reshaped), the graph takes [B]. Fixed dims must match exactly; a free one
     (a query's tokens: onnxruntime names it rather than sizing it) takes any length."""
@@ -49,7 +52,7 @@ def to_graph_shape(name: str, x: np.ndarray, shape: list) -> np.ndarray:
     ):
         want = ", ".join(["batch", *(str(f or "any") for f in fixed)])
         raise ValueError(f"input {name!r} has shape {list(x.shape)}; the model takes [{want}]")
-    return np.ascontiguousarray(x, dtype=np.int64)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def concat_requests(batches: list[dict[str, np.ndarray]]) -> tuple[dict, list[int]]:
@@ -99,6 +102,7 @@ class TritonPythonModel:
         threads = int(parameter(config, THREADS, "1"))
         self.session = make_session(path, threads)
         self.shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.dtypes = {i.name: _DTYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
         self.output = self.session.get_outputs()[0].name
 
     def _inputs(self, request) -> dict[str, np.ndarray]:
@@ -107,7 +111,7 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"missing input {name!r}; the model takes {list(self.shapes)}")
-            out[name] = to_graph_shape(name, tensor.as_numpy(), shape)
+            out[name] = to_graph_shape(name, tensor.as_numpy(), shape, self.dtypes[name])
         sizes = {len(x) for x in out.values()}
         if len(sizes) != 1:
             raise ValueError(f"inputs have different batch sizes {sorted(sizes)}")
