@@ -113,6 +113,21 @@ def predict(booster, x: np.ndarray) -> np.ndarray:
     return booster.predict(x.reshape(-1, x.shape[2])).reshape(x.shape[:2]).astype(np.float32)
 
 
+def load_trees(path: str | Path):
+    """The trees a ranker was exported from (ranking.store.TREES, LightGBM's text format)."""
+    import lightgbm
+
+    return lightgbm.Booster(model_file=str(path))
+
+
+def contributions(booster, x: np.ndarray) -> np.ndarray:
+    """Each feature's share of each score [N, F] for one list's features [N, F] (LightGBM's
+    TreeSHAP: the shares and a constant sum to the score), less the list's mean share: what
+    lifts or sinks a creator against the other candidates, since the stage only orders them."""
+    shares = booster.predict(x, pred_contrib=True)[:, : x.shape[1]]
+    return (shares - shares.mean(0, keepdims=True)).astype(np.float32)
+
+
 def to_onnx(booster):
     """The booster as the rank stage's graph: [B, N, F] → reshape [B·N, F] → trees → [B, N]."""
     import onnxmltools

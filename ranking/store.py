@@ -1,6 +1,7 @@
 """Where trained rankers are kept: one folder per index version they were trained for.
 
     <store>/<index version>/ranker.onnx     the rank stage's graph (ranking.ranker)
+    <store>/<index version>/trees.txt       the same trees in LightGBM's text format
     <store>/<index version>/manifest.json   what made it, from what, what validation chose,
                                             and the checksum of every file
 
@@ -23,20 +24,25 @@ from common.io import publish_dir, write_bytes, write_json
 KIND = "towerline.ranker"
 FORMAT = 1
 RANKER = "ranker.onnx"
+TREES = "trees.txt"
+"""LightGBM's own text dump of the same trees (no pickle): what explains a ranked list
+(ranking.ranker.contributions); absent when validation kept the retrieval order."""
 
 
 def folder_of(store: str | Path, index_version: str) -> Path:
     return Path(store) / index_version
 
 
-def save(store: str | Path, index_version: str, model, manifest: dict) -> Path:
-    """Write `model` (an onnx ModelProto) and its manifest for `index_version`, replacing the
-    ranker that version had."""
+def save(store: str | Path, index_version: str, model, manifest: dict, trees: str | None = None):
+    """Write `model` (an onnx ModelProto), the trees' text (`trees`, if any) and the manifest
+    for `index_version`, replacing the ranker that version had; the folder."""
     final = folder_of(store, index_version)
     staging = final.with_name(f".{index_version}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     write_bytes(staging / RANKER, model.SerializeToString())
+    if trees is not None:
+        write_bytes(staging / TREES, trees.encode())
     write_json(staging / MANIFEST, {"kind": KIND, "format": FORMAT, **manifest,
                                     "files": checksums(staging)})  # fmt: skip
     publish_dir(staging, final)

@@ -128,6 +128,7 @@ def run(cfg: RankingConfig) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "created_by": provenance("lightgbm", "onnxmltools", "onnx", "onnxruntime"),
     }
-    folder = store.save(cfg.store, index.version, model, manifest)
+    trees = None if fitted.booster is None else fitted.booster.model_to_string()
+    folder = store.save(cfg.store, index.version, model, manifest, trees)
     log.info("ranker for %s (%s) in %s", index.version, fitted.info["chosen"], folder)
     return {**manifest, "folder": str(folder)}

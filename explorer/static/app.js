@@ -4,6 +4,7 @@
 
 import { $, api, loadPlotly } from "./api.js";
 import { showHealth } from "./health.js";
+import { showRanking, watchControls } from "./ranking.js";
 import { showSearch, suggest } from "./search.js";
 
 function readState() {
@@ -316,6 +317,7 @@ async function show(state) {
     renderRecs(state, answer, edited ? base : null, info);
     map.marked = { history: answer.history, items: answer.items.map((x) => x.creator_id) };
     drawMap();
+    showRanking(edited ? "" : state.fan, state.k); // the stored fan: the rank stage serves them
     const flag = answer.degraded ? `, degraded: ${answer.degraded}` : "";
     say(`${answer.items.length} creators from the ${answer.source}${answer.cold_start ? " (cold start)" : ""}${flag}, ${answer.index_version}, in ${answer.took_ms.toFixed(0)} ms.`);
   } catch (error) {
@@ -408,6 +410,7 @@ function start() {
     showSearch(state.q, $("search-as-fan").checked ? state.fan : "", state.k);
   });
   $("search-q").addEventListener("input", () => suggest($("search-q").value));
+  watchControls(() => ({ fan: state.history === null ? state.fan : "", k: state.k }));
   if (state.q) {
     $("search-q").value = state.q;
     showSearch(state.q, state.fan, state.k);

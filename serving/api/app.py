@@ -31,6 +31,7 @@ from serving.api import (
     creator_map,
     creators,
     health,
+    rank,
     recommend,
     search,
     similar,
@@ -50,6 +51,7 @@ ROOMS_GROUP = "towerline.rooms"
 ROUTERS = (
     recommend.router, similar.router, whatif.router, compare.router, creators.router,
     creator_map.router, version_health.router, search.router, suggest.router, health.router,
+    rank.router,
 )  # fmt: skip
 
 

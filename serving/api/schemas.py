@@ -29,16 +29,11 @@ SampleFans = Annotated[
 audience): one sample per version and k, answered once."""
 
 
-class RecommendRequest(BaseModel):
+class TradeOffs(BaseModel):
+    """The rank stage's trade-offs a request may set for itself (ranking.diversity)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Id = Field(description="The fan's platform id.")
-    k: int = Field(20, ge=1, le=MAX_K, description="How many creators to return.")
-    exclude: list[Id] = Field(
-        default_factory=list,
-        max_length=MAX_EXCLUDE,
-        description="Creator ids never to return (on top of what the fan already follows).",
-    )
     mmr: float | None = Field(
         None, ge=0.0, le=1.0, description="MMR's trade-off for this request (0 = the ranked "
         "order); default: the service's `rank.mmr`. Not with `calibration` above 0.",
@@ -56,6 +51,16 @@ class RecommendRequest(BaseModel):
                 f"own objective; set one of them to 0"
             )
         return self
+
+
+class RecommendRequest(TradeOffs):
+    user_id: Id = Field(description="The fan's platform id.")
+    k: int = Field(20, ge=1, le=MAX_K, description="How many creators to return.")
+    exclude: list[Id] = Field(
+        default_factory=list,
+        max_length=MAX_EXCLUDE,
+        description="Creator ids never to return (on top of what the fan already follows).",
+    )
 
 
 class Problem(BaseModel):

@@ -67,6 +67,8 @@ class Ranker:
     fallback: Encode | None = None
     """The same ONNX in this process, for when `score`'s server does not answer."""
     window: Window | None = None
+    folder: Path | None = None
+    """Its ranking-store folder (the trees that explain it: ranking.store.TREES)."""
 
 
 PrepareEncoder = Callable[[Path, str], Tower]

@@ -48,7 +48,7 @@ def ranker_folder(rank_store: str | Path | None, version: str) -> Path | None:
 
 def in_process_ranker(folder: Path, name: str = "onnxruntime (in-process)") -> Ranker:
     model = OnnxRanker(folder / ranking_store.RANKER)
-    return Ranker(model.encode, name, ranking_store.read_manifest(folder))
+    return Ranker(model.encode, name, ranking_store.read_manifest(folder), folder=folder)
 
 
 class InProcessTowers:

@@ -17,6 +17,7 @@ published = serving_fixtures.published
 store_root = serving_fixtures.store_root
 features_dir = serving_fixtures.features_dir
 fans = serving_fixtures.fans
+rank_store = serving_fixtures.rank_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_CHROMIUM = "Debian's chromium is not installed: apt-get install chromium (.ci/run does)"
@@ -32,6 +33,23 @@ def site(store_root, features_dir):
     from serving.pipeline.towers import InProcessTowers
 
     rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh()
+    http, url = serving_fixtures.serve_http(create_app(rec, poll_seconds=None, rooms=["explorer"]))
+    yield url, rec
+    http.should_exit = True
+
+
+@pytest.fixture(scope="package")
+def ranked_site(store_root, features_dir, rank_store):
+    """The same with the rank stage on (the version's ranker over the towers' top 50)."""
+    from serving.api.app import create_app
+    from serving.features.embedded import EmbeddedStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.stages import Rank
+    from serving.pipeline.towers import InProcessTowers
+
+    towers = InProcessTowers(rank_store=rank_store)
+    rec = Recommender(store_root, EmbeddedStore.open(features_dir), towers, rank=Rank(50))
     assert rec.refresh()
     http, url = serving_fixtures.serve_http(create_app(rec, poll_seconds=None, rooms=["explorer"]))
     yield url, rec

@@ -299,3 +299,34 @@ def test_search_shows_the_services_answer_with_each_retrievers_rank(site, page, 
     assert options == [i["name"] for i in expected["items"]]
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
     no_serious_violations(page, "search")
+
+
+def ranked_rows(page) -> list[tuple[str, str]]:
+    """(creator id, before) of each row of the rank stage's table."""
+    rows = page.locator("#rank-results tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.creatorId, r.children[1].textContent])"
+    )
+    return [tuple(r) for r in rows]
+
+
+def test_the_rank_stage_shows_places_before_and_after_and_its_controls_answer_live(
+    ranked_site, page, fans
+):
+    url, _ = ranked_site
+    page.goto(f"{url}/explorer?fan={fans[2]}&k={K}")
+    page.wait_for_function("document.getElementById('rank-status').textContent.includes('moved')")
+    served = httpx.post(f"{url}/rank", json={"user_id": fans[2], "k": K}).json()
+    assert ranked_rows(page) == [(i["creator_id"], str(i["before"])) for i in served["items"]]
+    assert shown(page) == ids(served)  # the fan's view is the ranked answer too
+    assert all(page.locator("#rank-results tbody td.why").all_inner_texts())  # what moved each
+    page.screenshot(path=str(SHOTS / "ranking.png"), full_page=True)
+    no_serious_violations(page, "rank stage")
+
+    page.select_option("#rank-method", "calibration")
+    page.fill("#rank-lambda", "0.9")
+    page.dispatch_event("#rank-lambda", "input")
+    page.wait_for_function(
+        "document.getElementById('rank-status').textContent.includes('calibration 0.9')"
+    )
+    live = httpx.post(f"{url}/rank", json={"user_id": fans[2], "k": K, "calibration": 0.9}).json()
+    assert ranked_rows(page) == [(i["creator_id"], str(i["before"])) for i in live["items"]]

@@ -157,3 +157,28 @@ def test_the_trade_offs_move_the_served_lists_as_asked_and_bad_ones_are_refused(
             assert r.status_code == 422 and named in r.text
         r = client.post("/recommend", json={"user_id": fans[0], "k": 5, "calibration": 0.9})
         assert r.status_code == 200 and all("before" in i for i in r.json()["items"])
+
+
+def test_rank_explains_where_each_creator_stood_and_what_moved_it(ranked, fans):
+    from ranking.features import FEATURES
+
+    with TestClient(create_app(ranked, poll_seconds=None)) as client:
+        body = client.post("/rank", json={"user_id": fans[1], "k": 10, "features": 11}).json()
+        answer = ranked.pipeline.run([Request(fans[1], 10)], ranked.bundle).answers[0]
+        assert [i["creator_id"] for i in body["items"]] == answer.creator_ids
+        assert [i["before"] for i in body["items"]] == answer.before
+        assert [i["after"] for i in body["items"]] == list(range(1, 11))
+        assert body["explained"] and body["candidates"] == N and body["chosen"] == "lambdarank"
+        # TreeSHAP: two creators' score gap is the gap of their features' shares
+        a, b = body["items"][0], body["items"][-1]
+        assert {m["feature"] for m in a["moved_by"]} == set(FEATURES)
+        gap = sum(m["contribution"] for m in a["moved_by"]) - sum(
+            m["contribution"] for m in b["moved_by"]
+        )
+        assert gap == pytest.approx(a["rank_score"] - b["rank_score"], abs=1e-3)
+        live = client.post("/rank", json={"user_id": fans[1], "k": 10, "calibration": 0.9})
+        assert live.json()["calibration"] == 0.9 and len(live.json()["items"][0]["moved_by"]) == 3
+        cold = client.post("/rank", json={"user_id": "nobody-we-know", "k": 5}).json()
+        assert cold["items"] == [] and cold["source"] == "popular"
+        bad = client.post("/rank", json={"user_id": fans[1], "mmr": 0.5, "calibration": 0.5})
+        assert bad.status_code == 422 and "set one of them to 0" in bad.text
