@@ -10,7 +10,9 @@ Protocol (every choice on validation, test read once per plotted point):
 - Each λ of each method re-picks the ranked top N of the trade-off fans; the chosen λ is the
   largest whose NDCG@20 stays within `--budget` (default 2 %) of λ = 0 on them: what the config's
   `rank.mmr` / `rank.calibration` would be set to.
-- Test: every λ is measured on the test fans for the frontier plot, the chosen ones marked.
+- Test: every λ is measured on the test fans for the frontier plot, the chosen ones marked; the
+  features and the fans' category mixes read every pair known before test (training and
+  validation), as benchmarks/ranking_quality.py's test does.
 
     python benchmarks/rank_frontier.py --dataset movielens \
         --run artifacts/bench/quality-movielens-grid/movielens/towers/setting02
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.ranking_quality import candidates, labels, rerank  # noqa: E402
+from data import tables  # noqa: E402
 from index import checkpoint  # noqa: E402
 from ranking import diversity, ranker  # noqa: E402
 from ranking.features import Window  # noqa: E402
@@ -149,8 +152,9 @@ def main() -> None:
     chosen = {m: choose(validation[m], a.budget) for m in METHODS}
     print(f"chosen on {len(trade_fans)} validation fans: {chosen}", flush=True)
     test_fans = np.flatnonzero(dm.test.lengths() > 0)
-    found, x = candidates(scorer, dm.known, test_fans, a.candidates, window)
-    lists = Lists(test_fans, *ranked(fitted, found, x), vectors, window)
+    known = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
+    found, x = candidates(scorer, dm.known, test_fans, a.candidates, known)
+    lists = Lists(test_fans, *ranked(fitted, found, x), vectors, known)
     result = {"dataset": a.dataset, "checkpoint": str(trained.path), "budget": a.budget,
               "candidates": a.candidates, "ranker": fitted.info["chosen"], "chosen": chosen,
               "validation": validation, "test": sweep(lists, dm.test, dm.popularity),

@@ -9,8 +9,10 @@ Protocol: no label feeds a feature, every choice is made on validation, test is 
 - ranking.ranker.fit, as `python -m ranking train` runs it: LightGBM's lambdarank on a seeded
   80 % of those fans; its trees, setting, and whether to re-rank at all (else the retrieval order
   passes through) chosen on NDCG@20 of the other 20 %.
-- Test: the towers' top N with train and validation creators masked, the same window's features,
-  the ranker's order against the towers' order, scored by training.evaluate like every other row.
+- Test: the towers' top N with train and validation creators masked, features from the window
+  of everything known before test (training and validation pairs; `--test-window train` keeps
+  the training window), the ranker's order against the towers' order, scored by
+  training.evaluate like every other row.
 
     python benchmarks/quality.py --datasets lastfm --peers popularity   # a kept towers run
     python benchmarks/ranking_quality.py --dataset lastfm \
@@ -30,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from data import tables  # noqa: E402
 from index import checkpoint  # noqa: E402
 from ranking import ranker  # noqa: E402
 from ranking.features import FEATURES, Window, features  # noqa: E402
@@ -95,6 +98,14 @@ def main() -> None:
         default=0,
         help="learn from a seeded sample of this many validation fans (0 = all)",
     )
+    p.add_argument(
+        "--test-window",
+        choices=("known", "train"),
+        default="known",
+        help="the pairs test's features read: known = training and validation (everything "
+        "before test, as the ranker learned from everything before validation); train = "
+        "training only, as the first measurement did",
+    )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
     a = p.parse_args()
     started = time.perf_counter()
@@ -117,6 +128,8 @@ def main() -> None:
     fitted = ranker.fit(x, y)
     print(f"ranker: {fitted.info}", flush=True)
     fans = np.flatnonzero(dm.test.lengths() > 0)
+    if a.test_window == "known":  # what is known before test: training and validation pairs
+        window = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
     found, x = candidates(scorer, dm.known, fans, a.candidates, window)
     ranked = rerank(fitted, found, x)
     gain = fitted.info.get("importance_gain", dict.fromkeys(FEATURES, 0.0))
@@ -124,6 +137,7 @@ def main() -> None:
         "dataset": a.dataset,
         "checkpoint": str(trained.path),
         "candidates": a.candidates,
+        "test_window": a.test_window,
         "ranker": {k: v for k, v in fitted.info.items() if k != "importance_gain"},
         "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
         "towers + ranker": metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),

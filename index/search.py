@@ -50,15 +50,20 @@ def complete(
     k: int,
     banned: set[int],
     xb: np.ndarray,
+    need: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first k unbanned (rows, scores) of one query's answer D, I [depth]; deeper searches,
-    then exact scores, when that leaves it short of what the corpus allows."""
+    then exact scores, when that leaves it short of what the corpus allows. With `need` < k,
+    fewer than k are enough once the probed cells are exhausted, as long as `need` came back
+    (a rank stage's candidates: it wants k to choose from, but only a request's k must come
+    back, and exact scores over the whole corpus cost more than the ranking)."""
     want = max(min(k, index.ntotal - len(banned)), 0)
+    need = want if need is None else min(need, want)
     rows, scores = unbanned(D, I, banned, want)
     depth = len(I)
     while len(rows) < want:
         if depth >= index.ntotal or (I < 0).any():  # the probed cells are exhausted
-            return exact(xb, q, want, banned)
+            return (rows, scores) if len(rows) >= need else exact(xb, q, want, banned)
         depth = min(index.ntotal, depth * 2)
         D, I = index.search(np.ascontiguousarray(q[None, :], dtype=np.float32), depth)  # noqa: E741
         D, I = D[0], I[0]  # noqa: E741

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -105,8 +106,8 @@ class Window:
         self.counts = np.asarray(x.sum(0)).ravel()  # [C] fans per creator
         self.fan_counts = np.asarray(x.sum(1)).ravel()  # [U] creators per fan
         # Y = X D^-1/2: Y_b X^T Y gives each fan's summed item-item cosines in two sparse products
-        scale = 1.0 / np.sqrt(np.maximum(self.counts, 1.0))
-        self.y = (x @ sp.diags(scale.astype(np.float32))).tocsr()
+        self.scale = (1.0 / np.sqrt(np.maximum(self.counts, 1.0))).astype(np.float32)[None, :]
+        self.y = x.multiply(self.scale).tocsr()
         self.xt = x.T.tocsr()
         self.yt = self.y.T.tocsr()  # [C, U] each creator's fans, cosine-weighted
         self.end_ms = int(ts.max()) if len(ts) else 0
@@ -130,13 +131,17 @@ class Window:
         return (fresh / np.maximum(total, 1)).astype(np.float32)
 
     @classmethod
-    def from_dataset(cls, data_dir: str | Path, catalog: Catalog | None = None, **kw) -> Window:
-        """The training pairs of a prepared dataset as the window (validation and test are the
-        labels the features must not see)."""
+    def from_dataset(
+        cls, data_dir: str | Path, catalog: Catalog | None = None, splits=(tables.TRAIN,), **kw
+    ) -> Window:
+        """The pairs of a prepared dataset's `splits` as the window: the training pairs while
+        validation is the labels; training and validation while test is (what is known before
+        the labels, never the labels)."""
         data_dir = Path(data_dir)
         num_users = int(data_manifest.load(data_dir)["vocab"]["users"]["size"])
-        t = pq.read_table(data_dir / tables.TRAIN, columns=["user_idx", "creator_idx", "ts"])
-        users, creators, ts = (t[c].to_numpy().astype(np.int64) for c in t.column_names)
+        columns = ["user_idx", "creator_idx", "ts"]
+        t = pa.concat_tables([pq.read_table(data_dir / s, columns=columns) for s in splits])
+        users, creators, ts = (t[c].to_numpy().astype(np.int64) for c in columns)
         return cls(users, creators, ts, num_users, catalog or Catalog.from_dataset(data_dir), **kw)
 
 
@@ -151,7 +156,6 @@ def features(w: Window, users, candidates: np.ndarray, scores: np.ndarray, histo
     history = w.x[users] if history is None else sp.csr_matrix(history, dtype=np.float32)
     counts = np.asarray(history.sum(1)).ravel()  # [B] creators per fan
     sizes = np.maximum(counts, 1.0)[:, None]  # [B, 1]
-    scale = sp.diags(1.0 / np.sqrt(np.maximum(w.counts, 1.0)).astype(np.float32))
     out = np.zeros((b, n, len(FEATURES)), np.float32)
     columns = {
         "retrieval_score": scores,
@@ -160,7 +164,7 @@ def features(w: Window, users, candidates: np.ndarray, scores: np.ndarray, histo
         "category_share": _category_share(w, history, candidates) / sizes,
         "tag_affinity": _tag_affinity(w, history, candidates, sizes),
         "text_similarity": _text_similarity(w, history, candidates),
-        "cofollow": _cofollow(w, history @ scale, candidates) / sizes,
+        "cofollow": _cofollow(w, history.multiply(w.scale).tocsr(), candidates) / sizes,
         "popularity": np.log1p(w.counts[candidates]),
         "age_days": w.age[candidates],
         "growth": w.growth[candidates],

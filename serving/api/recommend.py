@@ -30,5 +30,5 @@ async def recommend(req: RecommendRequest, svc: ServicesDep) -> Response:
     request = Request(req.user_id, req.k, tuple(req.exclude), req.mmr, req.calibration)
     answer, bundle = await svc.batcher.submit(request)
     svc.metrics.answered("recommend", answer, time.perf_counter() - started)
-    svc.log_answer("recommend", req.model_dump(), answer, bundle)
+    svc.log_answer("recommend", req.model_dump(exclude_none=True), answer, bundle)
     return response(answer, bundle, started, user_id=req.user_id)

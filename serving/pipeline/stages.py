@@ -201,7 +201,8 @@ class Retrieve:
 
 class Filter:
     """Each request's candidates without its exclusions; a request left short searches deeper
-    alone, then exactly (index.search.complete): k come back whenever the corpus allows."""
+    alone, then exactly (index.search.complete): k come back whenever the corpus allows. The
+    rank stage's deeper candidates (its N) are taken as the probed cells give them."""
 
     name = "filter"
 
@@ -210,8 +211,9 @@ class Filter:
             return
         b, (D, I) = batch.bundle, batch.hits  # noqa: E741
         index, xq, depth, banned = b.index.index, batch.queries, batch.depth, batch.banned
+        k = [batch.requests[i].k for i in batch.model]  # must come back; depth may not
         batch.candidates = [
-            search.complete(index, xq[j], D[j], I[j], depth[j], banned[i], b.embeddings)
+            search.complete(index, xq[j], D[j], I[j], depth[j], banned[i], b.embeddings, k[j])
             for j, i in enumerate(batch.model)
         ]
 
