@@ -72,10 +72,11 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    rows = ("towers", "towers + ranker")
-    xs = np.arange(len(SHOWN))
+    rows = [r for r in ("towers", "towers + ranker", "towers + dcn-v2") if r in result]
+    xs, width = np.arange(len(SHOWN)), 0.8 / len(rows)
     for i, name in enumerate(rows):
-        a.bar(xs + (i - 0.5) * 0.4, [result[name][k] for k in SHOWN], 0.4, label=name)
+        at = xs + (i - (len(rows) - 1) / 2) * width
+        a.bar(at, [result[name][k] for k in SHOWN], width, label=name)
     a.set_xticks(xs, SHOWN, rotation=20)
     a.set_title(f"{result['dataset']}: test, top {result['candidates']} re-ranked")
     a.legend()
@@ -106,6 +107,9 @@ def main() -> None:
         "before test, as the ranker learned from everything before validation); train = "
         "training only, as the first measurement did",
     )
+    p.add_argument("--dcn", action="store_true",
+                   help="also fit ranking.dcn's DCN-v2 on the same fans and report which model "
+                   "validation chooses (the higher NDCG@20 on the same held-out fans)")  # fmt: skip
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
     a = p.parse_args()
     started = time.perf_counter()
@@ -127,6 +131,11 @@ def main() -> None:
           f"{a.candidates}", flush=True)  # fmt: skip
     fitted = ranker.fit(x, y)
     print(f"ranker: {fitted.info}", flush=True)
+    network = None
+    if a.dcn:
+        from ranking import dcn
+
+        network, network_info = dcn.fit(x, y)
     fans = np.flatnonzero(dm.test.lengths() > 0)
     if a.test_window == "known":  # what is known before test: training and validation pairs
         window = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
@@ -144,13 +153,26 @@ def main() -> None:
         "importance_gain": gain,
         "seconds": time.perf_counter() - started,
     }
+    if network is not None:
+        order = np.argsort(-dcn.predict(network, x), axis=1, kind="stable")
+        dcn_ranked = np.take_along_axis(found, order, 1)
+        result["dcn-v2"] = network_info
+        result["towers + dcn-v2"] = metrics(dcn_ranked[:, : max(KS)], dm.test, fans,
+                                            dm.popularity, ks=KS)  # fmt: skip
+        better = network_info["stop_ndcg@20"] > fitted.info["stop_ndcg@20"]
+        result["chosen on validation"] = "dcn-v2" if better else fitted.info["chosen"]
     out = a.out / a.dataset
     out.mkdir(parents=True, exist_ok=True)
     (out / "ranking.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "ranking.png")
     print("| model | " + " | ".join(SHOWN) + " |\n|" + " --- |" * (len(SHOWN) + 1))
-    for name in ("towers", "towers + ranker"):
-        print(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in SHOWN) + " |")
+    for name in ("towers", "towers + ranker", "towers + dcn-v2"):
+        if name in result:
+            print(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in SHOWN) + " |")
+    if "dcn-v2" in result:
+        print(f"stop fans NDCG@20: lambdarank {fitted.info['stop_ndcg@20']:.4f}, dcn-v2 "
+              f"{result['dcn-v2']['stop_ndcg@20']:.4f}: validation chooses "
+              f"{result['chosen on validation']}")  # fmt: skip
     lift = result["towers + ranker"]["ndcg@20"] / result["towers"]["ndcg@20"] - 1
     print(f"NDCG@20 lift on test: {lift:+.1%}; wrote {out / 'ranking.json'} and ranking.png")
 
