@@ -56,6 +56,27 @@ def labels(found: np.ndarray, truth: Interactions, users: np.ndarray) -> np.ndar
     return np.stack([np.isin(row, truth.row(u)) for row, u in zip(found, users, strict=True)])
 
 
+def choose_depth(scorer, dm, fans, depths, window):
+    """(N, the validation NDCG@20 of each N, the fans left to fit on): a seeded 20 % of the
+    validation fans held out; for each N a ranker fit on the rest re-ranks their top N, scored
+    against their validation pairs over the whole list (not within it, so different N compare)."""
+    rng = np.random.default_rng(3)
+    order = rng.permutation(fans)
+    cut = int(0.8 * len(order))
+    fit_fans, held = np.sort(order[:cut]), np.sort(order[cut:])
+    scores = {}
+    for n in depths:
+        found, x = candidates(scorer, dm.train, fit_fans, n, window)
+        fitted = ranker.fit(x, labels(found, dm.validation, fit_fans), log=lambda _: None)
+        found, x = candidates(scorer, dm.train, held, n, window)
+        top = rerank(fitted, found, x)[:, :20]
+        scores[n] = metrics(top, dm.validation, held, dm.popularity, ks=(20,))["ndcg@20"]
+        print(f"  N {n}: NDCG@20 {scores[n]:.4f} on {len(held)} held-out validation fans "
+              f"({fitted.info['chosen']})", flush=True)  # fmt: skip
+    best = max(scores, key=scores.get)
+    return best, {"held_out_fans": len(held), "ndcg@20": scores}, fit_fans
+
+
 def rerank(fitted, found: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The candidates in the chosen ranker's order (the retrieval order where validation kept
     it)."""
@@ -92,7 +113,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="a prepared dataset under artifacts/data")
     p.add_argument("--run", required=True, type=Path, help="the towers' run folder or .ckpt")
-    p.add_argument("--candidates", type=int, default=200, help="N: the towers' top N re-ranked")
+    p.add_argument("--candidates", type=int, nargs="+", default=[200],
+                   help="N: the towers' top N re-ranked; several: each is fit on 80 %% of the "
+                   "validation fans and N is chosen on NDCG@20 of the other 20 %%")  # fmt: skip
     p.add_argument(
         "--fit-fans",
         type=int,
@@ -125,10 +148,13 @@ def main() -> None:
     fans = np.flatnonzero(dm.validation.lengths() > 0)
     if a.fit_fans and a.fit_fans < len(fans):  # a seeded sample, for catalogs like Gowalla's
         fans = np.sort(np.random.default_rng(1).choice(fans, a.fit_fans, replace=False))
-    found, x = candidates(scorer, dm.train, fans, a.candidates, window)
+    n, chosen_by = a.candidates[0], None
+    if len(a.candidates) > 1:  # N chosen on held-out validation fans, then fit on the rest
+        n, chosen_by, fans = choose_depth(scorer, dm, fans, a.candidates, window)
+    found, x = candidates(scorer, dm.train, fans, n, window)
     y = labels(found, dm.validation, fans)
     print(f"validation: {len(fans)} fans, {y.any(1).mean():.1%} with a positive in the top "
-          f"{a.candidates}", flush=True)  # fmt: skip
+          f"{n}", flush=True)  # fmt: skip
     fitted = ranker.fit(x, y)
     print(f"ranker: {fitted.info}", flush=True)
     network = None
@@ -139,13 +165,14 @@ def main() -> None:
     fans = np.flatnonzero(dm.test.lengths() > 0)
     if a.test_window == "known":  # what is known before test: training and validation pairs
         window = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
-    found, x = candidates(scorer, dm.known, fans, a.candidates, window)
+    found, x = candidates(scorer, dm.known, fans, n, window)
     ranked = rerank(fitted, found, x)
     gain = fitted.info.get("importance_gain", dict.fromkeys(FEATURES, 0.0))
     result = {
         "dataset": a.dataset,
         "checkpoint": str(trained.path),
-        "candidates": a.candidates,
+        "candidates": n,
+        "candidates_chosen_by": chosen_by,
         "test_window": a.test_window,
         "ranker": {k: v for k, v in fitted.info.items() if k != "importance_gain"},
         "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
