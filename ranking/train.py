@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from common.artifacts import provenance
+from common.errors import MissingInputError
 from data import tables
 from index import store as index_store
 from index.onnx import OnnxEncoder
@@ -105,7 +106,7 @@ def run(cfg: RankingConfig) -> dict:
     index = index_store.load(Path(cfg.index), version=cfg.version)
     data_dir = Path(index.manifest["catalog"]["data_dir"])
     if not (data_dir / tables.VALIDATION).exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{data_dir} has no {tables.VALIDATION}: the ranker learns from validation pairs; "
             f"prepare the dataset with split.validation_fraction > 0"
         )

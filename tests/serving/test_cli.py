@@ -36,6 +36,10 @@ def test_a_bad_serving_config_names_the_field():
         load(ServingConfig, path, ["--triton.grpc_prot", "1"])
     with pytest.raises(ConfigError, match=r"--answer_log.sample=0\.0"):
         load(ServingConfig, path, ["--answer_log.sample", "0"])
+    with pytest.raises(ConfigError, match=r"--rank.mmr=1\.5 must be in \[0, 1\]"):
+        load(ServingConfig, path, ["--rank.mmr", "1.5"])
+    with pytest.raises(ConfigError, match="set one of them to 0"):
+        load(ServingConfig, path, ["--rank.mmr", "0.2", "--rank.calibration", "0.2"])
 
 
 def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
