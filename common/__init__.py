@@ -7,4 +7,5 @@ the project.
 - `config` — dataclasses + YAML + `--section.field value` flags (jsonargparse, as training's CLI)
 - `errors` — ConfigError and the other failure classes, each with the exit code a scheduler sees
 - `logs` — the command lines' log format
+- `report` — self-contained HTML reports (figures embedded) and figures logged to W&B offline
 """

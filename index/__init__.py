@@ -15,8 +15,11 @@ One job per module, each with the tests that cover it:
 - `search` — search with exclusions, over-fetching (test_search.py)
 - `store` — versions, the atomic `current` pointer, verified loading, probes (test_store.py)
 - `config` — the typed config of the rebuild job (test_configs.py)
+- `drift` — drift from the current version: aligned cosine shift, neighbour and list overlap,
+  rank correlation, popularity shift, a two-sample test; the gate's verdict (test_drift.py)
+- `drift_report` — drift.json, the self-contained drift.html with its plots, W&B (test_drift.py)
 - `rebuild` — `python -m index rebuild`: detect, export, build or extend, tune, validate,
-  publish with the user tower (test_rebuild.py)
+  measure drift, publish with the user tower (test_rebuild.py, test_drift.py)
 
 `store`, `search` and `onnx` are what serving loads on its request path: they import neither
 torch nor anything of training.

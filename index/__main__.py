@@ -1,13 +1,15 @@
 """Command line: `python -m index rebuild|export|export-onnx|show`.
 
     python -m index rebuild --config configs/index/gowalla.yaml [--recall_target 0.98] [--dry-run]
+    python -m index rebuild --config ... --allow_drift true   # publish past the drift thresholds
     python -m index export --checkpoint CKPT_OR_RUN_DIR [--data DIR] --output DIR
     python -m index export-onnx --checkpoint CKPT_OR_RUN_DIR [--data DIR] --output FILE.onnx
     python -m index show STORE [--version V] [--verify] [--json]
 
 Every field of the rebuild config is a flag (`--field VALUE`, as training's LightningCLI). Exit
 codes (common.errors): 0 published or up to date, 2 bad config, 3 missing input, 4 validation
-failed (nothing published), 5 build error (nothing published), 6 another rebuild is running.
+failed or drift from the current version past the config's `drift` thresholds (nothing
+published; index.drift), 5 build error (nothing published), 6 another rebuild is running.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _model_arguments(parser: ArgumentParser, output: str) -> None:
 def _rebuild(args) -> int:
     from index import rebuild
 
-    result = rebuild.run(config.build(IndexConfig, args), dry_run=args.dry_run)
+    result = rebuild.run(config.build(IndexConfig, args), dry_run=args.dry_run, wandb=True)
     print(result.summary)
     return result.code
 
@@ -95,6 +97,7 @@ def _export_onnx(args) -> int:
 
 def _show(args) -> int:
     from index import store
+    from index.drift import summary_line
     from index.tune import param_string
 
     if args.verify:
@@ -112,6 +115,7 @@ def _show(args) -> int:
         f"  recall@{t['k']} {t['chosen']['recall']:.4f} at "
         f"{param_string(t['chosen']['params']) or 'defaults'}, "
         f"{t['chosen']['qps']:,.0f} q/s ({t['speedup_vs_exact']:.1f}× exact)"
+        + (f"\n  {summary_line(m['drift'])}" if "drift" in m else "")
         + ("\n  verified: checksums, counts, model" if args.verify else "")
     )
     return errors.OK

@@ -16,6 +16,61 @@ from index.tune import K_FACTOR, NPROBE
 
 
 @dataclass
+class DriftConfig:
+    """Drift between the current version and the new one (index.drift), measured before
+    publishing. A build past any threshold set here is not published (exit 4) unless the job
+    runs with `--allow_drift true`; a threshold left null is not checked."""
+
+    enabled: bool = True
+    """Measure drift (and write drift.json and drift.html into each new version)."""
+    k: int = 10
+    """Neighbours and list length the overlaps and rank correlation are taken at."""
+    fans: int = 1000
+    """Fans (a seeded sample with training pairs) whose lists both versions answer."""
+    creators: int = 2000
+    """Creators (a seeded sample of those both hold) whose neighbours are compared."""
+    two_sample_creators: int = 4000
+    """Creators (a seeded sample) in the two-sample test: half train the classifier, half test."""
+    max_cosine_shift: float | None = None
+    """Highest mean 1 − cos(R·old, new) after orthogonal Procrustes alignment."""
+    min_neighbour_overlap: float | None = None
+    """Lowest mean share of a creator's k nearest creators that both versions share."""
+    min_list_overlap: float | None = None
+    """Lowest mean share of a fan's top k that both versions share."""
+    min_rank_correlation: float | None = None
+    """Lowest mean Kendall's tau-b of a fan's two lists (over their union; -1 to 1)."""
+    max_popularity_shift: float | None = None
+    """Highest |change| of the mean catalog popularity percentile of the listed creators."""
+    max_two_sample_auc: float | None = None
+    """Highest ROC-AUC of the classifier telling old (aligned) from new vectors (0.5 = same)."""
+    wandb: bool = True
+    """`python -m index rebuild` logs the figures to W&B under <store>/wandb (offline unless
+    WANDB_MODE says otherwise)."""
+
+    def __post_init__(self):
+        for name in ("k", "fans", "creators", "two_sample_creators"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--drift.{name}={getattr(self, name)} must be >= 1")
+        for name, (low, high) in DRIFT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(
+                    f"--drift.{name}={value} must be in [{low}, {high}] (or null: not checked)"
+                )
+
+
+DRIFT_RANGES = {
+    "max_cosine_shift": (0.0, 2.0),
+    "min_neighbour_overlap": (0.0, 1.0),
+    "min_list_overlap": (0.0, 1.0),
+    "min_rank_correlation": (-1.0, 1.0),
+    "max_popularity_shift": (0.0, 1.0),
+    "max_two_sample_auc": (0.0, 1.0),
+}
+"""What each drift threshold can be: the range of its figure."""
+
+
+@dataclass
 class IndexConfig:
     """The rebuild job: which checkpoint and catalog, which faiss index, how it is tuned, where
     versions are kept."""
@@ -74,6 +129,10 @@ class IndexConfig:
     use_gpu: bool | None = None
     """None = use a GPU when faiss sees one."""
     seed: int = 0
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    """Drift against the current version, and the thresholds that stop a publish."""
+    allow_drift: bool = False
+    """Publish even past the drift thresholds (the breaches are recorded in the version)."""
 
     def __post_init__(self):
         empty = [name for name in ("name", "checkpoint", "store") if not getattr(self, name)]
@@ -107,7 +166,8 @@ class IndexConfig:
 
 
 # What a built index depends on besides the model and the catalog: a change to any of these
-# makes the current version stale. Paths, retention and the device do not change the artifact.
+# makes the current version stale. Paths, retention, the device and the drift gate do not change
+# the artifact.
 BUILD_FIELDS = (
     "factory", "metric", "nlist", "pq_m", "k", "recall_target", "recall_floor",
     "tuning_users", "nprobe", "k_factor", "seed", "map_points", "semantic",

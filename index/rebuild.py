@@ -10,8 +10,12 @@ Run by a scheduler as `python -m index rebuild --config configs/index/<name>.yam
    (their vectors come from the creator tower's content path; no IVF retraining), else build a
    new index from the config's factory string;
 4. tune the search parameters on real user vectors, validate (recall floor, one vector per
-   catalog creator, finite unit vectors) and publish: the new folder is renamed into place and
-   `current` switched atomically; old versions beyond `keep` are removed.
+   catalog creator, finite unit vectors);
+5. measure drift against the current version (index.drift: drift.json and drift.html in the
+   new folder, the figures in W&B) and refuse past the config's `drift` thresholds unless
+   `allow_drift` (exit 4, the report kept in `<store>/refused/`);
+6. publish: the new folder is renamed into place and `current` switched atomically; old
+   versions beyond `keep` are removed.
 
 Any failure leaves the current version untouched (the new one is built in a staging folder) and
 the exit code says why (index.errors). The last line on stdout is a one-line summary.
@@ -43,6 +47,8 @@ from index import (
     build,
     catalog,
     checkpoint,
+    drift,
+    drift_report,
     export,
     lexical,
     projection,
@@ -57,6 +63,12 @@ from index.config import IndexConfig, settings_sha256
 log = logging.getLogger(__name__)
 
 VECTOR_ATOL = 1e-5  # existing creators' vectors re-encoded by the same model on the same catalog
+REFUSED = "refused"
+"""<store>/refused/: the drift report of the last build refused for its drift."""
+
+
+class DriftError(ValidationError):
+    """The new version drifted past the config's thresholds; nothing was published."""
 
 
 @dataclass
@@ -152,14 +164,19 @@ def stale_reason(current: dict | None, inputs: Inputs) -> str | None:
     return f"{' and '.join(changed) or 'inputs'} changed since {current['version']}"
 
 
-def run(cfg: IndexConfig, dry_run: bool = False) -> Result:
-    """The whole job; never raises: failures come back as a Result with their exit code."""
+def run(cfg: IndexConfig, dry_run: bool = False, wandb: bool = False) -> Result:
+    """The whole job; never raises: failures come back as a Result with their exit code.
+
+    `wandb`: also log the drift figures to W&B (when the config's `drift.wandb` agrees). The
+    command line turns it on; in-process callers leave it off, since W&B starts a service
+    process, a fork that a caller holding gRPC calls open (a service hot-swapping under load)
+    must not make."""
     started, root = time.perf_counter(), Path(cfg.store)
     try:
         if dry_run:
             return _plan(cfg, root)
         with store.lock(root):
-            return _rebuild(cfg, root, started)
+            return _rebuild(cfg, root, started, wandb)
     except Exception as e:
         code = exit_code(e)
         if code == FAILED:  # unexpected: the traceback is the diagnosis
@@ -195,7 +212,7 @@ def _plan(cfg: IndexConfig, root: Path) -> Result:
     )
 
 
-def _rebuild(cfg: IndexConfig, root: Path, started: float) -> Result:
+def _rebuild(cfg: IndexConfig, root: Path, started: float, wandb: bool = False) -> Result:
     store.clean_staging(root)
     inputs = detect(cfg)
     current = current_manifest(root)
@@ -214,6 +231,7 @@ def _rebuild(cfg: IndexConfig, root: Path, started: float) -> Result:
     try:
         manifest = build_version(cfg, root, inputs, current, staging)
         manifest["version"] = store.new_version_name(root, inputs.id)
+        manifest["drift"] = gate_drift(cfg, root, current, manifest, staging, wandb)
         store.write_manifest(staging, manifest)
         store.publish(root, staging, manifest["version"])
     finally:
@@ -273,6 +291,63 @@ def build_version(
         "semantic": meaning,
         "config": to_dict(cfg),
     }
+
+
+def gate_drift(
+    cfg: IndexConfig,
+    root: Path,
+    current: dict | None,
+    manifest: dict,
+    folder: Path,
+    wandb: bool = False,
+) -> dict:
+    """Drift of the version in `folder` from the current one, written into `folder` (and to
+    W&B under <store>/wandb with `wandb`); a DriftError past the config's thresholds unless
+    `allow_drift`. Returns the manifest's `drift` entry."""
+    if not cfg.drift.enabled:
+        return {"measured": False, "reason": "drift.enabled is false"}
+    if current is None:
+        log.info("no current version: no drift to measure")
+        return {"measured": False, "reason": "no current version to compare with"}
+    try:
+        old = drift.read_side(store.versions_dir(root) / current["version"])
+    except (IntegrityError, MissingInputError) as e:
+        log.warning("no drift measured: the current version does not verify (%s)", e)
+        return {"measured": False, "reason": f"{current['version']} does not verify"}
+    new = drift.read_side(folder, manifest)
+    found = drift.measure(old, new, Path(manifest["catalog"]["data_dir"]), cfg.drift, cfg.seed)
+    breaches = drift.judge(found, cfg.drift)
+    found.allowed = bool(breaches) and cfg.allow_drift
+    drift_report.write(found, folder, {"config": cfg.name})
+    if wandb and cfg.drift.wandb:
+        drift_report.log_to_wandb(found, root)
+    if breaches and not cfg.allow_drift:
+        raise DriftError(refusal(cfg, root, found, folder))
+    log.info("drift from %s: %s", old.name, drift.headline(found.figures, cfg.drift.k))
+    return {
+        "measured": True,
+        "against": old.name,
+        "k": cfg.drift.k,
+        "figures": found.record()["figures"],
+        "breaches": found.breaches,
+        "allowed": found.allowed,
+        "report": drift.HTML,
+    }
+
+
+def refusal(cfg: IndexConfig, root: Path, found: drift.Drift, folder: Path) -> str:
+    """Keep the refused build's drift report in <store>/refused/ (the staging folder goes) and
+    say which figures broke which thresholds, by how much."""
+    kept = root / REFUSED
+    for name in (drift.JSON, drift.HTML):
+        write_bytes(kept / name, (folder / name).read_bytes())
+    broken = "; ".join(drift.describe_breach(b) for b in found.breaches)
+    return (
+        f"{found.meta['new']['version']} drifted from {found.meta['old']['version']} past the "
+        f"drift thresholds of {cfg.name}: {broken}; not published. Report: "
+        f"{kept / drift.HTML}. Publish anyway with --allow_drift true, or change the "
+        f"thresholds (--drift.<threshold>)"
+    )
 
 
 def write_map(cfg: IndexConfig, inputs: Inputs, emb: export.Embeddings, folder: Path):
@@ -418,5 +493,6 @@ def summary(cfg: IndexConfig, manifest: dict, removed: list[str], seconds: float
         f"{t['speedup_vs_exact']:.1f}× exact; {t['distinct_exact']:,} distinct creators in "
         f"{t['queries']:,} fans' exact top-{t['k']}s) in {seconds:.1f} s"
         + (f"; a map of {m['points']:,} creators ({m['method']})" if (m := manifest["map"]) else "")
+        + f"; {drift.summary_line(manifest.get('drift') or {})}"
         + (f"; removed {len(removed)} old version(s)" if removed else "")
     )
