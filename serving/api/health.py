@@ -1,12 +1,14 @@
-"""`GET /healthz` (liveness), `GET /readyz` (readiness) and `GET /metrics` (Prometheus)."""
+"""`GET /healthz` (liveness), `GET /readyz` (readiness) and `GET /metrics` (Prometheus text or
+OpenMetrics, as the scraper asks: serving.api.metrics)."""
 
 from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from serving import memory
 from serving.api.state import ServicesDep
@@ -122,11 +124,14 @@ def _ranker(rec, bundle) -> dict:
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
-)
-def prometheus(svc: ServicesDep) -> Response:
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}, OPENMETRICS: {}},
+                     "description": "Prometheus text, or OpenMetrics (with exemplars) when "
+                     "the Accept header asks for it"}},
+)  # fmt: skip
+def prometheus(svc: ServicesDep, accept: str | None = Header(None)) -> Response:
     svc.metrics.dependencies(readiness(svc))
-    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = svc.metrics.exposition(accept)
+    return Response(body, headers={"Content-Type": content_type})
 
 
 def _ping(features) -> bool:

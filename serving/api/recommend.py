@@ -29,6 +29,6 @@ async def recommend(req: RecommendRequest, svc: ServicesDep) -> Response:
     svc.bundle()
     request = Request(req.user_id, req.k, tuple(req.exclude), req.mmr, req.calibration)
     answer, bundle = await svc.batcher.submit(request)
-    svc.metrics.answered("recommend", answer, time.perf_counter() - started)
+    svc.metrics.answered("recommend", answer, time.perf_counter() - started, req.k)
     svc.log_answer("recommend", req.model_dump(exclude_none=True), answer, bundle)
     return response(answer, bundle, started, user_id=req.user_id)

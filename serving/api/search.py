@@ -95,7 +95,8 @@ async def search(
         raise HTTPException(422, NO_WORD.format(q=q[:40]))
     bundle = svc.bundle()
     out = await run_in_threadpool(_answer, svc, bundle, q, k, user_id, exclude or [])
-    svc.metrics.latency.labels("search").observe(time.perf_counter() - started)
+    svc.metrics.timed("search", time.perf_counter() - started)
+    svc.metrics.returned("search", len(out["items"]), k, out["cold_start"])
     return {**out, "q": q, "user_id": user_id, **bundle.versions,
             "took_ms": round((time.perf_counter() - started) * 1e3, 3)}  # fmt: skip
 

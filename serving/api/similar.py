@@ -36,6 +36,6 @@ def similar(
             404, f"creator_id {creator_id!r} is not in the served index ({served.index_version})"
         )
     answer, bundle = found
-    svc.metrics.answered("similar", answer, time.perf_counter() - started)
+    svc.metrics.answered("similar", answer, time.perf_counter() - started, k)
     svc.log_answer("similar", {"creator_id": creator_id, "k": k}, answer, bundle)
     return response(answer, bundle, started, creator_id=creator_id)

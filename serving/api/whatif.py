@@ -101,7 +101,7 @@ async def what_if(req: WhatIfRequest, svc: ServicesDep):
         return out
     body, answer = out
     seconds = time.perf_counter() - started
-    svc.metrics.answered("what_if", answer, seconds)
+    svc.metrics.answered("what_if", answer, seconds, req.k)
     return JSONResponse(body | {"took_ms": round(seconds * 1e3, 3)})
 
 
