@@ -45,6 +45,8 @@ demo: env triton-env
 	@echo "evaluation (full corpus: validation each epoch, then test once on the kept epoch):" && cat $(ARTIFACTS)/runs/synthetic_demo/evaluation.jsonl
 	$(PY) -m serving up --config configs/serving/synthetic_demo.yaml --detach
 	$(PY) -m serving try --config configs/serving/synthetic_demo.yaml
+	@echo "relevance monitor over the answer log the tries left (a breach prints BREACH and is shown, not fatal here):"
+	$(PY) -m monitoring run --config configs/monitoring/synthetic_demo.yaml || test $$? -eq 4
 
 # stops the service (and its Triton server) that `make demo` left running
 stop: env

@@ -110,15 +110,19 @@ class AnswerLog:
         self._handler.close()
 
 
-def read(path: str | Path) -> Iterator[dict]:
-    """Every record of a log and its rotated files, oldest first."""
+def parts(path: str | Path) -> list[Path]:
+    """A log's files that exist, oldest first: `.<backups>` … `.1`, then the live file."""
     path = Path(path)
     rotated = sorted(
         path.parent.glob(f"{path.name}.*"),
         key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
         reverse=True,
     )
-    for part in [*rotated, path]:
-        if part.exists():
-            with open(part, encoding="utf-8") as f:
-                yield from (json.loads(line) for line in f if line.strip())
+    return [part for part in [*rotated, path] if part.exists()]
+
+
+def read(path: str | Path) -> Iterator[dict]:
+    """Every record of a log and its rotated files, oldest first."""
+    for part in parts(path):
+        with open(part, encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f if line.strip())
