@@ -144,7 +144,8 @@ class ServingConfig:
     (/metrics), and asking for the providers on every request cost ~40 µs of ~440 (issue 14)."""
     rooms: list[str] = field(default_factory=lambda: ["explorer"])
     """Rooms above the service mounted on it by name (entry points `towerline.rooms`):
-    `explorer`, the relevance explorer at /explorer; [] = the JSON API alone."""
+    `explorer`, the relevance explorer at /explorer; `monitoring`, the latest monitor report
+    at /monitor/report (read by the explorer's health view); [] = the JSON API alone."""
     answer_log: AnswerLogSettings = field(default_factory=AnswerLogSettings)
     rank: RankSettings = field(default_factory=RankSettings)
     """The rank stage after retrieval: which ranking store, how many candidates it orders."""

@@ -109,7 +109,52 @@ function popularity(h) {
     }), CONFIG);
 }
 
+// The relevance monitor's figures for the version (GET /monitor/report, the monitoring room),
+// the latest window it served in; what each says in words beside it.
+const MONITOR = [
+  ["answers", "answers logged in the window", count],
+  ["coverage", "share of the catalog listed at least once", pct],
+  ["gini", "Gini of exposure (0: even, 1: one creator takes all)", (x) => x.toFixed(3)],
+  ["long_tail_share", "share of list slots to long-tail creators", pct],
+  ["new_share", "share of list slots to new creators", pct],
+  ["novelty", "mean self-information of what is listed (bits)", (x) => x.toFixed(2)],
+  ["intra_list_diversity", "mean pairwise cosine distance within a list", (x) => x.toFixed(3)],
+  ["personalisation", "1 − mean overlap of two fans' lists", (x) => x.toFixed(3)],
+  ["calibration_kl", "KL of a list's category mix from the fan's history", (x) => x.toFixed(3)],
+  ["online_recall", "share of later interactions listed to the fan before", pct],
+];
+
+async function monitored(version) {
+  const table = $("health-monitor");
+  table.hidden = true;
+  let report;
+  try {
+    report = await api(`/monitor/report?version=${encodeURIComponent(version)}`);
+  } catch (error) {
+    $("health-monitor-text").textContent = `No monitor report for this version: ${error.message}`;
+    return;
+  }
+  const row = report.rows[report.rows.length - 1];
+  table.tBodies[0].replaceChildren(...MONITOR.map(([key, words, format]) => {
+    const tr = document.createElement("tr");
+    const value = row[key] === null || row[key] === undefined ? "not measured" : format(row[key]);
+    for (const [text, name] of [[key, "name"], [value, "value"], [words, "words"]]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      td.dataset.figure = key;
+      td.className = name;
+      tr.append(td);
+    }
+    return tr;
+  }));
+  table.hidden = false;
+  const breaches = report.breaches.length ? ` ${report.breaches.length} breach(es): ${report.breaches.join("; ")}.` : " No breach.";
+  const link = Object.assign(document.createElement("a"), { href: report.html, textContent: "the full report" });
+  $("health-monitor-text").replaceChildren(`Window from ${row.window_start} to ${row.window_end}, measured ${report.made_at}.${breaches} See `, link, ".");
+}
+
 export async function showHealth(version, k) {
+  monitored(version);
   $("health-status").textContent = "Measuring…";
   try {
     const [h] = await Promise.all([api(`/versions/${encodeURIComponent(version)}/health?k=${k}`), loadPlotly()]);

@@ -82,3 +82,22 @@ def second_version(site, tiny_data, tmp_path_factory) -> str:
     result = rebuild.run(index_config(rec.index_root, run, tiny_data, map_points=0))
     assert result.status == "published", result.summary
     return result.version
+
+
+@pytest.fixture(scope="package")
+def monitored_site(store_root, features_dir, tmp_path_factory):
+    """The service with an answer log and the monitoring room beside the explorer: (base URL,
+    recommender, the answer log's path)."""
+    from serving.answer_log import AnswerLog
+    from serving.api.app import create_app
+    from serving.features.embedded import EmbeddedStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+
+    rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh()
+    log = AnswerLog(tmp_path_factory.mktemp("served") / "answers.jsonl")
+    app = create_app(rec, poll_seconds=None, answer_log=log, rooms=["explorer", "monitoring"])
+    http, url = serving_fixtures.serve_http(app)
+    yield url, rec, log
+    http.should_exit = True

@@ -330,3 +330,37 @@ def test_the_rank_stage_shows_places_before_and_after_and_its_controls_answer_li
     )
     live = httpx.post(f"{url}/rank", json={"user_id": fans[2], "k": K, "calibration": 0.9}).json()
     assert ranked_rows(page) == [(i["creator_id"], str(i["before"])) for i in live["items"]]
+
+
+def test_health_shows_the_monitors_figures_of_what_was_served(monitored_site, page, fans):
+    from common import config
+    from monitoring import monitor
+    from monitoring.config import MonitorConfig
+
+    url, rec, log = monitored_site
+    version = rec.bundle.index_version
+    assert httpx.get(f"{url}/monitor/report").status_code == 404  # before the monitor ran
+    for fan in fans[:30]:
+        assert httpx.post(f"{url}/recommend", json={"user_id": fan, "k": K}).status_code == 200
+    deadline = dt.datetime.now() + dt.timedelta(seconds=10)
+    while log.counts["written"] < 30 and dt.datetime.now() < deadline:  # written off-path
+        page.wait_for_timeout(50)
+    values = {"name": "t", "log": str(log.path), "index": str(rec.index_root), "wandb": False}
+    cfg = config.load(MonitorConfig, values=values)
+    result = monitor.run(cfg)
+    row = result["rows"][-1]
+    assert row["answers"] == 30 and row["index_version"] == version
+    page.goto(f"{url}/explorer?health={version}")
+    page.wait_for_selector("#health-monitor:not([hidden])")
+    shown = dict(page.locator("#health-monitor tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])"))  # fmt: skip
+    assert shown["answers"] == "30"
+    assert shown["coverage"] == f"{100 * row['coverage']:.1f} %"
+    assert shown["gini"] == f"{row['gini']:.3f}"
+    assert shown["personalisation"] == f"{row['personalisation']:.3f}"
+    assert "No breach" in page.inner_text("#health-monitor-text")
+    report = httpx.get(f"{url}/monitor/report.html")
+    assert report.status_code == 200 and "Relevance monitor" in report.text
+    missing = httpx.get(f"{url}/monitor/report", params={"version": "v99999-none"})
+    assert missing.status_code == 404 and "v99999-none" in missing.json()["detail"]
+    no_serious_violations(page, "health view with the monitor's figures")
