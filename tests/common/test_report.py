@@ -6,6 +6,7 @@ import base64
 import math
 import pathlib
 import re
+import time
 
 import numpy as np
 import pytest
@@ -105,6 +106,9 @@ def test_figures_are_logged_to_wandb_offline(tmp_path, monkeypatch):
     )  # fmt: skip
     assert folder is not None and folder.parent == tmp_path / "wandb"
     assert folder.name.startswith("offline-run-")
-    logged = history_values(folder)
+    logged, deadline = history_values(folder), time.monotonic() + 20
+    while "breaches" not in logged and time.monotonic() < deadline:
+        time.sleep(0.2)  # wandb's service process may still be flushing after finish()
+        logged = history_values(folder)
     assert logged["drift/cosine_shift"] == "0.25" and logged["drift/list_overlap"] == "0.75"
     assert logged["breaches"] == "2"

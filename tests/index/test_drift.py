@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -291,6 +292,9 @@ def test_a_normal_rebuild_passes_and_records_its_drift(fresh, tmp_path, capsys):
     assert f["list_overlap"] > 0.9 and f["fans"] == cfg.drift.fans
     assert "No threshold was breached." in (loaded.folder / drift.HTML).read_text()
     (run,) = (root / "wandb").glob("offline-run-*/run-*.wandb")  # the command line logs
+    deadline = time.monotonic() + 20  # wandb's service process may still be flushing
+    while b"drift/list_overlap" not in run.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert b"drift/list_overlap" in run.read_bytes()
 
 

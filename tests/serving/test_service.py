@@ -283,3 +283,37 @@ def test_hot_swap_under_concurrent_load_drops_nothing(
     assert new[0] != old[0] and set(seen) == {old, new}, seen
     assert seen[new] > 0 and sum(seen.values()) > swapped_at
     assert rec.swaps == 2
+
+
+class SlowLookup:
+    """A real feature store whose lookups take `delay` seconds longer: a planted slow stage."""
+
+    def __init__(self, store, delay: float):
+        self.store, self.delay = store, delay
+
+    def lookup(self, user_ids):
+        time.sleep(self.delay)
+        return self.store.lookup(user_ids)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def _bucket(metrics: str, stage: str, le: str) -> float:
+    line = f'towerline_stage_seconds_bucket{{le="{le}",stage="{stage}"}}'
+    return next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(line))
+
+
+def test_a_planted_slow_stage_shows_in_its_histogram(store_root, features_dir, fans):
+    delay = 0.05  # past the 0.032 s bucket, and the lookup alone is well under a millisecond
+    store = SlowLookup(EmbeddedStore.open(features_dir), delay)
+    rec = Recommender(store_root, store, InProcessTowers())
+    assert rec.refresh()
+    with TestClient(create_app(rec, poll_seconds=None, max_batch=1)) as client:
+        for fan in fans[:5]:
+            assert client.post("/recommend", json={"user_id": fan, "k": 5}).status_code == 200
+        metrics = client.get("/metrics").text
+    batches = _bucket(metrics, "lookup", "+Inf")
+    assert batches >= 5
+    assert _bucket(metrics, "lookup", "0.032") == 0  # every lookup took the planted 50 ms
+    assert _bucket(metrics, "retrieve", "0.032") == _bucket(metrics, "retrieve", "+Inf")
