@@ -44,7 +44,7 @@ demo: env triton-env
 	$(PY) -m ranking train --config configs/ranking/synthetic_demo.yaml
 	@echo "evaluation (full corpus: validation each epoch, then test once on the kept epoch):" && cat $(ARTIFACTS)/runs/synthetic_demo/evaluation.jsonl
 	$(PY) -m serving up --config configs/serving/synthetic_demo.yaml --detach
-	$(PY) -m serving try --config configs/serving/synthetic_demo.yaml
+	$(PY) -m serving try --config configs/serving/synthetic_demo.yaml --traffic 500
 	@echo "relevance monitor over the answer log the tries left (a breach prints BREACH and is shown, not fatal here):"
 	$(PY) -m monitoring run --config configs/monitoring/synthetic_demo.yaml || test $$? -eq 4
 

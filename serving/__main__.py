@@ -45,6 +45,9 @@ def _parser() -> ArgumentParser:
     t = _config_parser("ask a running service for a few real users' recommendations")
     t.add_argument("--users", type=int, default=3, help="how many users with a history to show")
     t.add_argument("-k", type=int, default=5)
+    t.add_argument("--traffic", type=int, default=0,
+                   help="then this many more fans' /recommend (k 10), quietly: traffic for the "
+                   "answer log the relevance monitor reads")  # fmt: skip
     sub.add_subcommand("try", t)
 
     m = ArgumentParser(description="the online feature store from a prepared dataset")
@@ -68,7 +71,7 @@ def _service(command: str, args) -> int:
     if command == "down":
         return service.down(cfg)
     if command == "try":
-        return try_service(cfg, args.users, args.k)
+        return try_service(cfg, args.users, args.k, args.traffic)
     return service.detach(cfg, args.wait) if args.detach else service.up(cfg)
 
 

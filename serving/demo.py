@@ -4,9 +4,11 @@ what `make demo` prints to show the whole path works."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,7 +34,7 @@ def creator_names(data_dir: Path) -> dict[str, str]:
     }
 
 
-def try_service(cfg: ServingConfig, users: int, k: int) -> int:
+def try_service(cfg: ServingConfig, users: int, k: int, traffic: int = 0) -> int:
     from index import store
 
     url = f"http://{cfg.host}:{cfg.port}"
@@ -53,6 +55,7 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
                 print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}{moved}")
         print(f"model {r['model_version'][:12]}, index {r['index_version']}")
         search_examples(url, fans[0], names)
+        send_traffic(url, data_dir, traffic)
     except urllib.error.URLError as e:
         print(f"no service at {url}: {e}; start it with `python -m serving up --config ...`")
         return 1
@@ -63,6 +66,19 @@ def try_service(cfg: ServingConfig, users: int, k: int) -> int:
         f"`python -m serving down --config <config>`)."
     )
     return 0
+
+
+def send_traffic(url: str, data_dir: Path, count: int, k: int = 10) -> None:
+    """`count` fans' /recommend, one at a time (seeded fans with a history, the demo's
+    traffic for the answer log); says how many were answered and how fast."""
+    if count <= 0:
+        return
+    started, sources = time.perf_counter(), Counter()
+    for fan in sample_fans(data_dir, count, seed=1):
+        sources[post(f"{url}/recommend", {"user_id": fan, "k": k})["source"]] += 1
+    seconds = time.perf_counter() - started
+    print(f"\n{count} more fans' /recommend (k {k}) in {seconds:.1f} s: "
+          f"{', '.join(f'{n} from {s}' for s, n in sources.items())}")  # fmt: skip
 
 
 SEARCH_EXAMPLE = "comics"
