@@ -37,7 +37,7 @@ def service(store_root, features_dir, tmp_path):
         "--config", str(REPO / "configs" / "serving" / "synthetic_demo.yaml"),
         "--index", str(root), "--features", str(features_dir), "--port", str(port),
         "--triton.repository", str(tmp_path / "triton"), "--workers", str(WORKERS),
-        "--poll_seconds", "0.5",
+        "--poll_seconds", "0.5", "--answer_log.path", "null",  # one file: one process
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "service.log", "wb") as log:
@@ -163,7 +163,8 @@ def test_workers_refuse_a_shared_answer_log(tmp_path):
     args = ["--workers", "2", "--answer_log.path", str(tmp_path / "answers.jsonl")]
     with pytest.raises(ConfigError, match=r"--workers=2 with --answer_log\.path"):
         load(ServingConfig, path, args)
-    assert load(ServingConfig, path, ["--workers", "2"]).workers == 2
+    alone = ["--workers", "2", "--answer_log.path", "null"]
+    assert load(ServingConfig, path, alone).workers == 2
 
 
 def test_workers_stop_when_their_parent_is_killed(service):
