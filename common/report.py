@@ -235,6 +235,10 @@ def log_to_wandb(
         run.summary.update(flat)
         folder = Path(run.dir).parent if run.dir else None
         run.finish()
+        # The run's settings stay in wandb's process-wide singleton after finish(): a later
+        # wandb.init in this process (training's logger, in tests) would inherit them and ask
+        # for an API key. teardown() forgets them, as a fresh process would.
+        wandb.teardown()
         return folder
     except Exception as e:  # the job's outputs do not depend on W&B
         log.warning("could not log %d figures to W&B under %s: %s", len(flat), directory, e)
