@@ -11,6 +11,8 @@ and the plots a relevance team reads first (common.report writes it self-contain
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 
 from common.report import Report, new_figure
@@ -28,7 +30,7 @@ def report(cfg, result: dict, answers: Answers, catalogs: dict) -> Report:
     rows = result["rows"]
     last = rows[-1]
     made_by = {"command": f"python -m monitoring run --config … ({cfg.name})", "log": cfg.log,
-               "index store": cfg.index, "window": cfg.window, "made at": result["made_at"],
+               "index store": cfg.index, "window": cfg.window,
                "unreadable log lines": result["bad_lines"]}  # fmt: skip
     out = Report(f"Relevance monitor: {cfg.name}", made_by=made_by)
     out.breach(*result["breaches"])
@@ -36,7 +38,16 @@ def report(cfg, result: dict, answers: Answers, catalogs: dict) -> Report:
     out.table(f"Latest window ({last['window_start']}, {last['index_version']})", figures)
     out.table("Every window", [{k: row[k] for k in TABLE} for row in rows])
     catalog = catalogs[last["index_version"]]
-    served = answers.take(answers.index_version == last["index_version"]).bind(catalog)
+    # the latest row's answers only, so the curves show what the captions' figures measure
+    start, end = (
+        dt.datetime.fromisoformat(last[k]).timestamp() for k in ("window_start", "window_end")
+    )
+    latest = (
+        (answers.index_version == last["index_version"])
+        & (answers.ts >= start)
+        & (answers.ts < end)
+    )
+    served = answers.take(latest).bind(catalog)
     out.figure("Exposure: Lorenz curve", lorenz(served, catalog),
                caption=f"Gini {last['gini']:.3f}, coverage {last['coverage']:.3f}")  # fmt: skip
     out.figure("Popularity: served against the catalog", popularity(served, catalog))
