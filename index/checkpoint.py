@@ -19,7 +19,7 @@ import torch
 from common.errors import MissingInputError
 from data import contract
 from towers.model import TowerConfig, TwoTower
-from training.evaluate import EVALUATIONS
+from training.evaluate import EVALUATIONS, TRAINED_AT
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ class TrainedModel:
     selected_by: dict | None = None
     """{"monitor": "val/recall@20", "score": ...} for a checkpoint its run chose on validation;
     None for one no monitor chose."""
+    trained_at: str | None = None
+    """When its run saved these weights (ISO 8601, UTC; training.evaluate.TRAINED_AT); None
+    for a checkpoint saved before training recorded it."""
 
     @property
     def attribute_hashing(self) -> tuple[int, int]:
@@ -155,6 +158,7 @@ def load(path: str | Path) -> TrainedModel:
         global_step=ckpt.get("global_step"),
         evaluations=list(ckpt.get(EVALUATIONS, [])),
         selected_by=selection(ckpt, path),
+        trained_at=ckpt.get(TRAINED_AT),
     )
 
 

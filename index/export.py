@@ -143,6 +143,7 @@ def describe(trained, catalog, xb, xq, probes, seed) -> dict:
             "global_step": trained.global_step,
             "evaluations": trained.evaluations,
             "selected_by": trained.selected_by,
+            "trained_at": trained.trained_at,  # None: trained before runs recorded it
             "towers": vars(trained.config),
         },
         "catalog": {

@@ -23,6 +23,10 @@ is `val/` + this) and every peer's setting in benchmarks/quality.py."""
 EVALUATIONS = "evaluations"
 """The checkpoint key under which training keeps its evaluations, epoch by epoch (the index
 records them in its manifest for the explorer's health view)."""
+TRAINED_AT = "trained_at"
+"""The checkpoint key under which training records when it saved the checkpoint's weights (ISO
+8601, UTC): the end of the training they hold. The index copies it into its manifest's `model`
+entry, where serving reads the model's age."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ go to the logger (W&B: an evaluation table per epoch and a table of example reco
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 import time
@@ -25,7 +26,14 @@ from data.contract import FIRST_ID, UNK
 from data.tables import CreatorFeatures, UserFeatures
 from towers.model import TowerConfig, TwoTower
 from training.data import positive_index
-from training.evaluate import EVALUATIONS, finalize, merge_sums, metric_sums, top_k
+from training.evaluate import (
+    EVALUATIONS,
+    TRAINED_AT,
+    finalize,
+    merge_sums,
+    metric_sums,
+    top_k,
+)
 from training.loss import (
     MultiPositiveLoss,
     RetrievalLoss,
@@ -416,6 +424,7 @@ class TwoTowerModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[EVALUATIONS] = list(self.evaluations)  # plain floats: loads weights_only
+        checkpoint[TRAINED_AT] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.evaluations = list(checkpoint.get(EVALUATIONS, []))  # a resumed run goes on

@@ -8,7 +8,9 @@ a gauge says how its values combine (`multiprocess_mode`). One process ignores t
 Per-stage latency is observed once per batch, as the pipeline timed it (serving.pipeline.
 stages); per-endpoint latency, requests, fallbacks, cold starts, result sizes and empty or short
 answers once per request; every HTTP response, 4xx and 5xx included, by route and status
-(`CountResponses`). The served version's age is computed when /metrics is read. Names are in
+(`CountResponses`). The served version's age, and its model's, are computed when /metrics is
+read; the model's is NaN for a version whose manifest does not say when the model was trained
+(`model.trained_at`: absent for a checkpoint saved before training recorded it). Names are in
 base units with Prometheus's suffixes (prometheus_client adds `_total` to a counter's name);
 no label ever holds a fan's id. monitoring.live writes its alerting rules against the names
 below.
@@ -50,6 +52,7 @@ REQUESTS = "towerline_requests_total"
 FALLBACKS = "towerline_fallbacks_total"
 HTTP_RESPONSES = "towerline_http_responses_total"
 VERSION_AGE = "towerline_version_age_seconds"
+MODEL_AGE = "towerline_model_age_seconds"
 ENDPOINTS = ("recommend", "similar", "what_if", "search")
 """The `endpoint` label's values: the handlers that time themselves (Metrics.timed)."""
 OPERATIONS_ROUTES = ("/metrics", "/healthz", "/readyz")
@@ -71,6 +74,7 @@ class Metrics:
         self._define_dependencies()
         self._served: tuple[str, ...] | None = None
         self._built_at: float | None = None
+        self._trained_at: float | None = None
 
     def _define_requests(self) -> None:
         r = self.registry
@@ -132,7 +136,14 @@ class Metrics:
             "tower, index) was built; NaN before one is loaded", registry=r,
             multiprocess_mode="livemostrecent",  # the worker answering the scrape sets it
         )  # fmt: skip
+        self.model_age = Gauge(
+            MODEL_AGE, "Seconds since the served model (the towers of the served index "
+            "version) was trained; NaN before one is loaded or for a version built from a "
+            "checkpoint that does not record it", registry=r,
+            multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.age.set(math.nan)
+        self.model_age.set(math.nan)
 
     def _define_dependencies(self) -> None:
         r = self.registry
@@ -156,6 +167,7 @@ class Metrics:
         self._served = (bundle.model_version, bundle.index_version, bundle.encoder_name)
         self.version.labels(*self._served).set(1)
         self._built_at = built_at(bundle.index.manifest)
+        self._trained_at = trained_at(bundle.index.manifest)
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition the Accept header asks for (OpenMetrics, with exemplars, or the
@@ -163,6 +175,8 @@ class Metrics:
         several."""
         if self._built_at is not None:
             self.age.set(time.time() - self._built_at)
+        # NaN, not the last model's age, once a version that does not know it serves
+        self.model_age.set(math.nan if self._trained_at is None else time.time() - self._trained_at)
         encode, content_type = choose_encoder(accept or "")
         folder = os.environ.get(MULTIPROC_ENV)
         if not folder:
@@ -233,6 +247,17 @@ def built_at(manifest: dict) -> float | None:
         return dt.datetime.fromisoformat(manifest["created_at"]).timestamp()
     except (KeyError, TypeError, ValueError) as e:
         log.warning("index version without a build time (created_at): %r; no age metric", e)
+        return None
+
+
+def trained_at(manifest: dict) -> float | None:
+    """When the model of an index version was trained (its manifest's `model.trained_at`), in
+    Unix seconds; None, logged, for a version whose checkpoint did not record it."""
+    try:
+        return dt.datetime.fromisoformat(manifest["model"]["trained_at"]).timestamp()
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("index version without a training time (model.trained_at): %r; model age "
+                    "NaN", e)  # fmt: skip
         return None
 
 

@@ -1,6 +1,7 @@
 """Checkpoint loading and `python -m index export`: vectors as training computes them, the model
 version, the fingerprint and the probes serving checks its user tower with."""
 
+import datetime as dt
 import json
 import shutil
 
@@ -20,6 +21,10 @@ def test_checkpoint_loads_as_trained(tiny_checkpoint, tmp_path):
     trained = checkpoint.load(tiny_checkpoint)
     assert (trained.config.dim, trained.config.hidden) == (16, 32)
     assert not trained.model.training
+    # the run recorded when it saved these weights: as the file was written
+    saved = dt.datetime.fromisoformat(trained.trained_at)
+    assert saved.tzinfo is not None
+    assert abs(saved.timestamp() - tiny_checkpoint.stat().st_mtime) < 5, trained.trained_at
     state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert trained.version == checkpoint.model_version(state)
     state["model.logit_scale"] = state["model.logit_scale"] + 1.0
@@ -59,6 +64,7 @@ def test_export_writes_vectors_ids_and_manifest(tiny_checkpoint, tiny_data, tmp_
     want = encode_all_creators(trained.model, features)[2:].numpy()
     np.testing.assert_allclose(xb, want, atol=1e-6)
     assert m["model"]["version"] == trained.version
+    assert m["model"]["trained_at"] == trained.trained_at
     # a second export of the same model names the same embedding space
     assert main([*argv, "--queries", "50"]) == errors.OK
     again = json.loads((out / "manifest.json").read_text())

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ def test_published_manifest_records_inputs_curve_and_choice(published):
     m = store.read_manifest(Path(published.store))
     trained = checkpoint.load(published.checkpoint)
     assert m["model"]["version"] == m["inputs"]["model_version"] == trained.version
+    # when the model was trained travels with it, and came before this build
+    assert trained.trained_at is not None and m["model"]["trained_at"] == trained.trained_at
+    when = datetime.fromisoformat
+    assert when(trained.trained_at) <= when(m["created_at"])
     assert m["index"]["mode"] == "full" and m["index"]["factory"] == "IVF4,PQ8x4fsr,RFlat"
     t = m["tuning"]
     assert t["chosen"] in t["curve"] and t["chosen"]["recall"] >= published.recall_target

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import datetime as dt
 import math
 import os
 import re
@@ -28,7 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import live
-from serving.api.metrics import BUCKETS
+from serving.api.metrics import BUCKETS, MODEL_AGE, Metrics
 from serving.triton.server import free_ports
 from tests.serving.conftest import serve_http
 
@@ -152,6 +154,21 @@ def served_counts(url: str) -> dict[str, float]:
     return out
 
 
+def exposed(text: str, name: str) -> float:
+    """The one sample of an unlabelled gauge in a Prometheus text exposition."""
+    (value,) = [
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
+    ]
+    return value
+
+
+def training_time(checkpoint_path) -> float:
+    """When the tiny model's training run saved its checkpoint, as the run recorded it."""
+    from index.checkpoint import load
+
+    return dt.datetime.fromisoformat(load(checkpoint_path).trained_at).timestamp()
+
+
 def recommend(client: httpx.Client, body: dict, trace_id: str | None = None) -> tuple[dict, float]:
     headers = {"traceparent": f"00-{trace_id}-{'1' * 16}-01"} if trace_id else {}
     started = time.perf_counter()
@@ -161,6 +178,28 @@ def recommend(client: httpx.Client, body: dict, trace_id: str | None = None) -> 
 
 
 # -- without Prometheus: the exposition itself -----------------------------------------------
+
+
+def test_the_model_age_counts_from_the_training_run_and_is_nan_where_unknown(served, published):
+    """The served model's age is since its training run saved it (recorded in the checkpoint,
+    copied into the index version's manifest); a version from before training recorded it
+    reads NaN, never the previous version's age."""
+    url, rec = served
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    age = exposed(text, MODEL_AGE)
+    assert abs(age - (time.time() - training_time(published.checkpoint))) < 30, age
+    assert age >= exposed(text, "towerline_version_age_seconds") - 1  # trained, then built
+    metrics = Metrics()
+    assert math.isnan(exposed(metrics.exposition()[0].decode(), MODEL_AGE))  # none loaded
+    old = {**rec.bundle.index.manifest}
+    old["model"] = {k: v for k, v in old["model"].items() if k != "trained_at"}
+    older = dataclasses.replace(
+        rec.bundle, index=dataclasses.replace(rec.bundle.index, manifest=old)
+    )
+    metrics.served(rec.bundle)
+    assert exposed(metrics.exposition()[0].decode(), MODEL_AGE) == pytest.approx(age, abs=30)
+    metrics.swapped(older)
+    assert math.isnan(exposed(metrics.exposition()[0].decode(), MODEL_AGE))
 
 
 def test_openmetrics_with_exemplars_when_asked_for_and_text_otherwise(served, fans):
@@ -269,13 +308,17 @@ def test_cold_starts_short_and_empty_answers_and_sizes_move_as_served(served, pr
         settled(prometheus, f'sum({name}{{endpoint="recommend"}})', before[name] + increase)
 
 
-def test_the_versions_age_and_the_encoder_are_scraped(served, prometheus):
+def test_the_versions_age_the_models_age_and_the_encoder_are_scraped(served, prometheus, published):
     _, rec = served
     manifest = rec.bundle.index.manifest
     from serving.api.metrics import built_at
 
     age = query(prometheus, "towerline_version_age_seconds")
     assert age is not None and abs(age - (time.time() - built_at(manifest))) < 30, age
+    model_age = query(prometheus, MODEL_AGE)
+    trained = training_time(published.checkpoint)
+    assert manifest["model"]["trained_at"] == dt.datetime.fromtimestamp(trained, dt.UTC).isoformat()
+    assert model_age is not None and abs(model_age - (time.time() - trained)) < 30, model_age
     body = httpx.get(
         f"{prometheus}/api/v1/query", params={"query": "towerline_serving_info == 1"}
     ).json()  # fmt: skip
