@@ -3,13 +3,13 @@
 
     python benchmarks/monitor_speed.py [--answers 300000] [--creators 100000] [--repeats 3]
 
-Writes a synthetic answer log in the service's own format (serving.answer_log.record, lines
-as its writer dumps them), rotated into three files (`.2`, `.1`, the live file) so the reader
-goes through the rotation: k from 10 to 50 per answer (uniform; `--k MIN MAX`), creators
-drawn by a Zipf-like popularity from a catalog of `--creators`, fans from `--fans`, times over
-an hour. The catalog (monitoring.catalog.Catalog.build) has 64-d unit embeddings, 20
-categories, a 5-creator history per fan and a later interaction for one fan in ten, so every
-figure has work to do.
+Writes a synthetic answer log in the service's own format (serving.answer_log: records made by
+`record`, written as its writer does, Arrow IPC batches of 512), rotated into three files (`.2`,
+`.1`, the live file) so the reader goes through the rotation: k from 10 to 50 per answer
+(uniform; `--k MIN MAX`), creators drawn by a Zipf-like popularity from a catalog of
+`--creators`, fans from `--fans`, times over an hour. The catalog
+(monitoring.catalog.Catalog.build) has 64-d unit embeddings, 20 categories, a 5-creator history
+per fan and a later interaction for one fan in ten, so every figure has work to do.
 
 Then, pinned to one CPU with every thread pool at one thread (set before numpy, polars and
 Arrow load), it times `answers.read(log, catalog)` (parse, codes, binding) and
@@ -42,10 +42,11 @@ sys.path.insert(0, str(REPO))
 from common.io import write_json  # noqa: E402
 from monitoring import answers, metrics  # noqa: E402
 from monitoring.catalog import Catalog  # noqa: E402
-from serving.answer_log import record  # noqa: E402
+from serving.answer_log import SCHEMA, record, to_batch  # noqa: E402
 from serving.pipeline.stages import Answer  # noqa: E402
 
 OUT = REPO / "artifacts" / "bench" / "monitor_speed"
+BATCH = 512  # the AnswerLog's default batch_rows
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
 TIMINGS = {
     "lookup": 2e-4,
@@ -78,30 +79,33 @@ def write_log(folder: Path, n: int, creators: int, fans: int, seed: int, k=(10, 
     rng = np.random.default_rng(seed)
     ids = np.array([f"cr_{i:07d}" for i in range(creators)])
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "answers.jsonl"
+    path = folder / "answers.arrows"
     parts = [path.with_name(path.name + ".2"), path.with_name(path.name + ".1"), path]
     ks = rng.integers(k[0], k[1] + 1, n)
     drawn = popularity_draws(rng, creators, int(ks.sum()) * 2)
     who = rng.integers(0, fans, n)
     at = 0
     for part, chunk in zip(parts, np.array_split(np.arange(n), len(parts)), strict=True):
-        with open(part, "w", encoding="utf-8") as f:
-            for i in chunk:
-                k = int(ks[i])
-                rows = list(dict.fromkeys(drawn[at : at + 2 * k].tolist()))[:k]  # distinct
-                at += 2 * k
-                scores = np.sort(rng.random(len(rows)))[::-1].tolist()
-                answer = Answer(ids[rows].tolist(), scores, "model", timings=dict(TIMINGS))
-                line = record(
-                    "recommend",
-                    {"user_id": f"fan_{who[i]:08d}", "k": k},
-                    answer,
-                    {"model_version": "3f2a" * 10, "index_version": "v00001-bench"},
-                )
-                line["ts"] = dt.datetime.fromtimestamp(T0 + 3600 * i / n, dt.UTC).isoformat(
-                    timespec="milliseconds"
-                )
-                f.write(json.dumps(line, separators=(",", ":")) + "\n")
+        records = []
+        for i in chunk:
+            k = int(ks[i])
+            rows = list(dict.fromkeys(drawn[at : at + 2 * k].tolist()))[:k]  # distinct
+            at += 2 * k
+            scores = np.sort(rng.random(len(rows)))[::-1].tolist()
+            answer = Answer(ids[rows].tolist(), scores, "model", timings=dict(TIMINGS))
+            line = record(
+                "recommend",
+                {"user_id": f"fan_{who[i]:08d}", "k": k},
+                answer,
+                {"model_version": "3f2a" * 10, "index_version": "v00001-bench"},
+            )
+            line["ts"] = dt.datetime.fromtimestamp(T0 + 3600 * i / n, dt.UTC).isoformat(
+                timespec="milliseconds"
+            )
+            records.append(line)
+        with pa.ipc.new_stream(str(part), SCHEMA) as writer:
+            for start in range(0, len(records), BATCH):
+                writer.write_batch(to_batch(records[start : start + BATCH]))
     return path
 
 
@@ -145,9 +149,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, nargs=2, default=(10, 50), metavar=("MIN", "MAX"))
     args = ap.parse_args(argv)
     folder = (
-        OUT / f"log-{args.answers}-{args.creators}-{args.fans}-{args.seed}-k{args.k[0]}-{args.k[1]}"
+        OUT
+        / f"arrows-{args.answers}-{args.creators}-{args.fans}-{args.seed}-k{args.k[0]}-{args.k[1]}"
     )
-    path = folder / "answers.jsonl"
+    path = folder / "answers.arrows"
     if not path.exists():
         _, _, wall = timed(
             lambda: write_log(folder, args.answers, args.creators, args.fans, args.seed, args.k)

@@ -216,7 +216,17 @@ def service_run(mode: str, sets: list[str], users, levels, seconds, port) -> dic
                 flush=True,
             )
         return {"mode": mode, "encoder": svc.info.get("encoder"), "levels": rows,
-                "index_version": svc.info.get("index_version"), "served": served}  # fmt: skip
+                "index_version": svc.info.get("index_version"), "served": served,
+                "answer_log": answer_log_counts(svc.url)}  # fmt: skip
+
+
+def answer_log_counts(url: str) -> dict[str, float]:
+    """What the service (every worker: the metrics are shared) did with answers offered to its
+    answer log, by outcome (queued, unsampled, dropped); empty without a log."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(r'^towerline_answer_log_records_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    return {outcome: float(value) for outcome, value in found}
 
 
 TRITON_SCRIPT = (

@@ -5,7 +5,7 @@ nothing imports it). It reads the service's answer log (serving.answer_log) and 
 versions, never the service's memory, so a relevance team can watch production without asking
 anyone:
 
-- `answers`: the answer log (sampled, rotated JSON lines) read into numpy columns, `Answers`:
+- `answers`: the answer log (sampled, rotated Arrow IPC files) read into numpy columns, `Answers`:
   one row per logged answer, its creators as rows of a catalog;
 - `catalog`: the served creators as the figures need them (`Catalog`: popularity, first-seen
   time, category, unit embeddings), each fan's history mix and the interactions made later;

@@ -1,6 +1,8 @@
-"""Command line: `python -m monitoring run`.
+"""Command line: `python -m monitoring run | log`.
 
     python -m monitoring run --config configs/monitoring/synthetic_demo.yaml [--window 30m]
+    python -m monitoring log --path artifacts/serving/synthetic_demo/answers.arrows \
+        [--last 20] [--user_id fan_0042]     # the answer log as JSON lines, for people and jq
 
 Every field of the config is a flag. Exit codes (common.errors): 0 written and no breach,
 2 bad config, 3 no answer log (or no answers of the routes), 4 written with a breach (a line
@@ -10,7 +12,9 @@ with `python -m monitoring.live --config …` (monitoring.live).
 
 from __future__ import annotations
 
+import json
 import sys
+from collections import deque
 
 from jsonargparse import ArgumentParser
 
@@ -26,6 +30,11 @@ def _parser() -> ArgumentParser:
     r = ArgumentParser(description="measure the answer log per window; report; alert")
     config.add_config_arguments(r, MonitorConfig)
     sub.add_subcommand("run", r, help="figures per window and version, alerts and a report")
+    show = ArgumentParser(description="print logged answers as JSON lines, oldest first")
+    show.add_argument("--path", required=True, help="the service's answer_log.path")
+    show.add_argument("--last", type=int, default=None, help="only the last N (of the fan)")
+    show.add_argument("--user_id", default=None, help="only this fan's answers")
+    sub.add_subcommand("log", show, help="the answer log as JSON lines")
     return parser
 
 
@@ -48,7 +57,20 @@ def _run(args) -> int:
     return errors.VALIDATION_FAILED if result["breaches"] else errors.OK
 
 
-COMMANDS = {"run": _run}
+def _log(args) -> int:
+    from monitoring.answers import read_records
+
+    records = read_records(args.path)
+    if args.user_id is not None:
+        records = (r for r in records if r["request"].get("user_id") == args.user_id)
+    if args.last is not None:
+        records = deque(records, maxlen=max(args.last, 0))
+    for r in records:
+        print(json.dumps(r, separators=(",", ":")))
+    return errors.OK
+
+
+COMMANDS = {"run": _run, "log": _log}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,59 +1,36 @@
 """The service's answer log (serving.answer_log) as numpy columns: one row per logged answer.
 
-`read(path)` reads the log and its rotated files, oldest first (serving.answer_log.parts), into
-`Answers`. The lists come out as a matrix of int32 codes into the log's own creator vocabulary
-(`item_codes` [n, k_max], -1 past a list's end), so one read serves every version the log names:
+`read(path)` reads the log, its rotated files and its workers' logs into `Answers`. The lists
+come out as a matrix of int32 codes into the log's own creator vocabulary (`item_codes`
+[n, k_max], -1 past a list's end), so one read serves every version the log names:
 `answers.bind(catalog)` maps the codes to that catalog's rows (`items`, -1 also for a creator the
 catalog does not hold, counted by `unknown`) and the fans to its histories (`fan_rows`).
 
-Speed is the point (issue 18: the monitor handles >= 100,000 answers per second per core):
-polars parses the JSON lines in Rust against a fixed schema, so no Python object is made per
-answer, let alone per creator; the creator ids become codes by Arrow's hash dictionary and the
-code matrix is filled by one masked assignment (the scores stay flat, `score_values`, until
-something asks for their matrix). Even so the JSON parse alone is about two thirds of the
-monitor's time (benchmarks/monitor_speed.py). A line that is not JSON (a write cut short)
-makes polars refuse its whole file: that file alone is then read line by line, and the bad
-lines are counted in `bad_lines`, never silently lost; so are lines without a time or a list,
-and a last line still being written (no newline yet).
+Speed is the point (issue 18: the monitor handles >= 100,000 answers per second per core): the
+log is Arrow IPC, so reading it parses no text and makes no Python object per answer, let
+alone per creator; the creator ids become codes by Arrow's hash dictionary and the code matrix
+is filled by one masked assignment (the scores stay flat, `score_values`, until something asks
+for their matrix). A batch cut short (a service killed mid-write, or the live file's batch
+still being written) is counted in `torn`, never silently lost; the batches before it are read.
+Several workers' logs are merged by time (stable: each log's own order is kept).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.errors import MissingInputError
 from monitoring.catalog import Catalog
-from serving.answer_log import parts
-from serving.pipeline.stages import Encode, Fallback, Filter, Lookup, Rank, Retrieve
+from serving import answer_log
+from serving.answer_log import SCHEMA, STAGES, read_stream, streams
 
-STAGES = tuple(s.name for s in (Lookup, Encode, Retrieve, Filter, Rank, Fallback))
-"""The timed stages an answer's `timings` carry (serving.pipeline.stages); other keys are not
-read (the schema is fixed so the parse stays in Rust). tests/monitoring checks it against the
-service's default pipeline."""
-
-_SCHEMA = {
-    "ts": pl.String,
-    "route": pl.String,
-    "request": pl.Struct({"user_id": pl.String, "creator_id": pl.String, "k": pl.Int64}),
-    "model_version": pl.String,
-    "index_version": pl.String,
-    "items": pl.List(pl.String),
-    "scores": pl.List(pl.Float32),
-    "source": pl.String,
-    "cold_start": pl.Boolean,
-    "degraded": pl.String,
-    "timings": pl.Struct({name: pl.Float64 for name in (*STAGES, "batch")}),
-}
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"  # datetime.isoformat with an offset, as record writes
 _LABELS = ("route", "model_version", "index_version", "source", "degraded")
 
 
@@ -79,8 +56,8 @@ class Answers:
     score_counts: np.ndarray  # [n] int64 scores per answer (at most k_max)
     timings: dict[str, np.ndarray]  # stage → [n] float64 seconds, NaN where not timed
     batch: np.ndarray  # [n] float64 requests in the answer's batch, NaN unknown
-    bad_lines: int = 0
-    """Lines that were not an answer (not JSON, no time, no list): counted, not read."""
+    torn: int = 0
+    """Batches cut short (a write killed, or still being written): counted, not read."""
     files: tuple[Path, ...] = ()
     catalog: Catalog | None = field(default=None, repr=False)
     items: np.ndarray | None = None
@@ -149,7 +126,7 @@ class Answers:
 
     def take(self, index) -> Answers:
         """The answers at `index` (a mask or positions), vocabularies shared."""
-        shared = ("fan_ids", "creator_ids", "timings", "bad_lines", "files", "catalog")
+        shared = ("fan_ids", "creator_ids", "timings", "torn", "files", "catalog")
         per_row = {
             f.name: getattr(self, f.name)[index]
             for f in dataclasses.fields(self)
@@ -172,86 +149,68 @@ class Answers:
 
 
 def read(path: str | Path, catalog: Catalog | None = None, attempts: int = 3) -> Answers:
-    """The answer log at `path` and its rotated files, oldest first; bound to `catalog` when
-    given. An empty log is zero answers; a missing one is a MissingInputError. A file that
-    rotates away between listing and reading makes the whole read start again."""
+    """The answer logs at `path` (serving.answer_log.streams: rotated files, workers' logs);
+    bound to `catalog` when given. An empty log is zero answers; a missing one is a
+    MissingInputError. A file that rotates away between listing and reading makes the whole
+    read start again."""
     for attempt in range(attempts):
-        files = parts(path)
-        if not files:
-            raise MissingInputError(
-                f"no answer log at {path} (nor rotated files beside it); start the service "
-                f"with `--answer_log.path {path}` or point the monitor at the service's log"
-            )
+        found = _streams(path)
         try:
-            parsed = [_parse(part) for part in files]
+            parsed = [[read_stream(part) for part in stream] for stream in found]
             break
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise
-    frames = [frame for frame, _ in parsed]
-    answers = from_frame(pl.concat(frames), sum(bad for _, bad in parsed), tuple(files))
+    batches = [b for stream in parsed for batches, _ in stream for b in batches]
+    torn = sum(t for stream in parsed for _, t in stream)
+    table = pa.Table.from_batches(batches, schema=SCHEMA)
+    if len(found) > 1:  # workers' logs: one timeline
+        table = table.take(pc.sort_indices(table, [("ts", "ascending")]))  # stable
+    answers = from_table(table, torn, tuple(p for stream in found for p in stream))
     return answers if catalog is None else answers.bind(catalog)
 
 
-def _parse(part: Path) -> tuple[pl.DataFrame, int]:
-    """One file's lines as a frame, and how many were not JSON objects. A last line without
-    its newline (cut short, or still being written by the service) is one of those."""
-    data = part.read_bytes()
-    end = data.rfind(b"\n") + 1
-    cut = int(bool(data[end:].strip()))
-    if end < len(data):
-        data = data[:end]
-    try:
-        return pl.read_ndjson(data, schema=_SCHEMA, ignore_errors=True), cut
-    except pl.exceptions.PolarsError:
-        pass  # a line is not JSON: find which, keep the rest
-    good, bad = [], cut
-    for line in data.splitlines(keepends=True):
-        if not line.strip():
-            continue
-        try:
-            ok = isinstance(json.loads(line), dict)
-        except ValueError:
-            ok = False
-        if ok:
-            good.append(line)
-        else:
-            bad += 1
-    return pl.read_ndjson(b"".join(good), schema=_SCHEMA, ignore_errors=True), bad
+def read_records(path: str | Path) -> list[dict]:
+    """The logs at `path` as dicts (serving.answer_log.read), workers' logs merged by time."""
+    found = _streams(path)
+    records = list(answer_log.read(path))
+    return sorted(records, key=lambda r: r["ts"]) if len(found) > 1 else records  # one offset
 
 
-def from_frame(df: pl.DataFrame, bad_lines: int = 0, files: tuple[Path, ...] = ()) -> Answers:
-    """Answers from a frame of the log's schema; rows without a time or a list are bad."""
-    micros = df["ts"].str.to_datetime(_TIME_FORMAT, strict=False, time_unit="us").dt.epoch("us")
-    keep = micros.is_not_null() & df["items"].is_not_null()
-    if not keep.all():
-        bad_lines += int((~keep).sum())
-        df, micros = df.filter(keep), micros.filter(keep)
-    fan = df["request"].struct.field("user_id")
-    fan_codes, fan_ids = _codes(_arrow(fan))
-    item_codes, creator_ids = _item_codes(df["items"])
-    timings = df["timings"].struct.unnest()
+def _streams(path: str | Path) -> list[list[Path]]:
+    if found := streams(path):
+        return found
+    raise MissingInputError(
+        f"no answer log at {path} (nor rotated or workers' files beside it); start the "
+        f"service with `--answer_log.path {path}` or point the monitor at its log"
+    )
+
+
+def from_table(table: pa.Table, torn: int = 0, files: tuple[Path, ...] = ()) -> Answers:
+    """Answers from a table of the log's schema (serving.answer_log.SCHEMA)."""
+    table = table.combine_chunks()
+    fan_codes, fan_ids = _codes(table["user_id"])
+    item_codes, creator_ids = _item_codes(table["items"])
+    timings = table["timings"].combine_chunks()
     return Answers(
-        ts=micros.to_numpy().astype(np.float64) / 1e6,
-        **{name: _labels(df[name]) for name in _LABELS},
-        cold_start=df["cold_start"].fill_null(False).to_numpy().astype(bool),
-        k=df["request"].struct.field("k").fill_null(-1).to_numpy().astype(np.int32),
+        ts=_numpy(table["ts"].cast(pa.int64()), np.float64) / 1e3,
+        **{name: _labels(table[name]) for name in _LABELS},
+        cold_start=_numpy(table["cold_start"].fill_null(False), bool),
+        k=_numpy(table["k"].fill_null(-1), np.int32),
         fan=fan_codes,
         fan_ids=fan_ids,
         item_codes=item_codes,
         creator_ids=creator_ids,
-        **_flat_scores(df["scores"], item_codes.shape[1]),
-        timings={s: timings[s].fill_null(np.nan).to_numpy().astype(np.float64) for s in STAGES},
-        batch=timings["batch"].fill_null(np.nan).to_numpy().astype(np.float64),
-        bad_lines=bad_lines,
+        **_flat_scores(table["scores"], item_codes.shape[1]),
+        timings={s: _numpy(timings.field(s).fill_null(np.nan), np.float64) for s in STAGES},
+        batch=_numpy(timings.field("batch").fill_null(np.nan), np.float64),
+        torn=torn,
         files=files,
     )
 
 
-def _arrow(column: pl.Series) -> pa.Array:
-    """A column as Arrow without copying its strings (string views, not Arrow's large
-    strings, which polars would rebuild)."""
-    return column.to_arrow(compat_level=pl.CompatLevel.newest())
+def _numpy(column, dtype) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
 def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -267,19 +226,22 @@ def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.asarray(encoded.dictionary.to_pylist(), dtype=str)
 
 
-def _item_codes(items: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def _item_codes(items: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """The lists as a padded [n, k_max] code matrix, and the vocabulary."""
-    lengths = items.list.len().fill_null(0).to_numpy().astype(np.int64)
-    flat = pc.list_flatten(_arrow(items))
+    lengths = _numpy(pc.list_value_length(items).fill_null(0), np.int64)
+    flat = pc.list_flatten(items)
     codes, vocabulary = _codes(flat) if len(flat) else (np.zeros(0, np.int32), np.zeros(0, str))
     return _padded(codes, lengths, -1, np.int32), vocabulary
 
 
-def _flat_scores(scores: pl.Series, width: int) -> dict[str, np.ndarray]:
+def _flat_scores(scores: pa.ChunkedArray, width: int) -> dict[str, np.ndarray]:
     """Every answer's scores, at most `width` each (its list's), one after another."""
-    counts = np.minimum(scores.list.len().fill_null(0).to_numpy().astype(np.int64), width)
-    flat = pc.list_flatten(scores.list.head(width).to_arrow())
-    values = flat.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32)
+    lengths = _numpy(pc.list_value_length(scores).fill_null(0), np.int64)
+    values = _numpy(pc.list_flatten(scores).fill_null(np.nan), np.float32)
+    counts = np.minimum(lengths, width)
+    if (counts < lengths).any():  # more scores than creators: keep each list's first `width`
+        values = values[np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+                        < np.repeat(counts, lengths)]  # fmt: skip
     return {"score_values": values, "score_counts": counts}
 
 
@@ -291,8 +253,8 @@ def _padded(flat: np.ndarray, lengths: np.ndarray, pad, dtype, width: int | None
     return out
 
 
-def _labels(column: pl.Series) -> np.ndarray:
+def _labels(column: pa.ChunkedArray) -> np.ndarray:
     """A label column as an object array of str or None, each distinct value one object."""
-    codes, values = _codes(_arrow(column))
+    codes, values = _codes(column)
     lookup = np.append(values.astype(object), None)  # code -1 (null) reads the None at the end
     return lookup[codes]

@@ -57,7 +57,7 @@ def run(cfg: MonitorConfig) -> dict:
             log.info("monitor: window %s, %s: %d answers", rows[-1]["window_start"], version,
                      len(part))  # fmt: skip
     result = {
-        "name": cfg.name, "log": str(cfg.log), "bad_lines": answers.bad_lines,
+        "name": cfg.name, "log": str(cfg.log), "torn_batches": answers.torn,
         "window": cfg.window, "rows": rows, "breaches": breaches(rows, cfg),
         "alerts": {"min": cfg.alerts.min, "max": cfg.alerts.max},
         "made_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

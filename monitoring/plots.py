@@ -31,7 +31,7 @@ def report(cfg, result: dict, answers: Answers, catalogs: dict) -> Report:
     last = rows[-1]
     made_by = {"command": f"python -m monitoring run --config … ({cfg.name})", "log": cfg.log,
                "index store": cfg.index, "window": cfg.window,
-               "unreadable log lines": result["bad_lines"]}  # fmt: skip
+               "torn log batches (not read)": result["torn_batches"]}  # fmt: skip
     out = Report(f"Relevance monitor: {cfg.name}", made_by=made_by)
     out.breach(*result["breaches"])
     figures = {k: v for k, v in last.items() if k not in ("window_start", "window_end")}

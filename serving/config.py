@@ -71,10 +71,11 @@ class RankSettings:
 
 @dataclass
 class AnswerLogSettings:
-    """The answer log (serving.answer_log): sampled, rotated JSON lines of served answers."""
+    """The answer log (serving.answer_log): sampled, rotated Arrow IPC files of served answers."""
 
     path: str | None = None
-    """The log file; None = no answer log."""
+    """The log file (`.arrows`); None = no answer log. With `workers` > 1 each worker keeps its
+    own beside it (`answers.w0.arrows`, …), read together by the monitor."""
     sample: float = 1.0
     """Share of fans whose answers are logged (all of a sampled fan's answers)."""
     max_bytes: int = 64 << 20
@@ -163,10 +164,5 @@ class ServingConfig:
         for name in ("workers", "max_batch", "batch_workers", "search_threads", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)} must be >= 1")
-        if self.workers > 1 and self.answer_log.path:
-            raise ConfigError(
-                f"--workers={self.workers} with --answer_log.path: the answer log is one file "
-                f"rotated by one process; use --workers 1, or no answer log"
-            )
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port={self.port} is not a TCP port")

@@ -49,7 +49,7 @@ from common.io import write_bytes
 from common.logs import setup_logging
 from index import store as index_store
 from serving import memory
-from serving.answer_log import AnswerLog
+from serving.answer_log import AnswerLog, worker_path
 from serving.api.app import create_app
 from serving.config import ServingConfig
 from serving.pipeline.recommender import Recommender
@@ -65,6 +65,9 @@ STALE_S = 5.0
 """The parent writes its view of Triton every second: older than this, a worker reports
 Triton's state as unknown (the parent is stuck or gone)."""
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when first imported
+SLOT_ENV = "TOWERLINE_WORKER_SLOT"
+"""A worker's slot (0 … workers − 1), set for it by the parent: which answer log file is its own.
+A replaced worker takes its slot, and so its predecessor's file (rotated on opening)."""
 
 
 # -- one process ------------------------------------------------------------------------------
@@ -88,7 +91,6 @@ def build_app(cfg: ServingConfig, store, provider, triton_status=None):
         "process %d serves %s (model %s) with %s on http://%s:%d",
         os.getpid(), b.index_version, b.model_version[:12], b.encoder_name, cfg.host, cfg.port,
     )  # fmt: skip
-    log_cfg = cfg.answer_log
     return create_app(
         recommender,
         poll_seconds=cfg.poll_seconds or None,
@@ -98,10 +100,18 @@ def build_app(cfg: ServingConfig, store, provider, triton_status=None):
         opentelemetry=cfg.opentelemetry,
         rooms=cfg.rooms,
         search_settings=cfg.search,
-        answer_log=AnswerLog(log_cfg.path, log_cfg.sample, log_cfg.max_bytes, log_cfg.backups)
-        if log_cfg.path
-        else None,
+        answer_log=_answer_log(cfg),
     )
+
+
+def _answer_log(cfg: ServingConfig) -> AnswerLog | None:
+    """This process's answer log: the configured file, or its worker's file beside it."""
+    c = cfg.answer_log
+    if not c.path:
+        return None
+    slot = os.environ.get(SLOT_ENV)
+    path = worker_path(c.path, int(slot) if slot is not None else None)
+    return AnswerLog(path, c.sample, c.max_bytes, c.backups)
 
 
 def _first_bundle(recommender: Recommender) -> None:
@@ -248,8 +258,8 @@ class Workers(Multiprocess):
         self.slots = reuseport_sockets(config.host, config.port, config.workers)
 
     def init_processes(self) -> None:
-        for sock in self.slots:
-            self.processes.append(self._start(sock))
+        for slot in range(len(self.slots)):
+            self.processes.append(self._start(slot))
 
     def keep_subprocess_alive(self) -> None:
         for i, process in enumerate(self.processes):
@@ -266,11 +276,11 @@ class Workers(Multiprocess):
                 return
             log.warning("worker %d died (exit code %s): starting another", process.pid,
                         process.exitcode)  # fmt: skip
-            self.processes[i] = self._start(self.slots[i])
+            self.processes[i] = self._start(i)
 
     def restart_all(self) -> None:  # SIGHUP
         for i, old in enumerate(self.processes):
-            new = self._start(self.slots[i])
+            new = self._start(i)
             if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
                 new.kill()
                 new.join()
@@ -285,9 +295,13 @@ class Workers(Multiprocess):
 
     handle_ttou = handle_ttin
 
-    def _start(self, sock: socket.socket) -> Process:
-        process = Process(self.config, [sock])
-        process.start()
+    def _start(self, slot: int) -> Process:
+        process = Process(self.config, [self.slots[slot]])
+        os.environ[SLOT_ENV] = str(slot)  # the child (spawned) starts with the parent's env
+        try:
+            process.start()
+        finally:
+            os.environ.pop(SLOT_ENV, None)
         return process
 
 

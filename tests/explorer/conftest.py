@@ -96,7 +96,7 @@ def monitored_site(store_root, features_dir, tmp_path_factory):
 
     rec = Recommender(store_root, EmbeddedStore.open(features_dir), InProcessTowers())
     assert rec.refresh()
-    log = AnswerLog(tmp_path_factory.mktemp("served") / "answers.jsonl")
+    log = AnswerLog(tmp_path_factory.mktemp("served") / "answers.arrows")
     app = create_app(rec, poll_seconds=None, answer_log=log, rooms=["explorer", "monitoring"])
     http, url = serving_fixtures.serve_http(app)
     yield url, rec, log

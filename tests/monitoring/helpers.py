@@ -1,17 +1,18 @@
 """Hand-made answer logs and catalogs for the monitoring tests.
 
-`record` makes a log line through serving.answer_log.record (the service's own format), at a
-chosen time; `write_log` writes lines as the AnswerLog's writer does. `hand_catalog` and
-`hand_log` are the small example whose figures tests/monitoring/test_metrics.py works by hand.
+`record` makes a logged answer through serving.answer_log.record (the service's own format), at
+a chosen time; `write_log` writes records as the AnswerLog's writer does (an Arrow IPC stream).
+`hand_catalog` and `hand_log` are the small example whose figures tests/monitoring/test_metrics.py
+works by hand.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from monitoring.catalog import Catalog
 from serving import answer_log
@@ -63,11 +64,21 @@ def record(
     return out
 
 
-def write_log(path: Path, records, tail: bytes = b"") -> Path:
-    """The records as JSON lines, as AnswerLog writes them, then `tail` verbatim."""
+def write_log(path: Path, records, torn: list[dict] | None = None, batch_rows: int = 2) -> Path:
+    """The records as AnswerLog writes them, `batch_rows` a batch; then, given `torn`, the first
+    half of one more batch of those records (a write cut short: no end-of-stream marker)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-    path.write_bytes(body.encode() + tail)
+    sink = pa.BufferOutputStream()
+    writer = pa.ipc.new_stream(sink, answer_log.SCHEMA)
+    for i in range(0, len(records), batch_rows):
+        writer.write_batch(answer_log.to_batch(records[i : i + batch_rows]))
+    if torn is None:
+        writer.close()
+    body = sink.getvalue().to_pybytes()
+    if torn is not None:
+        cut = answer_log.to_batch(torn).serialize().to_pybytes()
+        body += cut[: len(cut) // 2]
+    path.write_bytes(body)
     return path
 
 

@@ -1,5 +1,5 @@
 """Reading the service's answer log into columns (monitoring.answers), against serving's own
-reader (serving.answer_log.read, one dict per line) as the slow reference."""
+reader (serving.answer_log.read, one dict per answer) as the slow reference."""
 
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def test_stages_are_the_services_pipeline_stages():
 
 
 def test_a_rotated_log_reads_back_in_order_as_serving_reads_it(tmp_path):
-    """The real AnswerLog writer with 1 KB files: it rotates into .1 .. .3, and the columns
-    hold what serving's line reader finds, oldest first."""
-    path = tmp_path / "log" / "answers.jsonl"
-    log = answer_log.AnswerLog(path, max_bytes=1024, backups=3)
+    """The real AnswerLog writer with 4 KB files and 3-answer batches: it rotates into .1 ..
+    .3, and the columns hold what serving's reader finds, oldest first."""
+    path = tmp_path / "log" / "answers.arrows"
+    log = answer_log.AnswerLog(path, max_bytes=4096, backups=3, batch_rows=3)
     for i in range(40):
         items = [f"cr_{(i + j) % 23}" for j in range(i % 6)]  # lengths 0..5
         answer = Answer(
@@ -64,11 +64,12 @@ def test_a_rotated_log_reads_back_in_order_as_serving_reads_it(tmp_path):
     log.close()
     records = list(answer_log.read(path))
     got = answers.read(path)
-    assert len(got.files) == 4 and got.files[-1] == path  # rotated, the live file last
+    olds = [answer_log.rotated(path, i) for i in (3, 2, 1)]
+    assert got.files[:3] == tuple(olds) and got.files[3:] in ((), (path,))  # the live file last
     assert 0 < len(records) < 40  # the oldest rotated away
     assert [r["request"]["user_id"] for r in records][-1] == "fan_4"  # 39 % 7: the last kept
     assert_matches_records(got, records)
-    assert got.bad_lines == 0
+    assert got.torn == 0
 
 
 def test_lists_of_different_lengths_are_padded(tmp_path):
@@ -77,7 +78,7 @@ def test_lists_of_different_lengths_are_padded(tmp_path):
         record(T0 + 1, "b", []),
         record(T0 + 2, "a", ["y"], [0.75]),
     ]
-    got = answers.read(write_log(tmp_path / "answers.jsonl", records))
+    got = answers.read(write_log(tmp_path / "answers.arrows", records))
     assert got.item_codes.shape == got.scores.shape == (3, 3)
     ids = got.creator_ids
     assert [[ids[c] if c >= 0 else None for c in row] for row in got.item_codes] == [
@@ -92,7 +93,7 @@ def test_lists_of_different_lengths_are_padded(tmp_path):
 
 
 def test_creators_the_catalog_lacks_are_counted_not_lost(tmp_path):
-    got = answers.read(write_log(tmp_path / "answers.jsonl", hand_log()), hand_catalog())
+    got = answers.read(write_log(tmp_path / "answers.arrows", hand_log()), hand_catalog())
     # the third answer lists c4, c5 and cx; the catalog holds c0..c6
     assert got.unknown == 1 and got.unknown_ids() == ["cx"]
     assert got.items[2].tolist() == [4, 5, -1] and got.lengths[2] == 3 and got.sizes[2] == 2
@@ -109,36 +110,41 @@ def test_creators_the_catalog_lacks_are_counted_not_lost(tmp_path):
 
 
 def test_an_unbound_log_says_so(tmp_path):
-    got = answers.read(write_log(tmp_path / "answers.jsonl", hand_log()))
+    got = answers.read(write_log(tmp_path / "answers.arrows", hand_log()))
     assert got.items is None and len(got) == 5
     with pytest.raises(ValueError, match=r"bind\(catalog\)"):
         got.unknown  # noqa: B018 (a property: reading it is the test)
 
 
 def test_an_empty_log_is_zero_answers_and_a_missing_one_a_clear_error(tmp_path):
-    empty = answers.read(write_log(tmp_path / "answers.jsonl", []), hand_catalog())
+    empty = answers.read(write_log(tmp_path / "answers.arrows", []), hand_catalog())
     assert len(empty) == 0 and empty.item_codes.shape[0] == 0 and empty.unknown == 0
-    with pytest.raises(MissingInputError, match=r"--answer_log.path .*nowhere.jsonl"):
-        answers.read(tmp_path / "nowhere.jsonl")
+    with pytest.raises(MissingInputError, match=r"--answer_log.path .*nowhere.arrows"):
+        answers.read(tmp_path / "nowhere.arrows")
 
 
-def test_lines_that_are_not_answers_are_counted_and_the_rest_read(tmp_path):
-    """A write cut short in the middle of a rotated file, and lines without a time or a
-    list: each counted in bad_lines, every good line still read."""
+def test_torn_batches_are_counted_and_the_rest_read(tmp_path):
+    """A write cut short at the end of a rotated file (a service killed mid-batch), and the live
+    file's batch still being written: each counted in `torn`, every whole batch still read."""
     good = hand_log()
-    older = write_log(tmp_path / "answers.jsonl.1", good[:2], tail=b'{"ts":"2001-09-09T01:5')
-    with open(older, "ab") as f:
-        f.write(b"\n" + (b'{"ts":"yesterday","items":["c0"]}\n') + b'{"route":"recommend"}\n')
-    write_log(tmp_path / "answers.jsonl", good[2:], tail=b"[1, 2]\n")
-    got = answers.read(tmp_path / "answers.jsonl")
-    assert got.bad_lines == 4  # the cut line, the bad time, the line without a list, [1, 2]
-    assert_matches_records(got, good)
-
-
-def test_a_line_still_being_written_is_left_for_the_next_read(tmp_path):
-    """The live file's last line without its newline (the service is writing it): not read
-    and counted, the lines before it read on the fast path."""
-    path = write_log(tmp_path / "answers.jsonl", hand_log(), tail=b'{"ts":"2001-09-09T01:4')
+    write_log(tmp_path / "answers.arrows.1", good[:2], torn=good[2:4])
+    path = write_log(tmp_path / "answers.arrows", good[2:], torn=good[:1])
     got = answers.read(path)
-    assert got.bad_lines == 1
-    assert_matches_records(got, hand_log())
+    assert got.torn == 2
+    assert_matches_records(got, good)
+    assert list(answer_log.read(path)) == good
+
+
+def test_workers_logs_read_as_one_timeline(tmp_path):
+    """Two workers' logs beside the configured path: merged by time, each one's order kept."""
+    log = hand_log()
+    path = tmp_path / "answers.arrows"
+    write_log(answer_log.worker_path(path, 0), [log[0], log[2], log[3]])
+    write_log(answer_log.worker_path(path, 1), [log[1], log[4]])
+    got = answers.read(path)
+    assert [p.name for p in got.files] == ["answers.w0.arrows", "answers.w1.arrows"]
+    assert_matches_records(got, log)
+    tied = [record(T0, "a", ["x"]), record(T0, "b", ["y"]), record(T0 - 1, "c", ["z"])]
+    write_log(path, tied)  # a single process's log too, listed first
+    got = answers.read(path)
+    assert len(got) == 8 and got.fan_ids[got.fan[:3]].tolist() == ["c", "a", "b"]  # stable

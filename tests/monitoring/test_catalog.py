@@ -81,7 +81,7 @@ def test_a_log_of_the_version_is_measured_against_it(version, tmp_path):
         record(T0 + i, str(fans[i % len(fans)]), rng.choice(ids, 10, replace=False))
         for i in range(200)
     ]
-    a = answers.read(write_log(tmp_path / "answers.jsonl", records), catalog)
+    a = answers.read(write_log(tmp_path / "answers.arrows", records), catalog)
     assert a.unknown == 0 and (a.fan_rows >= 0).all()
     figures = metrics.compute(a, catalog)
     assert all(np.isfinite(v) for v in figures.values()), figures

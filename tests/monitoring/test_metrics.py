@@ -84,7 +84,7 @@ HAND = {
 @pytest.fixture
 def hand(tmp_path) -> tuple[answers.Answers, Catalog]:
     catalog = hand_catalog()
-    return answers.read(write_log(tmp_path / "answers.jsonl", hand_log()), catalog), catalog
+    return answers.read(write_log(tmp_path / "answers.arrows", hand_log()), catalog), catalog
 
 
 def test_every_figure_of_the_hand_made_log_is_the_one_worked_by_hand(hand):
@@ -118,7 +118,7 @@ def test_a_fans_latest_list_is_the_last_logged_of_its_time(tmp_path):
         record(T0 + 9, "f2", ["cx"]),  # nothing the catalog holds: no list
         record(T0 + 1, "f2", ["c0"]),
     ]
-    a = answers.read(write_log(tmp_path / "answers.jsonl", records), hand_catalog())
+    a = answers.read(write_log(tmp_path / "answers.arrows", records), hand_catalog())
     assert metrics.latest_lists(a).tolist() == [2, 5]
 
 
@@ -129,7 +129,7 @@ def test_calibration_is_the_rank_stages_kl():
 
 
 def test_an_empty_log_has_counts_of_zero_and_no_figures(tmp_path):
-    empty = answers.read(write_log(tmp_path / "answers.jsonl", []))
+    empty = answers.read(write_log(tmp_path / "answers.arrows", []))
     got = metrics.compute(empty, hand_catalog())
     assert got["answers"] == got["fans"] == got["unknown_items"] == 0
     assert got["later_interactions"] == 0
@@ -149,7 +149,7 @@ def test_a_planted_popularity_bias_moves_the_exposure_figures(tmp_path):
         for i in range(300):
             rows = rng.choice(order, 10, replace=False, p=weights / weights.sum())
             records.append(record(T0 + i, f"f{i % 40}", catalog.creator_ids[rows].tolist()))
-        log = write_log(tmp_path / f"bias{len(figures)}.jsonl", records)
+        log = write_log(tmp_path / f"bias{len(figures)}.arrows", records)
         figures.append(metrics.compute(answers.read(log), catalog))
     fair, biased = figures
     assert biased["gini"] > fair["gini"] + 0.2
@@ -388,7 +388,7 @@ def random_log(request, tmp_path):
     rng = np.random.default_rng(request.param)
     raw = random_raw(rng, creators=40, fans=12, categories=5, dim=3)
     catalog = catalog_of(raw)
-    path = write_log(tmp_path / "answers.jsonl", random_records(rng, raw))
+    path = write_log(tmp_path / "answers.arrows", random_records(rng, raw))
     return answers.read(path, catalog), catalog, list(answer_log.read(path)), raw
 
 

@@ -44,7 +44,7 @@ def served_log(published, tmp_path_factory) -> tuple[Path, Path, str]:
                             versions=("m", version)))  # fmt: skip
         lines.append(record(T0 + HOUR + i, fan, rng.choice(ids, 5, replace=False).tolist(),
                             versions=("m", version)))  # fmt: skip
-    log = write_log(tmp_path_factory.mktemp("served") / "answers.jsonl", lines)
+    log = write_log(tmp_path_factory.mktemp("served") / "answers.arrows", lines)
     return log, root, version
 
 
@@ -99,8 +99,8 @@ def test_bad_input_names_the_value(served_log, tmp_path, capsys):
     assert "recal" in _said(capsys)
     assert cli.main([*base, "--log", str(log), "--window", "soon"]) == 2
     assert "--window='soon'" in _said(capsys)
-    assert cli.main([*base, "--log", str(tmp_path / "none.jsonl")]) == 3
-    empty = write_log(tmp_path / "similar.jsonl", [record(T0, "f", ["c"], route="similar")])
+    assert cli.main([*base, "--log", str(tmp_path / "none.arrows")]) == 3
+    empty = write_log(tmp_path / "similar.arrows", [record(T0, "f", ["c"], route="similar")])
     assert cli.main([*base, "--log", str(empty)]) == 3
     assert "[recommend]" in _said(capsys).replace("'", "")
 
@@ -108,3 +108,20 @@ def test_bad_input_names_the_value(served_log, tmp_path, capsys):
 def _said(capsys) -> str:
     captured = capsys.readouterr()
     return captured.out + captured.err
+
+
+def test_the_log_prints_as_json_lines_for_people(tmp_path, capsys):
+    """`python -m monitoring log`: workers' logs merged by time, one fan's, the last N."""
+    from serving.answer_log import worker_path
+
+    path = tmp_path / "answers.arrows"
+    mine = [record(T0 + 2, "f1", ["c1"]), record(T0 + 4, "f1", ["c2", "c3"])]
+    write_log(worker_path(path, 0), [record(T0 + 1, "f2", ["c0"]), mine[1]])
+    write_log(worker_path(path, 1), [mine[0], record(T0 + 3, "f2", [])])
+    assert cli.main(["log", "--path", str(path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["ts"] for r in lines] == sorted(r["ts"] for r in lines) and len(lines) == 4
+    assert cli.main(["log", "--path", str(path), "--user_id", "f1", "--last", "1"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == mine[1:]
+    assert cli.main(["log", "--path", str(tmp_path / "none.arrows")]) == 3
+    assert "--answer_log.path" in _said(capsys)

@@ -52,7 +52,7 @@ def test_up_detached_answers_then_down_stops_everything(published, tmp_path):
         "--config", str(REPO / "configs" / "serving" / "synthetic_demo.yaml"),
         "--index", str(store), "--features", str(tmp_path / "features"), "--port", str(port),
         "--run_dir", str(tmp_path / "run"), "--triton.repository", str(tmp_path / "triton"),
-        "--answer_log.path", str(tmp_path / "run" / "answers.jsonl"),
+        "--answer_log.path", str(tmp_path / "run" / "answers.arrows"),
     ]  # fmt: skip
 
     scratch = tmp_path / "scratch"  # the service's temporary folders (Triton's work folder)

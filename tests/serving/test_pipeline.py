@@ -156,8 +156,8 @@ def test_sampling_is_by_fan_and_stable():
 
 
 def test_the_answer_log_records_rotates_and_reads_back(recommender, fans, tmp_path):
-    path = tmp_path / "answers" / "answers.jsonl"
-    log = answer_log.AnswerLog(path, sample=1.0, max_bytes=2048, backups=3)
+    path = tmp_path / "answers" / "answers.arrows"
+    log = answer_log.AnswerLog(path, sample=1.0, max_bytes=4096, backups=3, batch_rows=2)
     with TestClient(create_app(recommender, poll_seconds=None, answer_log=log)) as client:
         for fan in fans[:12]:
             assert client.post("/recommend", json={"user_id": fan, "k": 4}).status_code == 200
@@ -167,8 +167,8 @@ def test_the_answer_log_records_rotates_and_reads_back(recommender, fans, tmp_pa
     # closed with the app: everything queued is on disk
     records = list(answer_log.read(path))
     rotated = sorted(p.name for p in path.parent.iterdir())
-    assert rotated[0] == "answers.jsonl" and len(rotated) > 1  # 2 KB files: it rotated
-    assert sum(p.stat().st_size for p in path.parent.iterdir()) <= 4 * 2048 + 1024
+    assert "answers.arrows.1" in rotated and len(rotated) > 1  # 4 KB files: it rotated
+    assert sum(p.stat().st_size for p in path.parent.iterdir()) <= 4 * (4096 + 2048)
     recommends = [r for r in records if r["route"] == "recommend"]
     assert [r["request"]["user_id"] for r in recommends] == fans[12 - len(recommends) : 12]
     last = recommends[-1]

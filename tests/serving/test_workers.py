@@ -15,6 +15,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from serving.triton.server import free_ports
@@ -37,7 +38,7 @@ def service(store_root, features_dir, tmp_path):
         "--config", str(REPO / "configs" / "serving" / "synthetic_demo.yaml"),
         "--index", str(root), "--features", str(features_dir), "--port", str(port),
         "--triton.repository", str(tmp_path / "triton"), "--workers", str(WORKERS),
-        "--poll_seconds", "0.5", "--answer_log.path", "null",  # one file: one process
+        "--poll_seconds", "0.5", "--answer_log.path", str(tmp_path / "log" / "answers.arrows"),
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "service.log", "wb") as log:
@@ -110,6 +111,22 @@ def test_two_workers_answer_and_count_together(service, fans):
     assert ready["dependencies"]["triton"]["published"] == [1]
 
 
+def test_each_worker_keeps_its_own_answer_log_read_as_one(service, fans, tmp_path):
+    from monitoring import answers
+    from serving import answer_log
+
+    assert set(_post_all(service[1], fans, clients=8, each=5)) == {200}
+    path = tmp_path / "log" / "answers.arrows"
+    # each worker writes its batch within the log's flush_seconds (1 s) of its first answer
+    _wait(lambda: len(list(answer_log.read(path))) == 40, 20, "40 answers logged")
+    names = {p.name for p in path.parent.iterdir()}
+    assert names and names <= {"answers.w0.arrows", "answers.w1.arrows"}, names
+    got = answers.read(path)
+    assert len(got) == 40 and (got.route == "recommend").all() and got.torn == 0
+    assert (np.diff(got.ts) >= 0).all()  # one timeline
+    assert sorted(got.fan_ids[got.fan].tolist()) == sorted((fans * 40)[:40])
+
+
 def test_a_new_version_reaches_every_worker(service, fans, tiny_data, tmp_path):
     from index import rebuild
     from tests.index.conftest import index_config, train_tiny
@@ -152,19 +169,6 @@ def test_a_killed_worker_is_replaced_and_sigterm_leaves_nothing(service, fans, t
     assert triton.stdout == b"", "a tritonserver or stub of the service is still running"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/healthz", timeout=2)
-
-
-def test_workers_refuse_a_shared_answer_log(tmp_path):
-    from common.config import load
-    from common.errors import ConfigError
-    from serving.config import ServingConfig
-
-    path = REPO / "configs" / "serving" / "synthetic_demo.yaml"
-    args = ["--workers", "2", "--answer_log.path", str(tmp_path / "answers.jsonl")]
-    with pytest.raises(ConfigError, match=r"--workers=2 with --answer_log\.path"):
-        load(ServingConfig, path, args)
-    alone = ["--workers", "2", "--answer_log.path", "null"]
-    assert load(ServingConfig, path, alone).workers == 2
 
 
 def test_workers_stop_when_their_parent_is_killed(service):
