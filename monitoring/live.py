@@ -37,6 +37,7 @@ from serving.api.metrics import (
     ENDPOINTS,
     FALLBACKS,
     HTTP_RESPONSES,
+    MODEL_AGE,
     OPERATIONS_ROUTES,
     REQUEST_SECONDS,
     REQUESTS,
@@ -75,6 +76,9 @@ class LiveThresholds:
     version_age_seconds: float = 7 * 86400.0
     """The served version's age (since it was built) above which it alerts: the rebuild job
     has stopped publishing."""
+    model_age_seconds: float = 30 * 86400.0
+    """The served model's age (since training saved it) above which it alerts: versions are
+    still published, but from a model nobody retrains (fans' tastes and the catalog move on)."""
     for_duration: str = "5m"
     """How long a limit must stay broken before its alert fires (the rules' `for:`)."""
     window: str = "5m"
@@ -97,8 +101,9 @@ class LiveThresholds:
         for name in ("fallback_share", "error_share"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"--live.{name}={getattr(self, name)}: use a share in (0, 1)")
-        if self.version_age_seconds <= 0:
-            raise ConfigError(f"--live.version_age_seconds={self.version_age_seconds}: use > 0")
+        for name in ("version_age_seconds", "model_age_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--live.{name}={getattr(self, name)}: use > 0 seconds")
         for name in ("for_duration", "window"):
             value = getattr(self, name)
             if not value or not _DURATION.match(value) or not re.search(r"[1-9]", value):
@@ -110,7 +115,7 @@ class LiveThresholds:
 def alerting_rules(t: LiveThresholds) -> dict:
     """The Prometheus rules document (one group) of the thresholds."""
     rules = [latency_rule(t, endpoint, limit) for endpoint, limit in t.latency_p99_seconds.items()]
-    rules += [fallback_rule(t), error_rule(t), age_rule(t)]
+    rules += [fallback_rule(t), error_rule(t), age_rule(t), model_age_rule(t)]
     return {"groups": [{"name": GROUP, "rules": rules}]}
 
 
@@ -153,6 +158,14 @@ def age_rule(t: LiveThresholds) -> dict:
         "TowerlineVersionTooOld", f"max({VERSION_AGE}) > {t.version_age_seconds:g}", t,
         "ticket", summary=f"the served version is over {_days(t.version_age_seconds)} old",
         description="built {{ $value | humanizeDuration }} ago: is the rebuild job publishing?",
+    )  # fmt: skip
+
+
+def model_age_rule(t: LiveThresholds) -> dict:
+    return _alert(
+        "TowerlineModelTooOld", f"max({MODEL_AGE}) > {t.model_age_seconds:g}", t, "ticket",
+        summary=f"the served model is over {_days(t.model_age_seconds)} old",
+        description="trained {{ $value | humanizeDuration }} ago: is training still scheduled?",
     )  # fmt: skip
 
 

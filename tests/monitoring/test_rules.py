@@ -25,6 +25,7 @@ LIMITS = live.LiveThresholds(
     fallback_share=0.05,
     error_share=0.01,
     version_age_seconds=7 * 86400,
+    model_age_seconds=30 * 86400,
     for_duration="5m",
     window="5m",
 )
@@ -154,6 +155,7 @@ def test_promtool_checks_the_committed_rules(promtool):
         "TowerlineFallbackShareHigh",
         "TowerlineErrorShareHigh",
         "TowerlineVersionTooOld",
+        "TowerlineModelTooOld",
     }
 
 
@@ -287,6 +289,29 @@ def test_version_age_fires_past_its_limit(promtool, tmp_path):
     )
 
 
+def test_model_age_fires_past_its_limit(promtool, tmp_path):
+    # trained 31 days ago at 0m: over 30 days from 0m, firing from 5m. A model without a
+    # recorded training time (NaN) never fires; neither does a version's age alone.
+    old = [{"series": "towerline_model_age_seconds", "values": steady(60, start=31 * 86400)}]
+    unknown = [
+        {"series": "towerline_model_age_seconds", "values": " ".join(["NaN"] * (MINUTES + 1))},
+        {"series": "towerline_version_age_seconds", "values": steady(60, start=31 * 86400)},
+    ]
+    too_old = fired("TowerlineModelTooOld", "31d 0h 10m 0s")
+    run_cases(
+        promtool,
+        tmp_path,
+        [
+            case(
+                old,
+                ("4m", "TowerlineModelTooOld", []),
+                ("10m", "TowerlineModelTooOld", [too_old]),
+            ),
+            case(unknown, ("10m", "TowerlineModelTooOld", [])),
+        ],
+    )
+
+
 # -- the thresholds themselves ------------------------------------------------------------------
 
 
@@ -298,6 +323,7 @@ def test_version_age_fires_past_its_limit(promtool, tmp_path):
         ({"fallback_share": 1.5}, r"--live.fallback_share=1.5: use a share in \(0, 1\)"),
         ({"error_share": 0}, r"--live.error_share=0"),
         ({"version_age_seconds": -1}, r"--live.version_age_seconds=-1"),
+        ({"model_age_seconds": 0}, r"--live.model_age_seconds=0: use > 0 seconds"),
         ({"window": "5min"}, r"--live.window='5min': use a Prometheus duration"),
         ({"for_duration": "0m"}, r"--live.for_duration='0m'"),
     ],
