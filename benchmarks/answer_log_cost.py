@@ -12,7 +12,9 @@ worker logging to its own file, and drives it at each level of requests in fligh
 take turns `--rounds` times; each level reports the median of its rounds, and each mode's
 throughput as a share of the log-off service's in the same round (the machine's speed drifts
 between rounds, less within one). Every logged file is read back afterwards: the answers
-counted on disk must match the service's own count of what it queued.
+counted on disk must match the service's own count of what it queued. The last round's logs
+stay in `<out>/logs/<mode>/` (the relevance monitor's input at 1 M creators:
+configs/monitoring/synthetic_1m_creators.yaml reads `sample-100`'s).
 
     off         `--answer_log.path null`
     sample-10   `--answer_log.sample 0.1`: a tenth of fans, all of their answers
@@ -29,7 +31,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,13 +102,12 @@ def main() -> None:
     rank_latency.ensure_ranker()
     users = serving_load.known_users()
     runs = []
-    with tempfile.TemporaryDirectory(prefix="answer-log-cost-") as scratch:
-        for turn in range(args.rounds):
-            print(f"round {turn + 1} of {args.rounds}:", flush=True)
-            port = args.port + turn * len(args.modes)
-            for run in one_round(args.modes, users, args.concurrency, args.seconds, port,
-                                 Path(scratch)):  # fmt: skip
-                runs.append(run | {"round": turn + 1})
+    logs = REPO / args.out / "logs"  # the last round's stay, for the monitor (README)
+    for turn in range(args.rounds):
+        print(f"round {turn + 1} of {args.rounds}:", flush=True)
+        port = args.port + turn * len(args.modes)
+        for run in one_round(args.modes, users, args.concurrency, args.seconds, port, logs):
+            runs.append(run | {"round": turn + 1})
     report(args, runs)
 
 

@@ -18,6 +18,7 @@ from monitoring import __main__ as cli
 from monitoring import answers, metrics, monitor
 from monitoring.catalog import Catalog
 from monitoring.config import MonitorConfig
+from tests.conftest import REPO
 from tests.index import conftest as index_fixtures
 from tests.monitoring.helpers import T0, record, write_log
 
@@ -125,3 +126,9 @@ def test_the_log_prints_as_json_lines_for_people(tmp_path, capsys):
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == mine[1:]
     assert cli.main(["log", "--path", str(tmp_path / "none.arrows")]) == 3
     assert "--answer_log.path" in _said(capsys)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "monitoring").glob("*.yaml")))
+def test_every_shipped_monitor_config_loads(path):
+    cfg = config.load(MonitorConfig, path)
+    assert cfg.name == path.stem and cfg.routes and (cfg.alerts.min or cfg.alerts.max)
