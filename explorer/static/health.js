@@ -2,7 +2,9 @@
 // GET /versions/{v}/health. How the model trained (recall and NDCG@k by epoch), how close the
 // index search comes to exact search, how much of the catalog the fixed fan sample is shown,
 // and how popular what it is shown is against the catalog. Each plot's caption says its figures
-// in words (a screen reader reads the caption, not the plot).
+// in words (a screen reader reads the caption, not the plot). Below them, two tables: how far the
+// version drifted from the one it replaced (the rebuild's figures and limits) and what the
+// relevance monitor saw it serve.
 
 import { $, api, loadPlotly } from "./api.js";
 
@@ -109,6 +111,60 @@ function popularity(h) {
     }), CONFIG);
 }
 
+// One table row of a figure: each cell's text, and its class for the style and the tests.
+function tableRow(figure, cells) {
+  const tr = document.createElement("tr");
+  tr.dataset.figure = figure;
+  for (const [text, name] of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    td.dataset.figure = figure;
+    td.className = name;
+    tr.append(td);
+  }
+  return tr;
+}
+
+// The drift the rebuild measured against the version this one replaced (index.drift), each
+// figure beside the limit the index config set when it was published and the rebuild's verdict.
+const signed = (x) => `${x > 0 ? "+" : ""}${x.toFixed(3)}`;
+const DRIFT = {
+  cosine_shift: [(k) => "mean 1 − cosine of a creator's old vector, rotated onto the new space (orthogonal Procrustes), and its new one: 0 is the same geometry", (x) => x.toFixed(3)],
+  cosine_shift_unaligned: [(k) => "the same without the rotation: what comparing the two versions' raw vectors would see", (x) => x.toFixed(3)],
+  neighbour_overlap: [(k) => `share of a creator's ${k} nearest creators that both versions give it`, (x) => x.toFixed(3)],
+  list_overlap: [(k) => `share of a sampled fan's top ${k} that both versions recommend`, (x) => x.toFixed(3)],
+  rank_correlation: [(k) => "Kendall's τ_b of a fan's two lists over their union: 1 is the same creators in the same order, lower as they change or move", (x) => x.toFixed(3)],
+  popularity_shift: [(k) => "change in the mean catalog popularity percentile of what fans are shown: + is more popular", signed],
+  two_sample_auc: [(k) => "ROC-AUC of a linear classifier telling old (aligned) from new vectors: 0.5 cannot tell them apart, 1 always can", (x) => x.toFixed(3)],
+};
+const BOUND = { max: (x) => `≤ ${x}`, min: (x) => `≥ ${x}`, abs: (x) => `|x| ≤ ${x}` };
+const VERDICT = new Map([[true, "ok"], [false, "over"], [null, "not checked"]]);
+
+function driftRow(f, k) {
+  const [words, format] = DRIFT[f.figure];
+  const value = f.value === null ? "not measured" : format(f.value);
+  const limit = f.limit === null ? (f.threshold ? "not set" : "none") : BOUND[f.kind](f.limit);
+  return tableRow(f.figure, [[f.figure, "name"], [value, "value"], [limit, "limit"], [VERDICT.get(f.ok), `verdict ${VERDICT.get(f.ok).replace(" ", "-")}`], [words(k), "words"]]);
+}
+
+function drifted(h) {
+  const d = h.drift;
+  const table = $("health-drift");
+  table.hidden = !d.measured;
+  if (!d.measured) {
+    $("health-drift-text").textContent = `No drift to show: ${d.reason}.`;
+    return;
+  }
+  table.tBodies[0].replaceChildren(...d.figures.map((f) => driftRow(f, d.k)));
+  const over = d.figures.filter((f) => f.ok === false).map((f) => f.figure);
+  const checked = d.figures.some((f) => f.ok !== null);
+  const verdict = d.forced ? `Published past ${over.length} limit(s) with --allow_drift true: ${over.join(", ")}.`
+    : checked ? "Within every limit set." : "No limit was set: nothing was checked.";
+  const on = `${count(d.context.creators_joined)} creators in both, ${count(d.context.fans)} sampled fans`;
+  $("health-drift-text").textContent = `Measured against ${d.against} before this version was published (${on}; ` +
+    `overlaps at ${d.k}). ${verdict} The full report is ${d.report} in the version's folder of the index store.`;
+}
+
 // The relevance monitor's figures for the version (GET /monitor/report, the monitoring room),
 // the latest window it served in; what each says in words beside it.
 const MONITOR = [
@@ -136,16 +192,8 @@ async function monitored(version) {
   }
   const row = report.rows[report.rows.length - 1];
   table.tBodies[0].replaceChildren(...MONITOR.map(([key, words, format]) => {
-    const tr = document.createElement("tr");
     const value = row[key] === null || row[key] === undefined ? "not measured" : format(row[key]);
-    for (const [text, name] of [[key, "name"], [value, "value"], [words, "words"]]) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      td.dataset.figure = key;
-      td.className = name;
-      tr.append(td);
-    }
-    return tr;
+    return tableRow(key, [[key, "name"], [value, "value"], [words, "words"]]);
   }));
   table.hidden = false;
   const breaches = report.breaches.length ? ` ${report.breaches.length} breach(es): ${report.breaches.join("; ")}.` : " No breach.";
@@ -155,10 +203,13 @@ async function monitored(version) {
 
 export async function showHealth(version, k) {
   monitored(version);
+  $("health-drift").hidden = true;
+  $("health-drift-text").textContent = "";
   $("health-status").textContent = "Measuring…";
   try {
     const [h] = await Promise.all([api(`/versions/${encodeURIComponent(version)}/health?k=${k}`), loadPlotly()]);
     $("health-plots").hidden = false;
+    drifted(h);
     await Promise.all([training(h), search(h), coverage(h), popularity(h)]);
     const served = h.served ? " (served)" : "";
     const r = h.recommended;

@@ -1,22 +1,27 @@
 """`GET /versions/{index_version}/health`: a published version at a glance, for the explorer's
 health view: how its model trained (recall and NDCG@k by epoch, from the checkpoint's own
 record), how well its index search finds what exact search finds (the rebuild's tuning curve),
-and what it recommends to a fixed sample of fans (catalog coverage, the popularity of the
-creators in their lists against the catalog's).
+what it recommends to a fixed sample of fans (catalog coverage, the popularity of the
+creators in their lists against the catalog's), and how far it drifted from the version it
+replaced (index.drift, measured by the rebuild before it published).
 
 Everything but the sample comes from the version's manifest; the sample is the one the creator
-view's audience uses (answered once per version and k, then cached).
+view's audience uses (answered once per version and k, then cached). A drift figure's limit is
+the one the rebuild judged it against: its config, kept in the manifest (`config.drift`); its
+verdict is the rebuild's own (the drift entry's breaches), not judged again here.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from common.errors import MissingInputError
+from index.drift import THRESHOLDS
 from serving.api.schemas import ERRORS, Problem, SampleFans, SampleK
 from serving.api.state import ServicesDep
 
@@ -71,6 +76,54 @@ class Recommended(BaseModel):
     bands: list[Band]
 
 
+class DriftFigure(BaseModel):
+    figure: str = Field(description="Its name in drift.json (index.drift): cosine_shift, …")
+    value: float | None = Field(
+        description="None: not measured (too few creators in both versions, or the old "
+        "version had no user tower to answer the fans' lists)."
+    )
+    threshold: str | None = Field(
+        description="The index config's drift threshold that judges it (max_cosine_shift, "
+        "…); None: no threshold judges this figure."
+    )
+    limit: float | None = Field(
+        description="The threshold's value when the version was published; None: not set."
+    )
+    kind: Literal["max", "min", "abs"] | None = Field(
+        description="max: over when the value is above the limit; min: below it; abs: when "
+        "|value| is above it."
+    )
+    ok: bool | None = Field(
+        description="False: the rebuild found it past its limit (a breach); None: not "
+        "checked (no limit set, or no value)."
+    )
+
+
+class Drift(BaseModel):
+    measured: bool
+    reason: str | None = Field(
+        description="Why no drift was measured, when none was: a first version has nothing "
+        "to compare with."
+    )
+    against: str | None = Field(
+        description="The version it was compared with: the one current when it was published."
+    )
+    k: int | None = Field(description="Neighbours and list length the overlaps are taken at.")
+    forced: bool = Field(
+        description="Published past at least one limit with --allow_drift true (the "
+        "manifest's drift entry: allowed)."
+    )
+    figures: list[DriftFigure] = Field(description="The judged figures, and the unaligned shift.")
+    context: dict = Field(
+        description="drift.json's other figures: what the table's were measured on "
+        "(creators_joined, fans, two_sample_null_se, popularity_old/new, …)."
+    )
+    report: str | None = Field(
+        description="The full report's file in the version's folder (drift.html); the "
+        "service does not serve version files."
+    )
+
+
 class HealthResponse(BaseModel):
     index_version: str
     model_version: str
@@ -78,6 +131,7 @@ class HealthResponse(BaseModel):
     training: Training
     search: Search | None
     recommended: Recommended
+    drift: Drift
     took_ms: float
 
 
@@ -103,7 +157,7 @@ async def version_health(
     m = bundle.index.manifest
     return {
         **bundle.versions, "served": bundle is served, "training": training(m["model"]),
-        "search": search(m), "recommended": {**exposure, "k": k},
+        "search": search(m), "recommended": {**exposure, "k": k}, "drift": drift(m),
         "took_ms": round((time.perf_counter() - started) * 1e3, 3),
     }  # fmt: skip
 
@@ -125,4 +179,44 @@ def search(manifest: dict) -> dict | None:
         "factory": manifest["index"]["factory"], "k": t["k"], "recall_target": t["recall_target"],
         "queries": t["queries"], "exact_qps": t["exact_qps"], "chosen": t["chosen"],
         "curve": t["curve"],
+    }  # fmt: skip
+
+
+SHOWN = (
+    "cosine_shift", "cosine_shift_unaligned", "neighbour_overlap", "list_overlap",
+    "rank_correlation", "popularity_shift", "two_sample_auc",
+)  # fmt: skip
+"""The figures the health view tabulates: those a threshold can judge (index.drift.THRESHOLDS)
+and, beside the shift, the shift without alignment (what the Procrustes rotation takes out)."""
+
+
+def drift(manifest: dict) -> dict:
+    """The version's drift from the one it replaced, each figure beside the limit it was
+    judged against and the rebuild's verdict."""
+    entry = manifest.get("drift") or {
+        "reason": "the version records no drift (published before drift was measured)"
+    }
+    if not entry.get("measured"):
+        return {
+            "measured": False, "reason": entry.get("reason"), "against": None, "k": None,
+            "forced": False, "figures": [], "context": {}, "report": None,
+        }  # fmt: skip
+    values, limits = entry["figures"], manifest["config"]["drift"]
+    return {
+        "measured": True, "reason": None, "against": entry["against"], "k": entry["k"],
+        "forced": entry["allowed"],
+        "figures": [judged(f, values.get(f), limits, entry["breaches"]) for f in SHOWN],
+        "context": {f: v for f, v in values.items() if f not in SHOWN},
+        "report": entry["report"],
+    }  # fmt: skip
+
+
+def judged(figure: str, value, limits: dict, breaches: list[dict]) -> dict:
+    threshold, kind = next(((t, k) for f, t, k in THRESHOLDS if f == figure), (None, None))
+    limit = limits[threshold] if threshold else None
+    checked = limit is not None and value is not None
+    over = any(b["figure"] == figure for b in breaches)
+    return {
+        "figure": figure, "value": value, "threshold": threshold, "limit": limit, "kind": kind,
+        "ok": (not over) if checked else None,
     }  # fmt: skip

@@ -85,6 +85,33 @@ def second_version(site, tiny_data, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="package")
+def drifted_site(published, features_dir, tiny_data, tmp_path_factory):
+    """The service with the explorer room serving a second model's version (another seed, no
+    map), published over the tiny one past a drift limit with --allow_drift true: (base URL,
+    recommender, the version it replaced)."""
+    from index import rebuild, store
+    from serving.api.app import create_app
+    from serving.features.embedded import EmbeddedStore
+    from serving.pipeline.recommender import Recommender
+    from serving.pipeline.towers import InProcessTowers
+    from tests.index.conftest import index_config, train_tiny
+
+    root = tmp_path_factory.mktemp("drifted") / "store"
+    shutil.copytree(published.store, root)  # store_root may hold more versions by now
+    first = store.current_version(root)
+    run = train_tiny(tiny_data, tmp_path_factory.mktemp("run3"), epochs=1, seed=7, workers=0)
+    limits = {"max_cosine_shift": 2.0, "min_list_overlap": 1.0}  # the second breaks at 1
+    cfg = index_config(root, run, tiny_data, map_points=0, drift=limits, allow_drift=True)
+    result = rebuild.run(cfg)
+    assert result.status == "published", result.summary
+    rec = Recommender(root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh() and rec.bundle.index_version == result.version
+    http, url = serving_fixtures.serve_http(create_app(rec, poll_seconds=None, rooms=["explorer"]))
+    yield url, rec, first
+    http.should_exit = True
+
+
+@pytest.fixture(scope="package")
 def monitored_site(store_root, features_dir, tmp_path_factory):
     """The service with an answer log and the monitoring room beside the explorer: (base URL,
     recommender, the answer log's path)."""

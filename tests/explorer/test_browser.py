@@ -269,6 +269,39 @@ def test_health_plots_a_versions_training_search_coverage_and_popularity(site, p
     no_serious_violations(page, "health view")
 
 
+def test_health_shows_the_drift_from_the_version_it_replaced(site, drifted_site, page):
+    url, rec, first = drifted_site
+    version = rec.bundle.index_version
+    page.goto(f"{url}/explorer?health={version}")
+    page.wait_for_selector("#health-drift:not([hidden])")
+    d = httpx.get(f"{url}/versions/{version}/health", params={"k": K}).json()["drift"]
+    rows = page.locator("#health-drift tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert [r[0] for r in rows] == [f["figure"] for f in d["figures"]]
+    shown = {r[0]: r[1:] for r in rows}
+    lists = next(f for f in d["figures"] if f["figure"] == "list_overlap")
+    assert shown["list_overlap"][:3] == [f"{lists['value']:.3f}", "≥ 1", "over"]
+    assert f"top {K}" in shown["list_overlap"][3]
+    assert shown["cosine_shift"][1:3] == ["≤ 2", "ok"]
+    assert shown["popularity_shift"][1:3] == ["not set", "not checked"]
+    assert shown["cosine_shift_unaligned"][1:3] == ["none", "not checked"]
+    assert all(r[4] for r in rows)  # each figure said in words
+    said = page.inner_text("#health-drift-text")
+    assert f"against {first}" in said
+    assert "past 1 limit(s) with --allow_drift true: list_overlap" in said
+    page.screenshot(path=str(SHOTS / "health-drift.png"), full_page=True)
+    no_serious_violations(page, "health view with drift")
+
+    url, rec = site  # its first version: nothing to compare with
+    page.goto(f"{url}/explorer?health={rec.bundle.index_version}")
+    page.wait_for_function(
+        "document.getElementById('health-drift-text').textContent.startsWith('No drift')"
+    )
+    assert "no current version to compare with" in page.inner_text("#health-drift-text")
+    assert page.locator("#health-drift").is_hidden()
+
+
 def test_search_shows_the_services_answer_with_each_retrievers_rank(site, page, fans):
     url, rec = site
     page.goto(f"{url}/explorer?fan={fans[1]}&k={K}")

@@ -1,17 +1,30 @@
 """`GET /versions/{v}/health`: the model's evaluations as training recorded them (kept in the
-checkpoint, carried into the index manifest), the index's tuning against exact search, and
+checkpoint, carried into the index manifest), the index's tuning against exact search,
 coverage and popularity of what the version recommends to the fixed fan sample, which match
-/recommend's own lists for those fans."""
+/recommend's own lists for those fans, and the drift the rebuild measured against the version
+it replaced, each figure beside the limit it was judged against."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from index import store
+from serving.api.app import create_app
 from serving.api.version_health import HealthResponse
+from serving.features.embedded import EmbeddedStore
+from serving.pipeline.recommender import Recommender
+from serving.pipeline.towers import InProcessTowers
 from serving.pipeline.versions import sample_fans
+
+LIMITS = {"max_cosine_shift": 2.0, "min_list_overlap": 1.0, "max_popularity_shift": None}
+"""Past a limit of 1 for a second model's list overlap, inside the widest cosine shift; the
+popularity shift not checked."""
 
 
 def health(client, version: str, **params) -> dict:
@@ -71,3 +84,60 @@ def test_health_of_a_version_not_published_is_a_404_naming_it(service):
     assert r.status_code in (404, 422)
     r = client.get("/versions/bad$name/health")
     assert r.status_code == 422 and "index_version" in r.text
+
+
+@pytest.fixture(scope="module")
+def drifted(published, features_dir, tiny_data, tmp_path_factory):
+    """A store whose first version was replaced by a second model's (another seed), published
+    past a drift limit with --allow_drift true and served: (client, recommender, first)."""
+    from index import rebuild
+    from tests.index.conftest import index_config, train_tiny
+
+    root = tmp_path_factory.mktemp("drifted") / "store"
+    shutil.copytree(published.store, root)  # store_root may hold more versions by now
+    first = store.current_version(root)
+    run = train_tiny(tiny_data, tmp_path_factory.mktemp("run2"), epochs=1, seed=7, workers=0)
+    cfg = index_config(root, run, tiny_data, map_points=0, drift=LIMITS, allow_drift=True)
+    result = rebuild.run(cfg)
+    assert result.status == "published", result.summary
+    rec = Recommender(root, EmbeddedStore.open(features_dir), InProcessTowers())
+    assert rec.refresh() and rec.bundle.index_version == result.version
+    with TestClient(create_app(rec, poll_seconds=None)) as client:
+        yield client, rec, first
+
+
+def test_a_first_version_says_it_has_no_drift(service):
+    client, rec = service
+    d = health(client, rec.bundle.index_version, k=5, fans=30)["drift"]
+    assert not d["measured"] and "no current version to compare with" in d["reason"]
+    assert (d["against"], d["forced"], d["figures"]) == (None, False, [])
+
+
+def test_drift_shows_each_figure_its_limit_and_the_rebuilds_verdict(drifted):
+    client, rec, first = drifted
+    b = rec.bundle
+    body = health(client, b.index_version, k=5, fans=30)
+    d = body["drift"]
+    assert body["served"] and d["measured"] and d["against"] == first and d["k"] == 10
+    folder = store.versions_dir(rec.index_root) / b.index_version
+    recorded = json.loads((folder / "drift.json").read_text())["figures"]
+    shown = {f["figure"]: f for f in d["figures"]}
+    assert set(shown) == {"cosine_shift", "cosine_shift_unaligned", "neighbour_overlap",
+                          "list_overlap", "rank_correlation", "popularity_shift",
+                          "two_sample_auc"}  # fmt: skip
+    assert {k: f["value"] for k, f in shown.items()} == {k: recorded[k] for k in shown}
+    assert d["context"]["fans"] == recorded["fans"] > 0
+    assert d["context"]["creators_joined"] == len(b.row_of)
+
+    lists, shift = shown["list_overlap"], shown["cosine_shift"]
+    assert 0 <= lists["value"] < 1  # another model: some list changed
+    assert (lists["threshold"], lists["limit"], lists["kind"], lists["ok"]) == (
+        "min_list_overlap", 1.0, "min", False)  # fmt: skip
+    assert (shift["limit"], shift["kind"], shift["ok"]) == (2.0, "max", True)
+    assert shown["popularity_shift"]["limit"] is None and shown["popularity_shift"]["ok"] is None
+    unaligned = shown["cosine_shift_unaligned"]
+    assert unaligned["value"] >= shift["value"]  # the rotation only takes shift out
+    assert (unaligned["threshold"], unaligned["limit"], unaligned["ok"]) == (None, None, None)
+    # the verdicts are the rebuild's: its breaches, recorded in the manifest
+    assert [x["figure"] for x in b.index.manifest["drift"]["breaches"]] == ["list_overlap"]
+    assert d["forced"] is True and d["report"] == "drift.html"
