@@ -12,7 +12,9 @@ worker logging to its own file, and drives it at each level of requests in fligh
 take turns `--rounds` times; each level reports the median of its rounds, and each mode's
 throughput as a share of the log-off service's in the same round (the machine's speed drifts
 between rounds, less within one). Every logged file is read back afterwards: the answers
-counted on disk must match the service's own count of what it queued. The last round's logs
+counted on disk must match the service's own count of what it queued. Beside it, in-process,
+the CPU one logged answer costs (`cpu_per_logged_answer`), set against the machine's time per
+answer: the same cost without a whole service's noise. The last round's logs
 stay in `<out>/logs/<mode>/` (the relevance monitor's input at 1 M creators:
 configs/monitoring/synthetic_1m_creators.yaml reads `sample-100`'s).
 
@@ -31,14 +33,37 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks import rank_latency, serving_load, serving_set  # noqa: E402
+from benchmarks.monitor_speed import TIMINGS  # noqa: E402
 from serving import answer_log  # noqa: E402
+from serving.pipeline.stages import Answer  # noqa: E402
 
 SAMPLES = {"off": None, "sample-10": 0.1, "sample-100": 1.0}
+
+
+def cpu_per_logged_answer(n: int = 20_000, k: int = 20, repeats: int = 3) -> float:
+    """Seconds of CPU one logged answer costs the process (record, queue, batch, write: both
+    threads), the fewest of `repeats`: the same cost as the service's, without the noise of a
+    whole service under load."""
+    ids = [f"cr_{i:07d}" for i in range(k)]
+    answer = Answer(ids, [1.0 / (i + 1) for i in range(k)], "model", timings=dict(TIMINGS))
+    versions = {"model_version": "3f2a" * 10, "index_version": "v00001-bench"}
+    best = float("inf")
+    with tempfile.TemporaryDirectory() as folder:
+        for rep in range(repeats):
+            log = answer_log.AnswerLog(Path(folder) / f"{rep}.arrows", queue_size=n)
+            started = time.process_time()
+            for i in range(n):
+                log.offer("recommend", {"user_id": f"fan_{i}", "k": k}, answer, versions)
+            log.close(timeout=120)
+            best = min(best, (time.process_time() - started) / n)
+    return best
 
 
 def flags(sample: float | None, log: Path) -> list[str]:
@@ -114,7 +139,8 @@ def main() -> None:
 def report(args, runs: list[dict]) -> None:
     results = {"machine": f"{os.cpu_count()} cores, no GPU", "text_vectors": not args.no_text,
                "runs": runs, "summary": rank_latency.summary(runs),
-               "shares": shares(runs)}  # fmt: skip
+               "shares": shares(runs),
+               "cpu_per_logged_answer_s": cpu_per_logged_answer()}  # fmt: skip
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -131,6 +157,11 @@ def report(args, runs: list[dict]) -> None:
         if "logged" in run:
             print(f"round {run['round']} {run['mode']}: {run['logged']:,} answers logged in "
                   f"{run['log_files']} ({run['log_bytes'] / 1e6:.1f} MB)")  # fmt: skip
+    cpu = results["cpu_per_logged_answer_s"]
+    per_request = 2 / max(r["rps"] for r in results["summary"] if r["mode"] == "off")  # 2 cores
+    print(f"in-process: {cpu * 1e6:.1f} µs of CPU per logged answer (k 20), against "
+          f"{per_request * 1e3:.2f} ms of the machine per answer at the off service's best: "
+          f"{0.1 * cpu / per_request:.2%} of it at 10 % sampling")  # fmt: skip
     print(f"wrote {out / 'results.json'}")
 
 

@@ -220,9 +220,12 @@ def service_run(mode: str, sets: list[str], users, levels, seconds, port) -> dic
                 "answer_log": answer_log_counts(svc.url)}  # fmt: skip
 
 
-def answer_log_counts(url: str) -> dict[str, float]:
+def answer_log_counts(url: str, settle_s: float = 2.0) -> dict[str, float]:
     """What the service (every worker: the metrics are shared) did with answers offered to its
-    answer log, by outcome (queued, unsampled, dropped); empty without a log."""
+    answer log, by outcome (queued, unsampled, dropped); empty without a log. Read `settle_s`
+    after the load: requests wrk left in flight when it stopped are still answered (and
+    logged) after it has gone."""
+    time.sleep(settle_s)
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
         text = r.read().decode()
     found = re.findall(r'^towerline_answer_log_records_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
