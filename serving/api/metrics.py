@@ -133,7 +133,8 @@ class Metrics:
         )  # fmt: skip
         self.age = Gauge(
             VERSION_AGE, "Seconds since the served index version (model embeddings, user "
-            "tower, index) was built; NaN before one is loaded", registry=r,
+            "tower, index) was built; NaN before one is loaded or for a version whose manifest "
+            "has no build time", registry=r,
             multiprocess_mode="livemostrecent",  # the worker answering the scrape sets it
         )  # fmt: skip
         self.model_age = Gauge(
@@ -173,10 +174,10 @@ class Metrics:
         """The exposition the Accept header asks for (OpenMetrics, with exemplars, or the
         Prometheus text) and its content type: of every worker's numbers when there are
         several."""
-        if self._built_at is not None:
-            self.age.set(time.time() - self._built_at)
-        # NaN, not the last model's age, once a version that does not know it serves
-        self.model_age.set(math.nan if self._trained_at is None else time.time() - self._trained_at)
+        # NaN, not the last version's or model's age, once one that does not know it serves
+        now = time.time()
+        self.age.set(math.nan if self._built_at is None else now - self._built_at)
+        self.model_age.set(math.nan if self._trained_at is None else now - self._trained_at)
         encode, content_type = choose_encoder(accept or "")
         folder = os.environ.get(MULTIPROC_ENV)
         if not folder:

@@ -200,6 +200,9 @@ def test_the_model_age_counts_from_the_training_run_and_is_nan_where_unknown(ser
     assert exposed(metrics.exposition()[0].decode(), MODEL_AGE) == pytest.approx(age, abs=30)
     metrics.swapped(older)
     assert math.isnan(exposed(metrics.exposition()[0].decode(), MODEL_AGE))
+    old.pop("created_at")  # the version's own age: NaN too, not the one before's
+    metrics.swapped(older)
+    assert math.isnan(exposed(metrics.exposition()[0].decode(), "towerline_version_age_seconds"))
 
 
 def test_openmetrics_with_exemplars_when_asked_for_and_text_otherwise(served, fans):
