@@ -22,7 +22,14 @@ from index import store as index_store
 from serving.pipeline import versions, whatif
 from serving.pipeline.breaker import Breaker
 from serving.pipeline.bundle import Bundle, PrepareEncoder, load_bundle, release_later
-from serving.pipeline.stages import Answer, Pipeline, Rank, Request, default_pipeline
+from serving.pipeline.stages import (
+    Admitted,
+    Answer,
+    Pipeline,
+    Rank,
+    Request,
+    default_pipeline,
+)
 from serving.pipeline.versions import Versions
 from serving.pipeline.whatif import Profile
 
@@ -132,16 +139,25 @@ class Recommender:
 
     def recommend_many(
         self,
-        requests: Sequence[Request],
+        requests: Sequence[Request] | Sequence[Admitted],
         deliver: Callable[[int, tuple[Answer, Bundle]], None] | None = None,
-    ) -> list[tuple[Answer, Bundle]]:
+    ) -> list[tuple[Answer, Bundle] | Admitted]:
         """Answer requests that arrived together with one feature lookup, one user-tower call
-        and one index search, all from one bundle; `deliver(i, (answer, bundle))` gets each
-        answer off the model path as soon as it is known (serving.pipeline.stages.Pipeline)."""
+        and one index search, all from one bundle.
+
+        `deliver(i, (answer, bundle))` gets each answer off the model path as soon as it is
+        known (serving.pipeline.stages.Pipeline). With `deliver.handoff` set (a batcher's
+        lookup while its workers wait on the tower, serving.api.batcher), a batch with anyone
+        on the model path stops after the lookup: those requests come back `Admitted`, for a
+        later call with a batch of them (`requests` all `Admitted`)."""
         b = self._current()
         early = None if deliver is None else lambda i, answer: deliver(i, (answer, b))
-        batch = self.pipeline.run(requests, b, early)
-        return [(a, b) for a in batch.answers]
+        if requests and isinstance(requests[0], Admitted):
+            batch = self.pipeline.resume(requests, b, early)
+        else:
+            handoff = getattr(deliver, "handoff", False)
+            batch = self.pipeline.run(requests, b, early, handoff=handoff)
+        return [(a, b) if a is not None else batch.admitted(i) for i, a in enumerate(batch.answers)]
 
     def similar(self, creator_id: str, k: int) -> tuple[Answer, Bundle] | None:
         """The creators nearest to one creator of the served index (itself excluded); None

@@ -7,6 +7,9 @@ cannot do its part degrades the requests it holds instead of failing them: they 
 model path with the reason, and `Fallback` answers them (popular creators minus what can still
 be excluded), flagged. No stage raises for one request's sake, and a request off the model path
 is answered at once (`Pipeline.run`'s `deliver`): a cold start never waits on the user tower.
+Nor does the next lookup: with `handoff`, a batch stops after its lookup and its requests on
+the model path go on, carrying their features (`Admitted`), in a batch of their own
+(`Pipeline.resume`), so the service looks fans up while other batches wait on the tower.
 The stages that call a dependency go through its circuit breaker (serving.pipeline.breaker).
 
     Lookup    features of each fan (feature store); exclusions: followed, `exclude`, own account
@@ -23,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Protocol
 
 import numpy as np
@@ -101,12 +105,43 @@ class Batch:
             answers=[None] * n, cold_start=[False] * n, degraded=[None] * n,
         )  # fmt: skip
 
+    def admitted(self, i: int) -> Admitted:
+        """Request i, past the lookup, for a later batch (Pipeline.resume)."""
+        return Admitted(self.requests[i], self.features, i, self.timings.get("lookup", 0.0))
+
     def leave_model_path(self, positions: Sequence[int], reason: str) -> None:
         """Requests the model path cannot answer: the fallback answers them, flagged."""
         leaving = set(positions)
         for i in leaving:
             self.degraded[i] = reason
         self.model = [i for i in self.model if i not in leaving]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request its batch's lookup put on the model path: its fan's features (row `row` of
+    `features`) go with it, so the batch that answers it asks the store nothing again."""
+
+    request: Request
+    features: UserFeaturesBatch
+    row: int
+    lookup_s: float
+    """How long the lookup took (the answering batch reports it as its lookup stage's)."""
+
+
+def gathered(admitted: Sequence[Admitted]) -> UserFeaturesBatch:
+    """The features of the admitted requests' fans as one batch, in their order (a run of
+    requests from one lookup is taken from it at once)."""
+    runs = [list(run) for _, run in groupby(admitted, key=lambda a: id(a.features))]
+    taken = [(run[0].features, [a.row for a in run]) for run in runs]
+
+    def rows(name: str) -> np.ndarray:
+        return np.concatenate([getattr(f, name)[r] for f, r in taken])
+
+    return UserFeaturesBatch(
+        rows("user_idx"), rows("known"), rows("trained"), rows("history"), rows("attributes"),
+        [f.followed[i] for f, r in taken for i in r], admitted[0].features.version,
+    )  # fmt: skip
 
 
 def _excluded(bundle: Bundle, request: Request) -> set[int]:
@@ -131,6 +166,9 @@ class Lookup:
         self.breaker = breaker or Breaker("the feature store")
 
     def __call__(self, batch: Batch) -> None:
+        if batch.features is not None:  # looked up by an earlier batch (Pipeline.resume)
+            admit(batch, batch.features)
+            return
         # the store's unavailability error, or anything it raises, counts against it
         f = self.breaker.call(self.store.lookup, [r.user_id for r in batch.requests])
         if f is None:
@@ -373,23 +411,45 @@ class Pipeline:
         self.observers: list[Callable[[Batch], None]] = []
 
     def run(
-        self, requests: Sequence[Request], bundle: Bundle, deliver: Deliver | None = None
+        self,
+        requests: Sequence[Request],
+        bundle: Bundle,
+        deliver: Deliver | None = None,
+        handoff: bool = False,
     ) -> Batch:
         """Every request's answer in `batch.answers`; with `deliver`, each is also handed to
         it as soon as it is known: a request that leaves the model path (a cold start after
-        the lookup) is answered by the fallback there and then, not after the user tower."""
-        batch = Batch.start(requests, bundle)
-        delivered = [False] * len(requests)
+        the lookup) is answered by the fallback there and then, not after the user tower.
+        With `handoff`, a batch with anyone on the model path stops after the lookup, the
+        others answered: the model path's answers stay None, for `resume` to give
+        (`batch.admitted(i)`)."""
+        return self._through(Batch.start(requests, bundle), deliver, handoff)
+
+    def resume(
+        self, admitted: Sequence[Admitted], bundle: Bundle, deliver: Deliver | None = None
+    ) -> Batch:
+        """Requests past their lookup (`run` with `handoff`, from one batch or several)
+        answered as one batch: the lookup stage admits the features they carry."""
+        batch = Batch.start([a.request for a in admitted], bundle)
+        batch.features = gathered(admitted)
+        batch.timings["lookup"] = max(a.lookup_s for a in admitted)
+        return self._through(batch, deliver)
+
+    def _through(self, batch: Batch, deliver: Deliver | None, handoff: bool = False) -> Batch:
+        delivered = [False] * len(batch.requests)
         for stage in self.stages:
             started = time.perf_counter()
             stage(batch)
             seconds = time.perf_counter() - started
             batch.timings[stage.name] = batch.timings.get(stage.name, 0.0) + seconds
-            if deliver is not None:
+            handing_on = handoff and batch.model and stage.name == Lookup.name
+            if deliver is not None or handing_on:  # handed on, the rest is answered here
                 self._deliver(batch, delivered, deliver)
+            if handing_on:
+                return batch
         for answer in batch.answers:
             if not answer.timings:
-                answer.timings = {**batch.timings, "batch": len(requests)}
+                answer.timings = {**batch.timings, "batch": len(batch.requests)}
         for observe in self.observers:
             try:
                 observe(batch)
@@ -397,7 +457,7 @@ class Pipeline:
                 log.exception("an observer of the pipeline failed")
         return batch
 
-    def _deliver(self, batch: Batch, delivered: list[bool], deliver: Deliver) -> None:
+    def _deliver(self, batch: Batch, delivered: list[bool], deliver: Deliver | None) -> None:
         on_path = set(batch.model)
         ready = [i for i, done in enumerate(delivered) if not done and i not in on_path]
         if not ready:
@@ -410,7 +470,8 @@ class Pipeline:
             if batch.answers[i] is None:
                 continue  # answered by a later stage (the rank stage answers the model path)
             batch.answers[i].timings = {**batch.timings, "batch": len(batch.requests)}
-            deliver(i, batch.answers[i])
+            if deliver is not None:
+                deliver(i, batch.answers[i])
             delivered[i] = True
 
 

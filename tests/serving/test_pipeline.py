@@ -1,10 +1,13 @@
 """The online pipeline's seams: named stages timed by one metric, a rank stage that can be
-replaced, flagged degradation stage by stage, and the answer log (sampled, rotated, read back)."""
+replaced, flagged degradation stage by stage, a batch handed on after its lookup (so a paused
+tower holds up no cold start), and the answer log (sampled, rotated, read back)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +19,7 @@ from serving.pipeline.bundle import Tower
 from serving.pipeline.recommender import Recommender
 from serving.pipeline.stages import Rank, Request
 from serving.pipeline.towers import InProcessTowers
+from tests.serving.conftest import serve_http
 
 STAGES = ("lookup", "encode", "retrieve", "filter", "rank", "fallback")
 
@@ -145,6 +149,86 @@ def test_a_cold_start_never_waits_on_the_user_tower(store_root, features_dir, fa
     total = time.perf_counter() - started
     assert list(when) == [1] and when[1] < 0.25 <= 0.5 <= total
     assert answers[1][0].cold_start and answers[0][0].degraded == "user_tower_in_process"
+
+
+def test_a_batch_handed_on_after_its_lookup_is_answered_as_a_whole_one_would_be(recommender, fans):
+    """`handoff` stops a batch after its lookup, its cold start answered; what it admitted,
+    resumed together with another batch's, gets the answers of one plain batch."""
+    b = recommender.bundle
+    some = str(b.index.creator_id[0])
+    first = [Request(fans[0], 5), Request("nobody-we-know", 5), Request(fans[1], 5, (some,))]
+    second = [Request(fans[2], 7)]
+    plain = recommender.pipeline.run(first + second, b).answers
+    one = recommender.pipeline.run(first, b, handoff=True)
+    two = recommender.pipeline.run(second, b, handoff=True)
+    assert one.model == [0, 2] and one.answers[0] is None and one.answers[2] is None
+    assert one.answers[1].cold_start and one.answers[1].creator_ids == plain[1].creator_ids
+    resumed = recommender.pipeline.resume([one.admitted(0), one.admitted(2), two.admitted(0)], b)
+    got = [(a.creator_ids, a.scores, a.source) for a in resumed.answers]
+    assert got == [(a.creator_ids, a.scores, a.source) for a in (plain[0], plain[2], plain[3])]
+    assert some not in resumed.answers[1].creator_ids and len(resumed.answers[2].creator_ids) == 7
+    assert resumed.timings["lookup"] >= max(one.timings["lookup"], two.timings["lookup"])
+
+
+class PausedServer:
+    """A tower provider whose 'server' answers the load-time probe check, then holds every call
+    (a SIGSTOPped Triton) until `resume` is set, when the call fails as a timed-out one does;
+    the real tower answers in-process. `held` counts the calls it holds."""
+
+    def __init__(self):
+        self.resume, self.held, self.loaded = threading.Event(), threading.Semaphore(0), False
+
+    def __call__(self, folder, version) -> Tower:
+        real = InProcessTowers()(folder, version)
+
+        def on_server(x):
+            if self.loaded:
+                self.held.release()
+                self.resume.wait(30)
+                raise TimeoutError("the server did not answer")
+            return real.encode(x)
+
+        return Tower(on_server, real.inputs, "paused server", fallback=real.encode)
+
+
+def test_a_cold_start_is_answered_while_every_worker_waits_on_a_paused_tower(
+    store_root, features_dir, fans
+):
+    """Both batch workers wait on a paused server: a known fan asked then is looked up and
+    waits for a worker, a cold start asked then is answered at once, over real HTTP."""
+    server = PausedServer()
+    rec = flaky_recommender(store_root, features_dir, server)
+    app = create_app(rec, poll_seconds=None)  # two batch workers
+    http, url = serve_http(app)
+    answers: dict[str, httpx.Response] = {}
+
+    def ask(fan: str) -> None:
+        answers[fan] = httpx.post(f"{url}/recommend", json={"user_id": fan, "k": 5}, timeout=30)
+
+    asking = [threading.Thread(target=ask, args=(fan,)) for fan in fans[:3]]
+    try:
+        for thread in asking[:2]:
+            thread.start()
+            assert server.held.acquire(timeout=10)  # each worker waits on the server
+        asking[2].start()
+        batcher, deadline = app.state.services.batcher, time.monotonic() + 10
+        while not batcher.admitted:  # looked up apart, waiting for a worker
+            assert time.monotonic() < deadline, "the third fan was not looked up"
+            time.sleep(0.01)
+        started = time.perf_counter()
+        cold = httpx.post(f"{url}/recommend", json={"user_id": "nobody-we-know", "k": 5})
+        took = time.perf_counter() - started
+        assert not answers  # the server is still paused: nobody on the model path answered
+    finally:
+        server.resume.set()
+        for thread in asking:
+            if thread.ident is not None:  # started
+                thread.join(30)
+        http.should_exit = True
+    assert cold.status_code == 200 and cold.json()["cold_start"] and took < 0.5, took
+    for fan in fans[:3]:
+        body = answers[fan].json()
+        assert (body["source"], body["degraded"]) == ("model", "user_tower_in_process"), fan
 
 
 def test_sampling_is_by_fan_and_stable():
