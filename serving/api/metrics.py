@@ -16,7 +16,8 @@ no label ever holds a fan's id. monitoring.live writes its alerting rules agains
 below.
 
 Trace exemplars: an endpoint's latency observation carries the trace id of the request (the
-OpenTelemetry span's where one is recording, else the caller's W3C `traceparent` header). The
+OpenTelemetry span's where one is recording, else the caller's W3C `traceparent` header); a
+stage's, timed once per batch, the first traced request of the batch (each waited that long). The
 text format has no place for them: /metrics serves OpenMetrics, exemplars included, when the
 scraper's Accept header asks for it, as Prometheus does. prometheus_client's multiprocess mode
 does not store exemplars, so with several workers none are taken or shown.
@@ -191,10 +192,14 @@ class Metrics:
         self.served(bundle)
 
     def batch_done(self, batch: Batch) -> None:
-        """A pipeline observer: each stage's time and the batch's size."""
+        """A pipeline observer: each stage's time and the batch's size. A stage is timed per
+        batch, and every request in it waited that long: the first traced one is the
+        exemplar."""
         self.batch.observe(len(batch.requests))
+        traced = next((r.trace_id for r in batch.requests if r.trace_id), None)
+        exemplar = {"trace_id": traced} if traced and self.exemplars else None
         for stage, seconds in batch.timings.items():
-            self.stage.labels(stage).observe(seconds)
+            self.stage.labels(stage).observe(seconds, exemplar)
 
     def dependencies(self, report: dict) -> None:
         """The gauges of a readiness report (serving.api.health.readiness), at scrape time."""
@@ -232,13 +237,17 @@ class Metrics:
             self.cold_starts.labels(endpoint).inc()
 
     def _exemplar(self) -> dict[str, str] | None:
-        if not self.exemplars:
-            return None
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            return {"trace_id": format(span.trace_id, "032x")}
-        trace_id = TRACE_ID.get()
-        return {"trace_id": trace_id} if trace_id else None
+        traced = trace_id() if self.exemplars else None
+        return {"trace_id": traced} if traced else None
+
+
+def trace_id() -> str | None:
+    """The trace of the request being handled: the OpenTelemetry span's where one is
+    recording, else the caller's `traceparent` header's (TRACE_ID); None without either."""
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        return format(span.trace_id, "032x")
+    return TRACE_ID.get()
 
 
 def built_at(manifest: dict) -> float | None:

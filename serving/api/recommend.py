@@ -11,6 +11,7 @@ import time
 
 from fastapi import APIRouter, Response
 
+from serving.api.metrics import trace_id
 from serving.api.schemas import ERRORS, RecommendRequest, RecommendResponse, response
 from serving.api.state import ServicesDep
 from serving.pipeline.stages import Request
@@ -27,7 +28,9 @@ router = APIRouter(tags=["recommend"])
 async def recommend(req: RecommendRequest, svc: ServicesDep) -> Response:
     started = time.perf_counter()
     svc.bundle()
-    request = Request(req.user_id, req.k, tuple(req.exclude), req.mmr, req.calibration)
+    request = Request(
+        req.user_id, req.k, tuple(req.exclude), req.mmr, req.calibration, trace_id=trace_id()
+    )
     answer, bundle = await svc.batcher.submit(request)
     svc.metrics.answered("recommend", answer, time.perf_counter() - started, req.k)
     svc.log_answer("recommend", req.model_dump(exclude_none=True), answer, bundle)

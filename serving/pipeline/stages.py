@@ -61,6 +61,8 @@ class Request:
     mmr: float | None = None
     """The rank stage's trade-offs for this request; None = the stage's own."""
     calibration: float | None = None
+    trace_id: str | None = field(default=None, compare=False)
+    """The caller's trace (serving.api.metrics.trace_id): the stage histograms' exemplar."""
 
 
 @dataclass

@@ -220,8 +220,13 @@ def test_openmetrics_with_exemplars_when_asked_for_and_text_otherwise(served, fa
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     assert om.text.endswith("# EOF\n")
     exemplars = [line for line in om.text.splitlines() if " # {" in line]
-    assert exemplars and all("towerline_request_seconds_bucket" in e for e in exemplars)
-    assert any(f'trace_id="{trace_id}"' in e for e in exemplars)
+    stages = [e for e in exemplars if e.startswith("towerline_stage_seconds_bucket")]
+    routes = [e for e in exemplars if e.startswith("towerline_request_seconds_bucket")]
+    assert exemplars and len(stages) + len(routes) == len(exemplars)
+    assert any(f'trace_id="{trace_id}"' in e for e in routes)
+    # the stages that answered the traced request's batch (alone: one in flight) carry it too
+    for stage in ("lookup", "encode", "retrieve"):
+        assert any(f'stage="{stage}"' in e and trace_id in e for e in stages), stage
     assert any('endpoint="similar"' in e and similar_trace in e for e in exemplars)
     assert "0" * 32 not in om.text
     assert text.headers["content-type"].startswith("text/plain")
