@@ -236,12 +236,9 @@ def _item_codes(items: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _flat_scores(scores: pa.ChunkedArray, width: int) -> dict[str, np.ndarray]:
     """Every answer's scores, at most `width` each (its list's), one after another."""
-    lengths = _numpy(pc.list_value_length(scores).fill_null(0), np.int64)
-    values = _numpy(pc.list_flatten(scores).fill_null(np.nan), np.float32)
-    counts = np.minimum(lengths, width)
-    if (counts < lengths).any():  # more scores than creators: keep each list's first `width`
-        values = values[np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-                        < np.repeat(counts, lengths)]  # fmt: skip
+    kept = pc.list_slice(scores, 0, width)  # more scores than creators: each list's first
+    counts = _numpy(pc.list_value_length(kept).fill_null(0), np.int64)
+    values = _numpy(pc.list_flatten(kept).fill_null(np.nan), np.float32)
     return {"score_values": values, "score_counts": counts}
 
 

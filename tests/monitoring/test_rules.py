@@ -56,6 +56,10 @@ def steady(per_minute: float, start: float = 0.0) -> str:
     return cumulative((MINUTES, per_minute), start=start)
 
 
+UNKNOWN = " ".join(["NaN"] * (MINUTES + 1))
+"""A gauge the service exposes as NaN all along (an age it does not know)."""
+
+
 def histogram(endpoint: str, per_minute: list[tuple[int, float, float]]) -> list[dict]:
     """towerline_request_seconds buckets of `endpoint` for spans of (minutes, observations per
     minute, their latency): each observation counts in every bucket at or above it."""
@@ -270,9 +274,7 @@ def test_version_age_fires_past_its_limit(promtool, tmp_path):
         {"series": 'towerline_version_age_seconds{instance="b"}', "values": steady(60, start=3600)},
     ]
     young = [{"series": "towerline_version_age_seconds", "values": steady(60, start=3600)}]
-    unloaded = [
-        {"series": "towerline_version_age_seconds", "values": " ".join(["NaN"] * (MINUTES + 1))}
-    ]
+    unloaded = [{"series": "towerline_version_age_seconds", "values": UNKNOWN}]
     too_old = fired("TowerlineVersionTooOld", "8d 0h 10m 0s")
     run_cases(
         promtool,
@@ -294,7 +296,7 @@ def test_model_age_fires_past_its_limit(promtool, tmp_path):
     # recorded training time (NaN) never fires; neither does a version's age alone.
     old = [{"series": "towerline_model_age_seconds", "values": steady(60, start=31 * 86400)}]
     unknown = [
-        {"series": "towerline_model_age_seconds", "values": " ".join(["NaN"] * (MINUTES + 1))},
+        {"series": "towerline_model_age_seconds", "values": UNKNOWN},
         {"series": "towerline_version_age_seconds", "values": steady(60, start=31 * 86400)},
     ]
     too_old = fired("TowerlineModelTooOld", "31d 0h 10m 0s")
