@@ -241,7 +241,11 @@ def streams(path: str | Path) -> list[list[Path]]:
     """The logs at `path`: the one process's and each worker's, each as its files that exist,
     oldest first (`.<backups>` … `.1`, then the live file)."""
     path = Path(path)
-    heads = [path, *sorted(path.parent.glob(f"{path.stem}.w*{path.suffix}"))]
+    # a worker's live file may not exist (just rotated, reopened with its next batch): its
+    # rotated files name it too
+    named = path.parent.glob(f"{path.stem}.w*{path.suffix}*")
+    workers = {p.with_suffix("") if p.suffix[1:].isdigit() else p for p in named}
+    heads = [path, *sorted(h for h in workers if h.suffix == path.suffix)]
     out = []
     for head in heads:
         olds = [p for p in path.parent.glob(f"{head.name}.*") if p.suffix[1:].isdigit()]

@@ -136,13 +136,15 @@ def test_torn_batches_are_counted_and_the_rest_read(tmp_path):
 
 
 def test_workers_logs_read_as_one_timeline(tmp_path):
-    """Two workers' logs beside the configured path: merged by time, each one's order kept."""
+    """Two workers' logs beside the configured path, one only rotated files: merged by time,
+    each one's order kept."""
     log = hand_log()
     path = tmp_path / "answers.arrows"
     write_log(answer_log.worker_path(path, 0), [log[0], log[2], log[3]])
-    write_log(answer_log.worker_path(path, 1), [log[1], log[4]])
+    # worker 1's live file has just rotated away: its log is its rotated file alone
+    write_log(answer_log.rotated(answer_log.worker_path(path, 1), 1), [log[1], log[4]])
     got = answers.read(path)
-    assert [p.name for p in got.files] == ["answers.w0.arrows", "answers.w1.arrows"]
+    assert [p.name for p in got.files] == ["answers.w0.arrows", "answers.w1.arrows.1"]
     assert_matches_records(got, log)
     tied = [record(T0, "a", ["x"]), record(T0, "b", ["y"]), record(T0 - 1, "c", ["z"])]
     write_log(path, tied)  # a single process's log too, listed first
