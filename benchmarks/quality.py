@@ -1,7 +1,7 @@
 """Retrieval quality of the towers against the peers, side by side in one run (issues 3, 17).
 
-For each dataset: prepare it if needed, fit the peers — popularity, implicit's ALS and BPR, EASE^R
-— over a small grid each, train the towers with `python -m training fit --config
+For each dataset: prepare it if needed, fit the peers — popularity, implicit's ALS, BPR and
+ItemKNN, EASE^R — over a small grid each, train the towers with `python -m training fit --config
 configs/train/<name>.yaml`, and score all of them with the same exact full-corpus evaluator.
 
 Model selection reads validation, never test (issue 17): every peer setting is scored on the
@@ -37,6 +37,7 @@ from training.data import TowerDataModule  # noqa: E402
 from training.evaluate import SELECTION_METRIC, evaluate  # noqa: E402
 from training.peers import (  # noqa: E402
     EaseScorer,
+    ItemKnnScorer,
     fit_als,
     fit_bpr,
     fit_popularity,
@@ -58,6 +59,10 @@ GRIDS = {
         for f, lr in itertools.product((64, 128), (0.01, 0.05))
     ],
     "ease": [{"lam": lam} for lam in (50.0, 100.0, 200.0, 500.0)],
+    "itemknn": [
+        {"k": k, "weighting": w}
+        for k, w in itertools.product((50, 200, 800, 3200), ("cosine", "bm25"))
+    ],
 }
 # Gowalla is 20× Last.fm: a smaller grid around the settings that won on the smaller sets, and
 # EASE^R's 41 K × 41 K inverse is 15 minutes a setting (run it with --peers ... ease).
@@ -69,6 +74,7 @@ GRIDS_FOR = {
         ],
         "bpr": [{"factors": 128, "learning_rate": lr, "iterations": 200} for lr in (0.01, 0.05)],
         "ease": [{"lam": 500.0}],
+        "itemknn": [{"k": k, "weighting": "cosine"} for k in (200, 800, 3200)],
     }
 }
 
@@ -82,7 +88,9 @@ def fit_peer(name: str, x, params: dict, device: torch.device):
         return fit_bpr(x, device=device, **params)
     if name == "ease":
         return EaseScorer(x, device=device, **params)
-    raise ValueError(f"unknown peer {name!r}: use popularity, als, bpr or ease")
+    if name == "itemknn":
+        return ItemKnnScorer(x, device=device, **params)
+    raise ValueError(f"unknown peer {name!r}: use popularity, als, bpr, ease or itemknn")
 
 
 def ensure_prepared(name: str) -> Path:
@@ -262,7 +270,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["lastfm", "movielens"])
-    p.add_argument("--peers", nargs="+", default=["popularity", "als", "bpr", "ease"])
+    p.add_argument("--peers", nargs="+", default=["popularity", "als", "bpr", "ease", "itemknn"])
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "quality")
     p.add_argument("--no-towers", action="store_true", help="peers only")
     p.add_argument("--towers-config", default="{name}",

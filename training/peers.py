@@ -1,9 +1,11 @@
-"""Peers on the same split, through the same evaluator: popularity, implicit's ALS and BPR, and
-EASE^R. Each `fit_*` takes the training pairs as a CSR user×creator matrix and returns a scorer
+"""Peers on the same split, through the same evaluator: popularity, implicit's ALS, BPR and
+ItemKNN, and EASE^R. Each takes the training pairs as a CSR user×creator matrix and gives a scorer
 for `training.evaluate.top_k` / `evaluate`.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -92,3 +94,29 @@ class EaseScorer:
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         rows = torch.as_tensor(self.x[users].toarray(), device=self.device)  # [b, C]
         return rows @ self.b
+
+
+class ItemKnnScorer:
+    """ItemKNN (implicit's nearest neighbours): each creator keeps its K most similar creators by
+    the cosine of their fans (`weighting="cosine"`) or of BM25-weighted fans (`"bm25"`, which
+    discounts the most active fans); a fan's score for a creator sums its similarity to the fan's
+    training creators, scores = X_u S. S is sparse [C, C], K entries a row."""
+
+    def __init__(self, x: sp.csr_matrix, k: int = 100, weighting: str = "cosine",
+                 device: torch.device | None = None):  # fmt: skip
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        models = {"cosine": CosineRecommender, "bm25": BM25Recommender}
+        if weighting not in models:
+            raise ValueError(f"ItemKNN weighting {weighting!r}: use cosine or bm25")
+        model = models[weighting](K=k, num_threads=0)
+        with warnings.catch_warnings():  # its cosine normalises to COO and warns it converts
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model.fit(x, show_progress=False)
+        self.device = device or default_device()
+        self.x, self.similarity = x, model.similarity.astype(np.float32).tocsr()
+        self.num_creators = x.shape[1]
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        scores = (self.x[users] @ self.similarity).toarray()  # [b, C]
+        return torch.as_tensor(scores, device=self.device)
