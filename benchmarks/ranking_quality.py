@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,6 +43,7 @@ from training.module import TowerScorer, encode_all_creators  # noqa: E402
 
 KS = (10, 20, 50)
 SHOWN = ("recall@20", "ndcg@20", "mrr@20", "hit_rate@20", "coverage@20")
+ROWS = ("towers", "towers + ranker", "towers + dcn-v2", "ceiling (fit on test labels)")
 
 
 def candidates(scorer, exclude: Interactions, users: np.ndarray, n: int, window: Window):
@@ -86,6 +88,57 @@ def rerank(fitted, found: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.take_along_axis(found, np.argsort(-score, axis=1, kind="stable"), axis=1)
 
 
+def ceiling(found: np.ndarray, x: np.ndarray, fans: np.ndarray, dm, trees: int = 300) -> dict:
+    """A diagnostic bound, never a choice: how far these features can lift the towers' order
+    when the labels are the very ones scored. Test's fans are split in two (seeded); lambdarank
+    fit on one half's test labels re-ranks the other half, both ways round, for each GRID
+    setting, and the best setting's figures on test are kept (optimistic on purpose). A lift goal
+    above this bound cannot be reached by more validation labels, only by other features."""
+    import lightgbm
+
+    y = labels(found, dm.test, fans)
+    halves = np.array_split(np.random.default_rng(5).permutation(len(fans)), 2)
+    n, f = x.shape[1], x.shape[2]
+    best = None
+    for params in ranker.GRID:
+        ranked = found.copy()
+        for fit_on, rank in ((halves[0], halves[1]), (halves[1], halves[0])):
+            model = lightgbm.LGBMRanker(objective="lambdarank", n_estimators=trees,
+                                        learning_rate=0.03, subsample=0.8, subsample_freq=1,
+                                        colsample_bytree=0.9, random_state=0, verbose=-1,
+                                        **params)  # fmt: skip
+            model.fit(x[fit_on].reshape(-1, f), y[fit_on].ravel().astype(np.int32),
+                      group=[n] * len(fit_on))  # fmt: skip
+            ranked[rank] = rerank(ranker.Fitted(model.booster_, {}), found[rank], x[rank])
+        m = metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS)
+        print(f"  ceiling {params}: test NDCG@20 {m['ndcg@20']:.4f}", flush=True)
+        if best is None or m["ndcg@20"] > best["ndcg@20"]:
+            best = {**m, "setting": params, "trees": trees}
+    return best
+
+
+def stacked(peers: list[str], chosen: Path, dataset: str, dm, found, fans, known=False):
+    """[B, N, len(peers)] each named peer's score of the candidates, with the setting validation
+    chose for it in a `quality.py` run (`chosen`, its quality.json), fit on the window the
+    features read: train for validation's labels, train and validation (`known`) for test's.
+    Measured, not served: a stacked ranker needs every peer beside the towers online."""
+    from benchmarks.quality import fit_peer
+    from training.peers import interaction_matrix
+
+    rows = {r["model"]: r["params"] for r in json.loads(chosen.read_text())["results"][dataset]}
+    x = interaction_matrix(dm.known if known else dm.train, dm.num_creators)
+    columns = []
+    for name in peers:
+        if name not in rows:
+            raise SystemExit(f"--stack {name}: {chosen} has no {name} row for {dataset}")
+        scorer = fit_peer(name, x, rows[name], torch.device("cpu"))
+        blocks = [slice(s, s + 512) for s in range(0, len(fans), 512)]
+        scores = [np.asarray(scorer(fans[b]).cpu(), np.float32) for b in blocks]
+        columns.append(np.concatenate([np.take_along_axis(s, found[b], 1)
+                                       for s, b in zip(scores, blocks, strict=True)]))  # fmt: skip
+    return np.stack(columns, 2)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -93,7 +146,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    rows = [r for r in ("towers", "towers + ranker", "towers + dcn-v2") if r in result]
+    rows = [r for r in ROWS if r in result]
     xs, width = np.arange(len(SHOWN)), 0.8 / len(rows)
     for i, name in enumerate(rows):
         at = xs + (i - (len(rows) - 1) / 2) * width
@@ -133,6 +186,17 @@ def main() -> None:
     p.add_argument("--dcn", action="store_true",
                    help="also fit ranking.dcn's DCN-v2 on the same fans and report which model "
                    "validation chooses (the higher NDCG@20 on the same held-out fans)")  # fmt: skip
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also measure the features' ceiling: a ranker fit on half of test's own labels "
+        "re-ranks the other half (a diagnostic bound; it chooses nothing)",
+    )
+    p.add_argument("--stack", nargs="+", default=[], metavar="PEER",
+                   help="add these peers' scores of the candidates as features (als, ease, "
+                   "itemknn, ...), each at the setting validation chose in --stack-from; "
+                   "a measurement of what stacking would give, not the served ranker")  # fmt: skip
+    p.add_argument("--stack-from", type=Path, help="the quality.json of a quality.py run")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
     a = p.parse_args()
     started = time.perf_counter()
@@ -153,9 +217,12 @@ def main() -> None:
         n, chosen_by, fans = choose_depth(scorer, dm, fans, a.candidates, window)
     found, x = candidates(scorer, dm.train, fans, n, window)
     y = labels(found, dm.validation, fans)
+    names = FEATURES + tuple(f"{p}_score" for p in a.stack)
+    if a.stack:
+        x = np.concatenate([x, stacked(a.stack, a.stack_from, a.dataset, dm, found, fans)], 2)
     print(f"validation: {len(fans)} fans, {y.any(1).mean():.1%} with a positive in the top "
           f"{n}", flush=True)  # fmt: skip
-    fitted = ranker.fit(x, y)
+    fitted = ranker.fit(x, y, names=names)
     print(f"ranker: {fitted.info}", flush=True)
     network = None
     if a.dcn:
@@ -166,14 +233,17 @@ def main() -> None:
     if a.test_window == "known":  # what is known before test: training and validation pairs
         window = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
     found, x = candidates(scorer, dm.known, fans, n, window)
+    if a.stack:
+        x = np.concatenate([x, stacked(a.stack, a.stack_from, a.dataset, dm, found, fans, True)], 2)
     ranked = rerank(fitted, found, x)
-    gain = fitted.info.get("importance_gain", dict.fromkeys(FEATURES, 0.0))
+    gain = fitted.info.get("importance_gain", dict.fromkeys(names, 0.0))
     result = {
         "dataset": a.dataset,
         "checkpoint": str(trained.path),
         "candidates": n,
         "candidates_chosen_by": chosen_by,
         "test_window": a.test_window,
+        "stacked_peers": a.stack,
         "ranker": {k: v for k, v in fitted.info.items() if k != "importance_gain"},
         "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
         "towers + ranker": metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
@@ -188,12 +258,14 @@ def main() -> None:
                                             dm.popularity, ks=KS)  # fmt: skip
         better = network_info["stop_ndcg@20"] > fitted.info["stop_ndcg@20"]
         result["chosen on validation"] = "dcn-v2" if better else fitted.info["chosen"]
+    if a.ceiling:  # after every choice and the one test of the chosen ranker
+        result["ceiling (fit on test labels)"] = ceiling(found, x, fans, dm)
     out = a.out / a.dataset
     out.mkdir(parents=True, exist_ok=True)
     (out / "ranking.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "ranking.png")
     print("| model | " + " | ".join(SHOWN) + " |\n|" + " --- |" * (len(SHOWN) + 1))
-    for name in ("towers", "towers + ranker", "towers + dcn-v2"):
+    for name in ROWS:
         if name in result:
             print(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in SHOWN) + " |")
     if "dcn-v2" in result:
@@ -201,6 +273,9 @@ def main() -> None:
               f"{result['dcn-v2']['stop_ndcg@20']:.4f}: validation chooses "
               f"{result['chosen on validation']}")  # fmt: skip
     lift = result["towers + ranker"]["ndcg@20"] / result["towers"]["ndcg@20"] - 1
+    if a.ceiling:
+        bound = result["ceiling (fit on test labels)"]["ndcg@20"] / result["towers"]["ndcg@20"] - 1
+        print(f"the features' ceiling (a ranker fit on test's own labels, cross-fit): {bound:+.1%}")
     print(f"NDCG@20 lift on test: {lift:+.1%}; wrote {out / 'ranking.json'} and ranking.png")
 
 

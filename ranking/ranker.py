@@ -44,10 +44,11 @@ class Fitted:
     info: dict
 
 
-def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print) -> Fitted:
+def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print, names=FEATURES) -> Fitted:
     """Lambdarank on a seeded 80 % of the fans with a positive among their candidates; the
     trees of each GRID setting, the setting, and whether to rank at all, chosen on NDCG@CUTOFF
-    of the other 20 % ("stop fans"). x [B, N, F] features, y [B, N] labels (0/1)."""
+    of the other 20 % ("stop fans"). x [B, N, F] features, y [B, N] labels (0/1). `names`: the
+    columns of x; a benchmark trying added columns names them (the served graph takes FEATURES)."""
     fans = np.random.default_rng(seed).permutation(np.flatnonzero(y.any(1)))
     if len(fans) < 10:
         raise ValueError(
@@ -59,7 +60,7 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print) -> Fitted:
     towers = list_ndcg(y[stop], CUTOFF)
     best = None
     for params in GRID:
-        model = _lambdarank(x[fit_fans], y[fit_fans], x[stop], y[stop], params, seed)
+        model = _lambdarank(x[fit_fans], y[fit_fans], x[stop], y[stop], params, seed, names)
         score = float(model.best_score_["valid_0"][f"ndcg@{CUTOFF}"])
         log(f"  ranker {params}: stop fans NDCG@{CUTOFF} {score:.4f} "
             f"({model.best_iteration_} trees; retrieval order {towers:.4f})")  # fmt: skip
@@ -73,12 +74,12 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print) -> Fitted:
         info["chosen"] = "retrieval order"
         return Fitted(None, info)
     info["importance_gain"] = dict(
-        zip(FEATURES, model.booster_.feature_importance("gain").tolist(), strict=True)
+        zip(names, model.booster_.feature_importance("gain").tolist(), strict=True)
     )
     return Fitted(model.booster_, info)
 
 
-def _lambdarank(x, y, x_stop, y_stop, params: dict, seed: int):
+def _lambdarank(x, y, x_stop, y_stop, params: dict, seed: int, names=FEATURES):
     import lightgbm
 
     n, f = x.shape[1], x.shape[2]
@@ -90,7 +91,7 @@ def _lambdarank(x, y, x_stop, y_stop, params: dict, seed: int):
         model.fit(
             x.reshape(-1, f), y.ravel().astype(np.int32), group=[n] * len(x),
             eval_set=[(x_stop.reshape(-1, f), y_stop.ravel().astype(np.int32))],
-            eval_group=[[n] * len(x_stop)], eval_at=[CUTOFF], feature_name=list(FEATURES),
+            eval_group=[[n] * len(x_stop)], eval_at=[CUTOFF], feature_name=list(names),
             callbacks=[lightgbm.early_stopping(100, verbose=False)],
         )  # fmt: skip
     return model
