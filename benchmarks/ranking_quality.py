@@ -94,8 +94,6 @@ def ceiling(found: np.ndarray, x: np.ndarray, fans: np.ndarray, dm, trees: int =
     fit on one half's test labels re-ranks the other half, both ways round, for each GRID
     setting, and the best setting's figures on test are kept (optimistic on purpose). A lift goal
     above this bound cannot be reached by more validation labels, only by other features."""
-    import lightgbm
-
     y = labels(found, dm.test, fans)
     halves = np.array_split(np.random.default_rng(5).permutation(len(fans)), 2)
     n, f = x.shape[1], x.shape[2]
@@ -103,10 +101,7 @@ def ceiling(found: np.ndarray, x: np.ndarray, fans: np.ndarray, dm, trees: int =
     for params in ranker.GRID:
         ranked = found.copy()
         for fit_on, rank in ((halves[0], halves[1]), (halves[1], halves[0])):
-            model = lightgbm.LGBMRanker(objective="lambdarank", n_estimators=trees,
-                                        learning_rate=0.03, subsample=0.8, subsample_freq=1,
-                                        colsample_bytree=0.9, random_state=0, verbose=-1,
-                                        **params)  # fmt: skip
+            model = ranker.lambdarank(params, trees=trees)
             model.fit(x[fit_on].reshape(-1, f), y[fit_on].ravel().astype(np.int32),
                       group=[n] * len(fit_on))  # fmt: skip
             ranked[rank] = rerank(ranker.Fitted(model.booster_, {}), found[rank], x[rank])
@@ -127,15 +122,16 @@ def stacked(peers: list[str], chosen: Path, dataset: str, dm, found, fans, known
 
     rows = {r["model"]: r["params"] for r in json.loads(chosen.read_text())["results"][dataset]}
     x = interaction_matrix(dm.known if known else dm.train, dm.num_creators)
+    blocks = [slice(s, s + 512) for s in range(0, len(fans), 512)]
     columns = []
     for name in peers:
         if name not in rows:
             raise SystemExit(f"--stack {name}: {chosen} has no {name} row for {dataset}")
         scorer = fit_peer(name, x, rows[name], torch.device("cpu"))
-        blocks = [slice(s, s + 512) for s in range(0, len(fans), 512)]
-        scores = [np.asarray(scorer(fans[b]).cpu(), np.float32) for b in blocks]
-        columns.append(np.concatenate([np.take_along_axis(s, found[b], 1)
-                                       for s, b in zip(scores, blocks, strict=True)]))  # fmt: skip
+        # a block's [512, C] scores are cut to its candidates at once: all fans' at once would
+        # be fans × catalog floats (Gowalla: 30 K × 41 K)
+        cut = [np.take_along_axis(scorer(fans[b]).cpu().numpy(), found[b], 1) for b in blocks]
+        columns.append(np.concatenate(cut).astype(np.float32))
     return np.stack(columns, 2)
 
 

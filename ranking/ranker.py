@@ -79,13 +79,21 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print, names=FEATURES) 
     return Fitted(model.booster_, info)
 
 
+def lambdarank(params: dict, seed: int = 0, trees: int = 2000):
+    """The unfitted LGBMRanker every ranker here starts from: GRID's `params` on the house
+    learning rate and row and column sampling; `trees` at most (early stopping picks fewer)."""
+    import lightgbm
+
+    return lightgbm.LGBMRanker(objective="lambdarank", n_estimators=trees, learning_rate=0.03,
+                               subsample=0.8, subsample_freq=1, colsample_bytree=0.9,
+                               random_state=seed, verbose=-1, **params)  # fmt: skip
+
+
 def _lambdarank(x, y, x_stop, y_stop, params: dict, seed: int, names=FEATURES):
     import lightgbm
 
     n, f = x.shape[1], x.shape[2]
-    model = lightgbm.LGBMRanker(objective="lambdarank", n_estimators=2000, learning_rate=0.03,
-                                subsample=0.8, subsample_freq=1, colsample_bytree=0.9,
-                                random_state=seed, verbose=-1, **params)  # fmt: skip
+    model = lambdarank(params, seed)
     with warnings.catch_warnings():  # 4.7 renames eval_set; the old name still works
         warnings.filterwarnings("ignore", message=".*eval_set.*")
         model.fit(
