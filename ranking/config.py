@@ -28,9 +28,22 @@ class RankingConfig:
     recent_days: float = 30.0
     """What the `growth` feature calls recent (ranking.features.Window)."""
     seed: int = 0
+    als_factors: int = 64
+    """ALS's factors for the `als_score` feature (ranking.collab), fit on the training window
+    when the ranker is trained; 0 = no ALS (the column is 0). Set the ALS settings to those
+    `benchmarks/quality.py` chose on validation for the dataset."""
+    als_regularization: float = 10.0
+    als_alpha: float = 10.0
+    als_iterations: int = 15
 
     def __post_init__(self):
         if self.candidates < 20:
             raise ConfigError(f"--candidates={self.candidates}: use >= 20 (NDCG@20 chooses)")
         if self.fit_fans < 0:
             raise ConfigError(f"--fit_fans={self.fit_fans}: use >= 0 (0 = every fan)")
+        if self.als_factors < 0 or self.als_iterations < 1 or self.als_alpha <= 0:
+            raise ConfigError(
+                f"--als_factors={self.als_factors} --als_iterations={self.als_iterations} "
+                f"--als_alpha={self.als_alpha}: use factors >= 0 (0 = off), iterations >= 1 "
+                f"and alpha > 0"
+            )

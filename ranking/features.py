@@ -20,7 +20,9 @@ FEATURES, in column order:
 - popularity: log1p of the candidate's pairs in the window;
 - age_days: log1p of the days from the candidate's created_at to the window's end (0 unknown);
 - growth: the share of the candidate's pairs in the window's last `recent_days` (0 without times);
-- fan_activity: log1p of the fan's pairs in the window.
+- fan_activity: log1p of the fan's pairs in the window;
+- als_score: implicit ALS's score, the fan's factors folded in from the fan's creators
+  (ranking.collab); 0 where the window has no ALS factors.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import scipy.sparse as sp
 
 from data import contract, tables
 from data import manifest as data_manifest
+from ranking.collab import Als
 
 FEATURES = (
     "retrieval_score",
@@ -48,6 +51,7 @@ FEATURES = (
     "age_days",
     "growth",
     "fan_activity",
+    "als_score",
 )
 DAY_MS = 86_400_000
 
@@ -88,16 +92,18 @@ class Window:
         num_users: fans in the vocabulary (rows of the fan × creator matrix).
         catalog: the creators' category, tags, text and creation time.
         recent_days: what `growth` calls recent, counted back from the window's last pair.
+        als: ALS's creator factors fit on the window's pairs (`als_score`); None = 0.
     """
 
-    def __init__(self, users, creators, ts, num_users: int, catalog: Catalog, recent_days=30):
+    def __init__(self, users, creators, ts, num_users: int, catalog: Catalog, recent_days=30,
+                 als: Als | None = None):  # fmt: skip
         num_creators = len(catalog.category)
         x = sp.csr_matrix(
             (np.ones(len(users), np.float32), (users, creators)), (num_users, num_creators)
         )
         x.sum_duplicates()
         x.data[:] = 1.0  # a pair followed twice is one pair
-        self.x, self.catalog = x, catalog
+        self.x, self.catalog, self.als = x, catalog, als
         category = catalog.category  # [C, K] one-hot: a fan's creators per category in one product
         self.category_onehot = sp.csr_matrix(
             (np.ones(num_creators, np.float32), (np.arange(num_creators), category)),
@@ -169,6 +175,7 @@ def features(w: Window, users, candidates: np.ndarray, scores: np.ndarray, histo
         "age_days": w.age[candidates],
         "growth": w.growth[candidates],
         "fan_activity": np.log1p(counts)[:, None],
+        "als_score": 0.0 if w.als is None else w.als.score(history, candidates),
     }
     for i, name in enumerate(FEATURES):
         out[..., i] = columns[name]

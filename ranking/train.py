@@ -3,8 +3,9 @@
 The candidates are what the service would retrieve for each fan with validation pairs: the
 version's ONNX user tower on the fan's features, its creator embeddings searched exactly, the
 fan's training creators left out (the service bans what a fan follows). Features come from the
-training window (ranking.features), labels from the validation window, so a label never feeds a
-feature of its fan; test is never read. ranking.ranker chooses the setting, the trees and
+training window (ranking.features; ALS's creator factors for `als_score` are fit on the same
+training pairs and saved with the ranker), labels from the validation window, so a label never
+feeds a feature of its fan; test is never read. ranking.ranker chooses the setting, the trees and
 whether to rank at all on held-out validation fans, and the graph it exports is saved with its
 manifest beside the version's name in the ranking store (ranking.store).
 """
@@ -25,6 +26,7 @@ from data import tables
 from index import store as index_store
 from index.onnx import OnnxEncoder
 from ranking import ranker, store
+from ranking.collab import Als
 from ranking.config import RankingConfig
 from ranking.features import FEATURES, Window, features
 
@@ -101,6 +103,22 @@ def examples(cfg: RankingConfig, index, data_dir: Path, window: Window):
     return np.concatenate(xs), np.concatenate(ys), len(fans)
 
 
+def fit_als(x, cfg: RankingConfig) -> Als | None:
+    """ALS's creator factors for the `als_score` feature, fit on the window's pairs `x`
+    [fans, creators] with the configured settings; None when `als_factors` is 0."""
+    if cfg.als_factors == 0:
+        return None
+    from training.peers import als_model
+
+    started = time.perf_counter()
+    model = als_model(x, cfg.als_factors, cfg.als_regularization, cfg.als_alpha,
+                      cfg.als_iterations, cfg.seed)  # fmt: skip
+    log.info("ALS (%d factors) on %d pairs in %.1f s", cfg.als_factors, x.nnz,
+             time.perf_counter() - started)  # fmt: skip
+    items = np.ascontiguousarray(model.item_factors, np.float32)
+    return Als(items, cfg.als_regularization, cfg.als_alpha)
+
+
 def run(cfg: RankingConfig) -> dict:
     """Train, export and save the ranker of the configured index version; its manifest."""
     index = index_store.load(Path(cfg.index), version=cfg.version)
@@ -112,6 +130,7 @@ def run(cfg: RankingConfig) -> dict:
         )
     started = time.perf_counter()
     window = Window.from_dataset(data_dir, recent_days=cfg.recent_days)
+    window.als = fit_als(window.x, cfg)
     x, y, fans = examples(cfg, index, data_dir, window)
     log.info("%d validation fans, %.1f%% with a validation creator in the top %d", fans,
              100 * y.any(1).mean(), cfg.candidates)  # fmt: skip
@@ -127,9 +146,10 @@ def run(cfg: RankingConfig) -> dict:
         "validation_fans": fans,
         "chosen": fitted.info,
         "seconds": round(time.perf_counter() - started, 1),
-        "created_by": provenance("lightgbm", "onnxmltools", "onnx", "onnxruntime"),
+        "als": {"iterations": cfg.als_iterations, "seed": cfg.seed} if window.als else None,
+        "created_by": provenance("lightgbm", "onnxmltools", "onnx", "onnxruntime", "implicit"),
     }
     trees = None if fitted.booster is None else fitted.booster.model_to_string()
-    folder = store.save(cfg.store, index.version, model, manifest, trees)
+    folder = store.save(cfg.store, index.version, model, manifest, trees, window.als)
     log.info("ranker for %s (%s) in %s", index.version, fitted.info["chosen"], folder)
     return {**manifest, "folder": str(folder)}

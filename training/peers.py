@@ -38,6 +38,14 @@ def fit_als(
     device: torch.device | None = None,
 ) -> EmbeddingScorer:
     """implicit's iALS (CPU build), factors as a dot-product scorer."""
+    model = als_model(x, factors, regularization, alpha, iterations, seed)
+    return EmbeddingScorer(model.user_factors, model.item_factors, device)
+
+
+def als_model(x: sp.csr_matrix, factors=128, regularization=0.01, alpha=1.0, iterations=15,
+              seed=0):  # fmt: skip
+    """implicit's fitted AlternatingLeastSquares on user × creator `x` (the ranker keeps its
+    creator factors, ranking.collab)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -50,7 +58,7 @@ def fit_als(
             random_state=seed,
         )
         model.fit(x, show_progress=False)
-    return EmbeddingScorer(model.user_factors, model.item_factors, device)
+    return model
 
 
 def fit_bpr(

@@ -9,7 +9,7 @@ const NAMES = {
   retrieval_score: "towers' score", retrieval_rank: "towers' rank", retrieval_gap: "gap to the towers' best",
   category_share: "category in history", tag_affinity: "tags in history", text_similarity: "text like history",
   cofollow: "co-followed with history", popularity: "popularity", age_days: "age", growth: "recent growth",
-  fan_activity: "fan's activity",
+  fan_activity: "fan's activity", als_score: "ALS score (collaborative)",
 };
 
 function moved(item) {

@@ -22,7 +22,8 @@ from common.errors import IntegrityError, MissingInputError
 from data import tables
 from index import projection
 from index import store as index_store
-from ranking.features import Window
+from ranking import store as ranking_store
+from ranking.features import FEATURES, Window
 from search.engine import Engine
 from search.lexical import Lexical
 from search.semantic import Semantic
@@ -294,22 +295,34 @@ def load_bundle(
 
 
 def _attach_window(index, tower: Tower) -> None:
-    """The ranker's feature window, from the pairs it was trained on; a ranker trained for
-    other towers is dropped (its retrieval features would mean something else)."""
+    """The ranker's feature window, from the pairs it was trained on, with its ALS factors; a
+    ranker trained for other towers or on other features is dropped (its columns would mean
+    something else)."""
     ranker = tower.ranker
     if ranker is None:
         return
-    if ranker.manifest.get("model_version") != index.manifest["model"]["version"]:
-        log.error("the ranker of %s was trained for model %s, not %s: ranking by retrieval",
-                  index.version, str(ranker.manifest.get("model_version"))[:12],
-                  index.manifest["model"]["version"][:12])  # fmt: skip
+    why = _mismatch(ranker.manifest, index.manifest["model"]["version"])
+    if why:
+        log.error("the ranker of %s %s: ranking by retrieval", index.version, why)
         tower.ranker = None
         return
     started = time.perf_counter()
     ranker.window = Window.from_dataset(ranker.manifest["data_dir"],
                                         recent_days=ranker.manifest["recent_days"])  # fmt: skip
+    ranker.window.als = ranking_store.load_als(ranker.folder, ranker.manifest)
     log.info("ranker %s: feature window of %d pairs in %.1f s", ranker.name,
              ranker.window.x.nnz, time.perf_counter() - started)  # fmt: skip
+
+
+def _mismatch(manifest: dict, model_version: str) -> str | None:
+    """Why a ranker cannot order this version's candidates, or None."""
+    if manifest.get("model_version") != model_version:
+        return (f"was trained for model {str(manifest.get('model_version'))[:12]}, "
+                f"not {model_version[:12]}")  # fmt: skip
+    if manifest.get("features") != list(FEATURES):
+        return (f"reads features {manifest.get('features')}, not this service's {list(FEATURES)} "
+                f"(train it again: `python -m ranking train`)")  # fmt: skip
+    return None
 
 
 def _checked(index, tower: Tower) -> Bundle:

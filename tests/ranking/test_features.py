@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from ranking.collab import Als
 from ranking.features import DAY_MS, FEATURES, Catalog, Window, features
 
 U, C, T, D = 12, 20, 6, 5
@@ -22,7 +23,21 @@ def window():
     text = rng.normal(size=(C, D)).astype(np.float32)
     created = np.where(rng.random(C) < 0.8, rng.integers(-400, 80, C) * DAY_MS, -1)
     catalog = Catalog(category, tags, text, created)
-    return Window(pairs[:, 0], pairs[:, 1], ts, U, catalog), pairs, ts
+    als = Als(rng.normal(size=(C, 3)).astype(np.float32), regularization=0.5, alpha=4.0)
+    return Window(pairs[:, 0], pairs[:, 1], ts, U, catalog, als=als), pairs, ts
+
+
+def als_reference(als: Als, hist: list[int], c: int) -> float:
+    """ALS's user step written out (Hu, Koren & Volinsky): x = (YᵀCY + λI)⁻¹ YᵀCp with
+    confidence α on the fan's creators and 1 elsewhere, p their indicator."""
+    y = als.items.astype(np.float64)
+    confidence = np.ones(len(y))
+    confidence[hist] = als.alpha
+    p = np.zeros(len(y))
+    p[hist] = 1.0
+    a = y.T @ (confidence[:, None] * y) + als.regularization * np.eye(y.shape[1])
+    x = np.linalg.solve(a, y.T @ (confidence * p))
+    return float(x @ y[c]) if hist else 0.0
 
 
 def reference(w: Window, pairs, ts, u, c, score: float, rank: int, top: float) -> list[float]:
@@ -47,7 +62,8 @@ def reference(w: Window, pairs, ts, u, c, score: float, rank: int, top: float) -
     growth = (mine > end - 30 * DAY_MS).sum() / max(len(mine), 1)
     tag = float(np.mean(shares)) if shares else 0.0
     return [score, math.log1p(rank), score - top, category, tag, text, sum(cos) / n,
-            math.log1p(len(fans[c])), age, growth, math.log1p(len(hist))]  # fmt: skip
+            math.log1p(len(fans[c])), age, growth, math.log1p(len(hist)),
+            als_reference(w.als, hist, c)]  # fmt: skip
 
 
 def test_every_feature_equals_its_slow_reference(window):
@@ -73,7 +89,7 @@ def test_a_fan_without_pairs_and_a_catalog_without_text_or_times_give_zeros_not_
     assert np.isfinite(got).all()
     named = dict(zip(FEATURES, np.moveaxis(got[0], -1, 0), strict=True))
     for name in ("category_share", "tag_affinity", "text_similarity", "cofollow", "age_days",
-                 "growth", "fan_activity"):  # fmt: skip
+                 "growth", "fan_activity", "als_score"):  # fmt: skip
         assert (named[name] == 0).all(), name
 
 
@@ -87,9 +103,9 @@ def test_features_read_only_their_window_so_a_label_never_feeds_one(window):
     candidates, scores = np.array([[2, 9, 15]]), np.zeros((1, 3), np.float32)
     before = features(w, np.array([u]), candidates, scores)
     leaked = Window(*np.concatenate([pairs, held]).T, np.concatenate([ts, ts[: len(held)]]),
-                    U, w.catalog)  # fmt: skip
+                    U, w.catalog, als=w.als)  # fmt: skip
     assert not np.allclose(before, features(leaked, np.array([u]), candidates, scores))
-    again = Window(pairs[:, 0], pairs[:, 1], ts, U, w.catalog)
+    again = Window(pairs[:, 0], pairs[:, 1], ts, U, w.catalog, als=w.als)
     np.testing.assert_array_equal(before, features(again, np.array([u]), candidates, scores))
 
 

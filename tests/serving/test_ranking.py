@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ranking import store as ranking_store
-from ranking.features import features
+from ranking.features import FEATURES, features
 from ranking.ranker import INPUT, OnnxRanker
 from serving.api.app import create_app
 from serving.api.schemas import RecommendResponse
@@ -50,7 +50,10 @@ def test_the_ranker_orders_the_towers_top_n_by_features_computed_online(ranked, 
     folder = ranking_store.find(rank_store, ranked.bundle.index_version)
     model = OnnxRanker(folder / ranking_store.RANKER)
     batch = ranked.pipeline.run([Request(f, 10) for f in fans[:8]], ranked.bundle)
-    online, lengths = rank_inputs(batch, ranked.bundle.tower.ranker.window)
+    window = ranked.bundle.tower.ranker.window
+    assert window.als is not None  # the factors the ranker was trained with, loaded beside it
+    online, lengths = rank_inputs(batch, window)
+    assert (online[..., FEATURES.index("als_score")] != 0).any()
     moved = 0
     for j, i in enumerate(batch.model):
         assert lengths[j] == N  # the towers retrieved N for the ranker, not k
@@ -74,6 +77,24 @@ def test_without_a_ranker_for_the_version_the_towers_order_is_served(store_root,
         a, _ = rec.recommend(fan, 10)
         b, _ = plain.recommend(fan, 10)
         assert a.creator_ids == b.creator_ids and a.before is None
+
+
+def test_a_ranker_trained_on_other_features_is_not_served(store_root, features_dir, rank_store,
+                                                          fans, tmp_path):  # fmt: skip
+    """A ranker's columns mean what its manifest lists: one trained before a feature was added
+    (or after one was removed) would read the wrong columns, so the towers' order is served."""
+    import json
+    import shutil
+
+    shutil.copytree(rank_store, tmp_path / "ranks")
+    for manifest in (tmp_path / "ranks").glob("*/manifest.json"):
+        m = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**m, "features": m["features"][:-1]}))
+    rec = Recommender(store_root, EmbeddedStore.open(features_dir),
+                      InProcessTowers(rank_store=tmp_path / "ranks"), rank=Rank(N))  # fmt: skip
+    assert rec.refresh() and rec.bundle.tower.ranker is None
+    answer, _ = rec.recommend(fans[0], 10)
+    assert answer.before is None and answer.creator_ids
 
 
 def test_a_failing_ranker_server_falls_back_in_process_then_to_the_towers_order(ranked, fans):
@@ -160,10 +181,11 @@ def test_the_trade_offs_move_the_served_lists_as_asked_and_bad_ones_are_refused(
 
 
 def test_rank_explains_where_each_creator_stood_and_what_moved_it(ranked, fans):
-    from ranking.features import FEATURES
 
     with TestClient(create_app(ranked, poll_seconds=None)) as client:
-        body = client.post("/rank", json={"user_id": fans[1], "k": 10, "features": 11}).json()
+        body = client.post(
+            "/rank", json={"user_id": fans[1], "k": 10, "features": len(FEATURES)}
+        ).json()
         answer = ranked.pipeline.run([Request(fans[1], 10)], ranked.bundle).answers[0]
         assert [i["creator_id"] for i in body["items"]] == answer.creator_ids
         assert [i["before"] for i in body["items"]] == answer.before
