@@ -6,9 +6,11 @@ Protocol: no label feeds a feature, every choice is made on validation, test is 
   training creators masked, for every fan with validation pairs. Features come from the training
   window (ranking.features.Window over train.parquet); a candidate's label is 1 where it is one of
   the fan's validation pairs.
-- ranking.ranker.fit, as `python -m ranking train` runs it: LightGBM's lambdarank on a seeded
-  80 % of those fans; its trees, setting, and whether to re-rank at all (else the retrieval order
-  passes through) chosen on NDCG@20 of the other 20 %.
+- ranking.ranker.fit, as `python -m ranking train` runs it: LightGBM's lambdarank; its trees,
+  setting, and whether to re-rank at all (else the retrieval order passes through) chosen by
+  5-fold cross-validation over those fans (held-out NDCG@20), then refit on all of them. The
+  `als_score` feature's ALS is fit on the same window as the other features, with the setting
+  validation chose for the dataset in a quality.py run (`--als-from`).
 - Test: the towers' top N with train and validation creators masked, features from the window
   of everything known before test (training and validation pairs; `--test-window train` keeps
   the training window), the ranker's order against the towers' order, scored by
@@ -36,7 +38,9 @@ sys.path.insert(0, str(REPO))
 from data import tables  # noqa: E402
 from index import checkpoint  # noqa: E402
 from ranking import ranker  # noqa: E402
+from ranking.config import RankingConfig  # noqa: E402
 from ranking.features import FEATURES, Window, features  # noqa: E402
+from ranking.train import fit_als  # noqa: E402
 from training.data import TowerDataModule  # noqa: E402
 from training.evaluate import Interactions, metrics, top_k  # noqa: E402
 from training.module import TowerScorer, encode_all_creators  # noqa: E402
@@ -135,6 +139,22 @@ def stacked(peers: list[str], chosen: Path, dataset: str, dm, found, fans, known
     return np.stack(columns, 2)
 
 
+def als_setting(path: Path | None, dataset: str, off: bool) -> RankingConfig:
+    """The ALS settings of the `als_score` feature: those validation chose for the dataset in a
+    `quality.py` run (`path`, its quality.json), else RankingConfig's; factors 0 when `off`."""
+    cfg = RankingConfig(name=dataset, index="", store="")
+    if off:
+        cfg.als_factors = 0
+    elif path is not None:
+        rows = {r["model"]: r["params"] for r in json.loads(path.read_text())["results"][dataset]}
+        if "als" not in rows:
+            raise SystemExit(f"--als-from: {path} has no als row for {dataset}")
+        chosen = rows["als"]
+        cfg.als_factors, cfg.als_regularization = chosen["factors"], chosen["regularization"]
+        cfg.als_alpha = chosen["alpha"]
+    return cfg
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -193,6 +213,14 @@ def main() -> None:
                    "itemknn, ...), each at the setting validation chose in --stack-from; "
                    "a measurement of what stacking would give, not the served ranker")  # fmt: skip
     p.add_argument("--stack-from", type=Path, help="the quality.json of a quality.py run")
+    p.add_argument("--als-from", type=Path,
+                   help="the quality.json of a quality.py run: the als_score feature's ALS takes "
+                   "the setting validation chose there (default: RankingConfig's)")  # fmt: skip
+    p.add_argument(
+        "--no-als",
+        action="store_true",
+        help="leave the als_score feature out (its column is 0), as before it was added",
+    )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
     a = p.parse_args()
     started = time.perf_counter()
@@ -204,7 +232,9 @@ def main() -> None:
     print(f"towers {trained.path} ({trained.selected_by})", flush=True)
     users, creators = dm.users.to("cpu"), dm.creators.to("cpu")  # the towers read tensors
     scorer = TowerScorer(trained.model, users, encode_all_creators(trained.model, creators))
+    als = als_setting(a.als_from, a.dataset, a.no_als)
     window = Window.from_dataset(dm.data_dir)
+    window.als = fit_als(window.x, als)
     fans = np.flatnonzero(dm.validation.lengths() > 0)
     if a.fit_fans and a.fit_fans < len(fans):  # a seeded sample, for catalogs like Gowalla's
         fans = np.sort(np.random.default_rng(1).choice(fans, a.fit_fans, replace=False))
@@ -228,6 +258,7 @@ def main() -> None:
     fans = np.flatnonzero(dm.test.lengths() > 0)
     if a.test_window == "known":  # what is known before test: training and validation pairs
         window = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
+        window.als = fit_als(window.x, als)  # refit on the same window the features read
     found, x = candidates(scorer, dm.known, fans, n, window)
     if a.stack:
         x = np.concatenate([x, stacked(a.stack, a.stack_from, a.dataset, dm, found, fans, True)], 2)
@@ -240,6 +271,12 @@ def main() -> None:
         "candidates_chosen_by": chosen_by,
         "test_window": a.test_window,
         "stacked_peers": a.stack,
+        "als": {
+            "factors": als.als_factors,
+            "regularization": als.als_regularization,
+            "alpha": als.als_alpha,
+            "iterations": als.als_iterations,
+        },
         "ranker": {k: v for k, v in fitted.info.items() if k != "importance_gain"},
         "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
         "towers + ranker": metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
@@ -252,7 +289,8 @@ def main() -> None:
         result["dcn-v2"] = network_info
         result["towers + dcn-v2"] = metrics(dcn_ranked[:, : max(KS)], dm.test, fans,
                                             dm.popularity, ks=KS)  # fmt: skip
-        better = network_info["stop_ndcg@20"] > fitted.info["stop_ndcg@20"]
+        # the network holds out the last fold's fans (ranking.ranker._folds): compare there
+        better = network_info["stop_ndcg@20"] > fitted.info["fold_ndcg@20"][-1]
         result["chosen on validation"] = "dcn-v2" if better else fitted.info["chosen"]
     if a.ceiling:  # after every choice and the one test of the chosen ranker
         result["ceiling (fit on test labels)"] = ceiling(found, x, fans, dm)
@@ -265,7 +303,7 @@ def main() -> None:
         if name in result:
             print(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in SHOWN) + " |")
     if "dcn-v2" in result:
-        print(f"stop fans NDCG@20: lambdarank {fitted.info['stop_ndcg@20']:.4f}, dcn-v2 "
+        print(f"stop fans NDCG@20: lambdarank {fitted.info['fold_ndcg@20'][-1]:.4f}, dcn-v2 "
               f"{result['dcn-v2']['stop_ndcg@20']:.4f}: validation chooses "
               f"{result['chosen on validation']}")  # fmt: skip
     lift = result["towers + ranker"]["ndcg@20"] / result["towers"]["ndcg@20"] - 1

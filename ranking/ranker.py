@@ -16,6 +16,7 @@ score is minus the retrieval rank, so the service runs one path whichever was ch
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ INPUT, OUTPUT = "features", "score"
 OPSET = 15
 """The default domain's opset (onnxmltools converts LightGBM up to 15)."""
 CUTOFF = 20
-"""NDCG@CUTOFF on the stop fans chooses the trees, the setting and the pass-through."""
+"""NDCG@CUTOFF on held-out validation fans chooses the trees, the setting and the
+pass-through."""
 GRID = [{"num_leaves": leaves, "min_child_samples": child}
         for leaves in (7, 31) for child in (20, 100)]  # fmt: skip
 """LightGBM settings tried; each keeps the trees that its stop fans' NDCG chose."""
@@ -44,39 +46,70 @@ class Fitted:
     info: dict
 
 
+FOLDS = 5
+"""Validation fans are cut into FOLDS; each setting is fit FOLDS times, each fold held out
+once, so every fan's list scores the choice (one 80/20 cut scored it on a fifth of them, and
+on Last.fm the settings it chose moved test NDCG@20 by 2 %)."""
+
+
 def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print, names=FEATURES) -> Fitted:
-    """Lambdarank on a seeded 80 % of the fans with a positive among their candidates; the
-    trees of each GRID setting, the setting, and whether to rank at all, chosen on NDCG@CUTOFF
-    of the other 20 % ("stop fans"). x [B, N, F] features, y [B, N] labels (0/1). `names`: the
-    columns of x; a benchmark trying added columns names them (the served graph takes FEATURES)."""
+    """Lambdarank chosen by FOLDS-fold cross-validation over the fans with a positive among
+    their candidates: each GRID setting is fit on the other folds with early stopping on the
+    held-out one; the setting with the best mean held-out NDCG@CUTOFF wins, and whether to rank
+    at all (against the retrieval order on the same fans). The winner is refit on every fan
+    with its folds' mean number of trees. x [B, N, F] features, y [B, N] labels (0/1).
+    `names`: the columns of x; a benchmark trying added columns names them (the served graph
+    takes FEATURES)."""
     fans = np.random.default_rng(seed).permutation(np.flatnonzero(y.any(1)))
     if len(fans) < 10:
         raise ValueError(
             f"{len(fans)} fans have a validation creator among their candidates; the ranker "
             f"needs at least 10 (carve a larger validation split, or raise the candidates N)"
         )
-    cut = int(0.8 * len(fans))
-    fit_fans, stop = fans[:cut], fans[cut:]
-    towers = list_ndcg(y[stop], CUTOFF)
+    folds = _folds(fans)
+    towers = float(np.mean([list_ndcg(y[held], CUTOFF) for held in folds]))
     best = None
     for params in GRID:
-        model = _lambdarank(x[fit_fans], y[fit_fans], x[stop], y[stop], params, seed, names)
-        score = float(model.best_score_["valid_0"][f"ndcg@{CUTOFF}"])
-        log(f"  ranker {params}: stop fans NDCG@{CUTOFF} {score:.4f} "
-            f"({model.best_iteration_} trees; retrieval order {towers:.4f})")  # fmt: skip
-        if best is None or score > best[1]:
-            best = (model, score, params)
-    model, score, params = best
-    info = {"fit_fans": len(fit_fans), "stop_fans": len(stop), **params,
-            "trees": int(model.best_iteration_), f"stop_ndcg@{CUTOFF}": score,
+        scores, trees = _cross_validate(x, y, folds, params, seed, names)
+        log(f"  ranker {params}: held-out NDCG@{CUTOFF} {np.mean(scores):.4f} over {FOLDS} "
+            f"folds ({', '.join(f'{s:.4f}' for s in scores)}; {trees} trees; retrieval order "
+            f"{towers:.4f})")  # fmt: skip
+        if best is None or np.mean(scores) > best[0]:
+            best = (float(np.mean(scores)), params, trees, scores)
+    score, params, trees, scores = best
+    info = {"fit_fans": len(fans), "stop_fans": len(fans), "folds": FOLDS, **params,
+            "trees": trees, f"stop_ndcg@{CUTOFF}": score, f"fold_ndcg@{CUTOFF}": scores,
             f"stop_ndcg@{CUTOFF}_retrieval": towers, "chosen": "lambdarank"}  # fmt: skip
     if score <= towers:  # the trees do not beat the order they were given: keep it
         info["chosen"] = "retrieval order"
         return Fitted(None, info)
+    model = lambdarank(params, seed, trees)
+    n, f = x.shape[1], x.shape[2]
+    model.fit(x[fans].reshape(-1, f), y[fans].ravel().astype(np.int32), group=[n] * len(fans),
+              feature_name=list(names))  # fmt: skip
     info["importance_gain"] = dict(
         zip(names, model.booster_.feature_importance("gain").tolist(), strict=True)
     )
     return Fitted(model.booster_, info)
+
+
+def _folds(fans: np.ndarray) -> list[np.ndarray]:
+    """FOLDS contiguous cuts of the permuted fans; the last is the 80/20 cut's held-out fifth
+    (ranking.dcn's stop fans), so a network can be compared with fold FOLDS - 1."""
+    cuts = [len(fans) * k // FOLDS for k in range(FOLDS)] + [len(fans)]
+    cuts[-2] = int(0.8 * len(fans))
+    return [fans[a:b] for a, b in itertools.pairwise(cuts)]
+
+
+def _cross_validate(x, y, folds, params: dict, seed: int, names) -> tuple[list[float], int]:
+    """Held-out NDCG@CUTOFF of each fold and the folds' mean best number of trees."""
+    scores, trees = [], []
+    for k, held in enumerate(folds):
+        rest = np.concatenate([f for i, f in enumerate(folds) if i != k])
+        model = _lambdarank(x[rest], y[rest], x[held], y[held], params, seed, names)
+        scores.append(float(model.best_score_["valid_0"][f"ndcg@{CUTOFF}"]))
+        trees.append(max(int(model.best_iteration_), 1))
+    return scores, round(float(np.mean(trees)))
 
 
 def lambdarank(params: dict, seed: int = 0, trees: int = 2000):
