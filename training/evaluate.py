@@ -138,11 +138,9 @@ def metric_sums(
     out["cold_users"] = np.float64(has_cold.sum())
     for k in ks:
         hits = hits_all[:, :k]
-        discounts = 1.0 / np.log2(np.arange(2, k + 2))
-        ideal = np.cumsum(discounts)[np.minimum(n_truth, k).astype(np.int64) - 1]
         first = np.where(hits.any(1), 1.0 / (hits.argmax(1) + 1), 0.0)
         out[f"recall@{k}"] = (hits.sum(1) / n_truth).sum()
-        out[f"ndcg@{k}"] = ((hits * discounts).sum(1) / ideal).sum()
+        out[f"ndcg@{k}"] = _ndcg_rows(hits, n_truth).sum()
         out[f"mrr@{k}"] = first.sum()
         out[f"hit_rate@{k}"] = hits.any(1).sum(dtype=np.float64)
         out[f"cold_recall@{k}"] = (cold_all[has_cold, :k].sum(1) / n_cold[has_cold]).sum()
@@ -151,6 +149,21 @@ def metric_sums(
             recommended[:, :k].ravel(), minlength=len(popularity)
         ).astype(np.float64)
     return out
+
+
+def _ndcg_rows(hits: np.ndarray, n_truth: np.ndarray) -> np.ndarray:
+    """Each row's binary NDCG at K = hits' width, the ideal list holding min(truth, K) hits."""
+    k = hits.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.minimum(n_truth, k).astype(np.int64) - 1]
+    return (hits * discounts).sum(1) / ideal
+
+
+def ndcg_per_user(recommended: np.ndarray, test: Interactions, users: np.ndarray) -> np.ndarray:
+    """[U] each user's NDCG at K = recommended's width, for paired comparisons of two lists
+    (the mean is `metrics`' ndcg@K)."""
+    hits = np.stack([np.isin(recommended[i], test.row(u)) for i, u in enumerate(users)])
+    return _ndcg_rows(hits, test.lengths()[users])
 
 
 def merge_sums(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from training.evaluate import (
     merge_sums,
     metric_sums,
     metrics,
+    ndcg_per_user,
     top_k,
 )
 
@@ -78,6 +79,8 @@ def test_metrics_on_a_hand_computed_case():
     assert m["recall@3"] == pytest.approx((2 / 2 + 0) / 2)
     ndcg0 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
     assert m["ndcg@3"] == pytest.approx(ndcg0 / 2)
+    per_user = ndcg_per_user(recs, test, np.array([0, 1]))  # the paired bootstrap's input
+    assert per_user == pytest.approx([ndcg0, 0.0])
     assert m["mrr@3"] == pytest.approx(0.5) and m["hit_rate@3"] == pytest.approx(0.5)
     assert m["cold_recall@3"] == pytest.approx((1.0 + 0.0) / 2)  # cold: 5 for user 0, 9 for 1
     assert m["coverage@3"] == pytest.approx(5 / 8)
