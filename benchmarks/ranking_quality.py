@@ -183,7 +183,9 @@ def plot(result: dict, path: Path) -> None:
         at = xs + (i - (len(rows) - 1) / 2) * width
         a.bar(at, [result[name][k] for k in SHOWN], width, label=name)
     a.set_xticks(xs, SHOWN, rotation=20)
-    a.set_title(f"{result['dataset']}: test, top {result['candidates']} re-ranked")
+    lift, (low, high) = result["ndcg@20 lift"]["lift"], result["ndcg@20 lift"]["ci95"]
+    a.set_title(f"{result['dataset']}: test, top {result['candidates']} re-ranked\n"
+                f"NDCG@20 lift {lift:+.1%} (95 % interval {low:+.1%} to {high:+.1%})")  # fmt: skip
     a.legend()
     gain = result["importance_gain"]
     order = sorted(gain, key=gain.get)
