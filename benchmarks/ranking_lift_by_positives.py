@@ -1,4 +1,5 @@
-"""Where the rank stage's NDCG@20 lift goes: by the fan's count of positives (issue 17).
+"""Where the rank stage's NDCG@20 lift goes: by the fan's count of positives or of history
+pairs (issue 17).
 
 A diagnostic that chooses nothing. On Gowalla the cross-validated ranker lifted +4.6 % on
 validation folds and +1.6 % on test; this asks whether the gap is the sample the ranker learns
@@ -9,10 +10,14 @@ from or the labels it is tested on. It fits the ranker as `ranking_quality.py` d
   window's features, as at fit time), and
 - on every test fan (test's labels, the known window's features, as `ranking_quality.py`),
 
-each split by the fan's count of positives.
+each split by the fan's count of positives, or with `--by history` by the fan's pairs in the
+window its features read (0: a fan new since, whom only the towers' cold path and the
+creators' own features serve).
 
     python benchmarks/ranking_lift_by_positives.py --dataset gowalla \
         --run artifacts/bench/r17/gowalla --als-from <gowalla's als row>
+    python benchmarks/ranking_lift_by_positives.py --dataset movielens --by history \
+        --run <towers run> --als-from <quality.json>
 """
 
 from __future__ import annotations
@@ -36,22 +41,25 @@ from training.data import TowerDataModule  # noqa: E402
 from training.evaluate import Interactions, ndcg_per_user  # noqa: E402
 from training.module import TowerScorer, encode_all_creators  # noqa: E402
 
-BINS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, None))
+BINS = {
+    "positives": ((1, 1), (2, 3), (4, 7), (8, 15), (16, None)),
+    "history": ((0, 0), (1, 9), (10, 49), (50, None)),
+}
 
 
-def by_positives(name: str, found, ranked, truth: Interactions, fans: np.ndarray) -> None:
-    """The lift over all `fans`, then within each bin of their count of positives."""
+def by_count(name: str, found, ranked, truth: Interactions, fans: np.ndarray,
+             counts: np.ndarray, by: str) -> None:  # fmt: skip
+    """The lift over all `fans`, then within each bin of `counts` (their positives or history)."""
     before = ndcg_per_user(found[:, :20], truth, fans)
     after = ndcg_per_user(ranked[:, :20], truth, fans)
-    counts = truth.lengths()[fans]
-    print(f"{name}: {len(fans)} fans, {counts.mean():.1f} positives a fan, "
+    print(f"{name}: {len(fans)} fans, {counts.mean():.1f} {by} a fan, "
           f"lift {after.mean() / before.mean() - 1:+.2%}")  # fmt: skip
-    for low, high in BINS:
-        inside = (counts >= low) & (counts <= (high or counts.max()))
+    for low, high in BINS[by]:
+        inside = (counts >= low) & (counts <= (counts.max() if high is None else high))
         if before[inside].sum() > 0:
             lift = after[inside].mean() / before[inside].mean() - 1
             span = f"{low}+" if high is None else str(low) if high == low else f"{low}–{high}"
-            print(f"  {span} positives: {inside.sum()} fans, lift {lift:+.2%}")
+            print(f"  {span} {by}: {inside.sum()} fans, lift {lift:+.2%}")
 
 
 def main() -> None:
@@ -62,6 +70,7 @@ def main() -> None:
     p.add_argument("--fit-fans", type=int, default=6000)
     p.add_argument("--other-fans", type=int, default=8000)
     p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--by", choices=tuple(BINS), default="positives")
     a = p.parse_args()
     dm = TowerDataModule(str(REPO / "artifacts" / "data" / a.dataset))
     dm.setup()
@@ -78,14 +87,18 @@ def main() -> None:
     fitted = ranker.fit(x, rq.labels(found, dm.validation, fans))
     rest = np.setdiff1d(every, fans)
     other = np.sort(np.random.default_rng(2).choice(rest, min(a.other_fans, len(rest)), False))
-    found, x = rq.candidates(scorer, dm.train, other, a.candidates, window)
-    by_positives("validation fans outside the sample", found, rq.rerank(fitted, found, x),
-                 dm.validation, other)  # fmt: skip
+    seen = dm.validation if a.by == "positives" else dm.train
+    if len(other):  # none where the sample took every validation fan (MovieLens)
+        found, x = rq.candidates(scorer, dm.train, other, a.candidates, window)
+        by_count("validation fans outside the sample", found, rq.rerank(fitted, found, x),
+                 dm.validation, other, seen.lengths()[other], a.by)  # fmt: skip
     known = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
     known.als = fit_als(known.x, als)
     test = np.flatnonzero(dm.test.lengths() > 0)
     found, x = rq.candidates(scorer, dm.known, test, a.candidates, known)
-    by_positives("test fans", found, rq.rerank(fitted, found, x), dm.test, test)
+    seen = dm.test if a.by == "positives" else dm.known
+    by_count("test fans", found, rq.rerank(fitted, found, x), dm.test, test,
+             seen.lengths()[test], a.by)  # fmt: skip
 
 
 if __name__ == "__main__":
