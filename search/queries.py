@@ -142,11 +142,17 @@ def noisy(name: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def navigational(catalog: Catalog, n: int = 1000, seed: int = 0) -> QuerySet:
-    """n sampled creators' noisy names; relevant: every creator with exactly that name."""
+def navigational(
+    catalog: Catalog, n: int = 1000, seed: int = 0, weights: np.ndarray | None = None
+) -> QuerySet:
+    """n sampled creators' noisy names; relevant: every creator with exactly that name.
+    Targets are drawn uniformly, or in proportion to `weights` ([N] by faiss row, e.g.
+    `audience(catalog) + 1`: a fan looks a creator up about as often as fans follow it)."""
     named = np.flatnonzero([bool(x and x.strip()) for x in catalog.name])
     rng = np.random.default_rng([seed, 1])
-    picked = np.sort(rng.choice(named, min(n, len(named)), replace=False))
+    p = None if weights is None else np.asarray(weights, np.float64)[named]
+    n = min(n, len(named) if p is None else int((p > 0).sum()))
+    picked = np.sort(rng.choice(named, n, replace=False, p=None if p is None else p / p.sum()))
     wanted = {catalog.name[r] for r in picked}
     by_name: dict[str, list[int]] = {}
     for r in named.tolist():
@@ -155,6 +161,11 @@ def navigational(catalog: Catalog, n: int = 1000, seed: int = 0) -> QuerySet:
     text = [noisy(catalog.name[r], rng) for r in picked]
     relevant = [by_name[catalog.name[r]] for r in picked]
     return QuerySet("navigational", [f"nav-{r}" for r in picked], text, relevant)
+
+
+def audience(catalog: Catalog) -> np.ndarray:
+    """[N] each creator's training pairs (its fans before test), by faiss row."""
+    return np.bincount(_pairs(catalog, tables.TRAIN)[:, 1], minlength=len(catalog.creator_idx))
 
 
 # --- topical: Last.fm tags held out of the catalog ---

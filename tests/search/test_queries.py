@@ -74,6 +74,20 @@ def test_navigational_relevance_is_every_creator_with_that_name(catalog):
         assert set(rows) == set(np.flatnonzero(catalog.name == names.pop()).tolist())
 
 
+def test_navigational_targets_follow_their_weights(catalog):
+    """Targets drawn by weight: rows weighted 0 are never drawn, and a set as large as the
+    weighted rows takes each of them once; uniform draws are unchanged by the option."""
+    named = np.flatnonzero([bool(x and x.strip()) for x in catalog.name])
+    weights = np.zeros(len(catalog.name))
+    weights[named[:7]] = np.arange(1, 8)
+    nav = qs.navigational(catalog, n=50, seed=2, weights=weights)
+    assert sorted(nav.ids) == sorted(f"nav-{r}" for r in named[:7])
+    uniform = np.sort(np.random.default_rng([2, 1]).choice(named, 20, replace=False))
+    assert qs.navigational(catalog, n=20, seed=2).ids == [f"nav-{r}" for r in uniform]
+    fans = qs.audience(catalog)
+    assert fans.shape == (len(catalog.creator_idx),) and fans.sum() > 0 and fans.min() >= 0
+
+
 # --- the Last.fm tag hold-out ---
 
 

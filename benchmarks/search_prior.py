@@ -1,0 +1,140 @@
+"""A popularity prior for name searches, measured (issue 16): a diagnostic; it serves nothing.
+
+On the navigational sets the fusion ties lexical because most of lexical's wrong first answers
+are ambiguous: another creator's name holds every word of the query. The set draws its target
+uniformly, so on those queries no ranking can do better in expectation. A platform's name
+searches do not come uniformly: fans look up a creator about as often as fans follow it. This
+builds the navigational set both ways, uniform (`search.queries.navigational`, as
+`search_quality.py`) and by audience (targets drawn in proportion to training pairs + 1), and
+asks lexical (and semantic, where the version's engine has it in process) once per query
+through the served engine (`--grams` as the serving config says). A third list, popularity,
+orders the union of their candidates by training audience. Fusion constants are chosen on
+the validation half, MRR@10, over the same grid with and without the popularity list; the test
+half is evaluated once, paired t-test (ranx).
+
+    python benchmarks/search_prior.py --dataset synthetic_1m_creators --grams unknown
+    # → artifacts/bench/search_prior/<dataset>.json and .png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.search_quality import recommender, say  # noqa: E402
+from index import store  # noqa: E402
+from search import evaluation as ev  # noqa: E402
+from search import fusion  # noqa: E402
+from search import queries as qs  # noqa: E402
+from search.lexical import GRAMS  # noqa: E402
+
+METRIC = "mrr@10"
+PRIOR_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+SEMANTIC_WEIGHTS = (0.0, 0.1, 0.25)
+
+
+def with_popularity(lists: ev.Lists, audience: np.ndarray) -> ev.Lists:
+    """The lists and, last, the union of their candidates by training audience, most first."""
+    rows = np.unique(np.concatenate([r for r, _ in lists.values()])).astype(np.int64)
+    score = np.log1p(audience[rows].astype(np.float64))
+    order = np.lexsort((rows, -score))
+    return {**lists, "popularity": (rows[order], score[order])}
+
+
+def grid() -> list[dict]:
+    """rrf (c 5-60) and weighted; lexical 1, semantic and popularity varied."""
+    methods = [("rrf", c) for c in (5.0, 10.0, 20.0, 60.0)] + [("weighted", 0.0)]
+    return [{"method": m, "c": c, "weights": {"lexical": 1.0, "semantic": s, "popularity": p}}
+            for m, c in methods for s in SEMANTIC_WEIGHTS for p in PRIOR_WEIGHTS]  # fmt: skip
+
+
+def fused(lists: list[ev.Lists], s: dict, k: int = 10) -> list[list[int]]:
+    if s["method"] == "rrf":
+        return [[r for r, _ in fusion.rrf(ls, s["c"], s["weights"])[:k]] for ls in lists]
+    return [[r for r, _ in fusion.weighted(ls, s["weights"])[:k]] for ls in lists]
+
+
+def choose(q: qs.QuerySet, lists: list[ev.Lists], prior: bool) -> tuple[dict, float]:
+    """The grid point best on these (validation) queries, with or without the prior."""
+    truth = ev.qrels(q)
+    points = [s for s in grid() if prior or s["weights"]["popularity"] == 0.0]
+    scores = [ev.per_query(q, fused(lists, s), truth).mean() for s in points]
+    i = int(np.argmax(scores))
+    return points[i], round(float(scores[i]), 4)
+
+
+def measure(q: qs.QuerySet, rec, audience: np.ndarray, grams: str) -> dict:
+    """Choose on the validation half, then test once: singles, fusion without and with the prior."""
+    (val, test), engine = q.split(0), rec.bundle.search
+    lists = {}
+    for half, part in (("validation", val), ("test", test)):
+        asked = ev.collect(engine, part, 100, say=say, grams=grams)
+        lists[half] = [with_popularity(ls, audience) for ls in asked]
+    plain, plain_val = choose(val, lists["validation"], prior=False)
+    prior, prior_val = choose(val, lists["validation"], prior=True)
+    runs = {n: [ls[n][0][:10].tolist() for ls in lists["test"]] for n in lists["test"][0]}
+    runs |= {"fusion": fused(lists["test"], plain), "fusion + prior": fused(lists["test"], prior)}
+    table = {n: ev.evaluate(test, rows, (METRIC, "hit_rate@1")) for n, rows in runs.items()}
+    best = max((n for n in runs if "fusion" not in n), key=lambda n: table[n][METRIC])
+    return {"queries": len(q), "validation": {"fusion": [plain, plain_val],
+            "fusion + prior": [prior, prior_val]}, "test": table, "best_single": best,
+            "against best single": ev.compare(test, ("fusion + prior", runs["fusion + prior"]),
+                                              (best, runs[best]), METRIC),
+            "against fusion": ev.compare(test, ("fusion + prior", runs["fusion + prior"]),
+                                         ("fusion", runs["fusion"]), METRIC)}  # fmt: skip
+
+
+def plot(dataset: str, result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(result), figsize=(5 * len(result), 3.6), sharey=True)
+    for ax, (draw, r) in zip(np.atleast_1d(axes), result.items(), strict=True):
+        names = list(r["test"])
+        ax.bar(names, [r["test"][n][METRIC] for n in names], color="#4c72b0")
+        p = r["against best single"]["p_value"]
+        ax.set_title(f"targets {draw}: prior vs {r['best_single']} p={p:.3g}", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    np.atleast_1d(axes)[0].set_ylabel(f"test {METRIC}")
+    fig.suptitle(f"{dataset}: navigational names, a popularity prior (chosen on validation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="synthetic_1m_creators")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--grams", choices=GRAMS, default="every", help="the serving config's")
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts/bench/search_prior")
+    a = ap.parse_args()
+    rec, root = recommender(a.dataset), REPO / "artifacts/index" / a.dataset
+    catalog = qs.Catalog.of_version(store.versions_dir(root) / store.current_version(root))
+    audience = qs.audience(catalog)
+    sets = {
+        "uniform": qs.navigational(catalog, a.queries, 0),
+        "by audience": qs.navigational(catalog, a.queries, 0, weights=audience + 1.0),
+    }
+    result = {draw: measure(q, rec, audience, a.grams) for draw, q in sets.items()}
+    for draw, r in result.items():
+        say(f"targets {draw}: test {json.dumps(r['test'])}")
+        say(f"  chosen: {r['validation']}")
+        say(f"  prior vs {r['best_single']}: {r['against best single']}")
+        say(f"  prior vs fusion: {r['against fusion']}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"{a.dataset}.json").write_text(json.dumps(result, indent=2))
+    plot(a.dataset, result, a.out / f"{a.dataset}.png")
+    say(f"wrote {a.out / a.dataset}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
