@@ -33,13 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import ranking_quality as rq  # noqa: E402
 from data import tables  # noqa: E402
-from index import checkpoint  # noqa: E402
 from ranking import ranker  # noqa: E402
-from ranking.features import Window  # noqa: E402
-from ranking.train import fit_als  # noqa: E402
 from training.data import TowerDataModule  # noqa: E402
 from training.evaluate import Interactions, ndcg_per_user  # noqa: E402
-from training.module import TowerScorer, encode_all_creators  # noqa: E402
 
 BINS = {
     "positives": ((1, 1), (2, 3), (4, 7), (8, 15), (16, None)),
@@ -74,15 +70,11 @@ def main() -> None:
     a = p.parse_args()
     dm = TowerDataModule(str(REPO / "artifacts" / "data" / a.dataset))
     dm.setup()
-    trained = checkpoint.load(a.run)
-    users, creators = dm.users.to("cpu"), dm.creators.to("cpu")
-    scorer = TowerScorer(trained.model, users, encode_all_creators(trained.model, creators))
+    scorer, _ = rq.scorer_of(dm, a.run)
     als = rq.als_setting(a.als_from, a.dataset, False)
-    window = Window.from_dataset(dm.data_dir)
-    window.als = fit_als(window.x, als)
-    rng = np.random.default_rng(1)  # ranking_quality.py's sample of the same --fit-fans
+    window = rq.window_of(dm, als)
     every = np.flatnonzero(dm.validation.lengths() > 0)
-    fans = np.sort(rng.choice(every, min(a.fit_fans, len(every)), replace=False))
+    fans = rq.fit_sample(every, a.fit_fans)  # ranking_quality.py's sample of the same size
     found, x = rq.candidates(scorer, dm.train, fans, a.candidates, window)
     fitted = ranker.fit(x, rq.labels(found, dm.validation, fans))
     rest = np.setdiff1d(every, fans)
@@ -92,8 +84,7 @@ def main() -> None:
         found, x = rq.candidates(scorer, dm.train, other, a.candidates, window)
         by_count("validation fans outside the sample", found, rq.rerank(fitted, found, x),
                  dm.validation, other, seen.lengths()[other], a.by)  # fmt: skip
-    known = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
-    known.als = fit_als(known.x, als)
+    known = rq.window_of(dm, als, window.catalog, (tables.TRAIN, tables.VALIDATION))
     test = np.flatnonzero(dm.test.lengths() > 0)
     found, x = rq.candidates(scorer, dm.known, test, a.candidates, known)
     seen = dm.test if a.by == "positives" else dm.known

@@ -170,6 +170,28 @@ def als_setting(path: Path | None, dataset: str, off: bool) -> RankingConfig:
     return cfg
 
 
+def scorer_of(dm: TowerDataModule, run) -> tuple[TowerScorer, checkpoint.TrainedModel]:
+    """The towers of a run (its kept checkpoint) scoring every creator, and what was loaded."""
+    trained = checkpoint.load(run)
+    users, creators = dm.users.to("cpu"), dm.creators.to("cpu")  # the towers read tensors
+    return TowerScorer(trained.model, users, encode_all_creators(trained.model, creators)), trained
+
+
+def window_of(dm: TowerDataModule, als: RankingConfig, catalog=None,
+              splits=(tables.TRAIN,)) -> Window:  # fmt: skip
+    """The features' window over `splits`, with ALS refit on the same pairs it reads."""
+    window = Window.from_dataset(dm.data_dir, catalog, splits)
+    window.als = fit_als(window.x, als)
+    return window
+
+
+def fit_sample(fans: np.ndarray, n: int) -> np.ndarray:
+    """The validation fans the ranker learns from: a seeded sample of n (0 or more: all)."""
+    if n and n < len(fans):  # for catalogs like Gowalla's
+        return np.sort(np.random.default_rng(1).choice(fans, n, replace=False))
+    return fans
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -245,16 +267,11 @@ def main() -> None:
     dm.setup()
     if dm.validation is None:
         raise SystemExit(f"{dm.data_dir} has no validation split: prepare it with one")
-    trained = checkpoint.load(a.run)
+    scorer, trained = scorer_of(dm, a.run)
     print(f"towers {trained.path} ({trained.selected_by})", flush=True)
-    users, creators = dm.users.to("cpu"), dm.creators.to("cpu")  # the towers read tensors
-    scorer = TowerScorer(trained.model, users, encode_all_creators(trained.model, creators))
     als = als_setting(a.als_from, a.dataset, a.no_als)
-    window = Window.from_dataset(dm.data_dir)
-    window.als = fit_als(window.x, als)
-    fans = np.flatnonzero(dm.validation.lengths() > 0)
-    if a.fit_fans and a.fit_fans < len(fans):  # a seeded sample, for catalogs like Gowalla's
-        fans = np.sort(np.random.default_rng(1).choice(fans, a.fit_fans, replace=False))
+    window = window_of(dm, als)
+    fans = fit_sample(np.flatnonzero(dm.validation.lengths() > 0), a.fit_fans)
     n, chosen_by = a.candidates[0], None
     if len(a.candidates) > 1:  # N chosen on held-out validation fans, then fit on the rest
         n, chosen_by, fans = choose_depth(scorer, dm, fans, a.candidates, window)
@@ -274,8 +291,7 @@ def main() -> None:
         network, network_info = dcn.fit(x, y)
     fans = np.flatnonzero(dm.test.lengths() > 0)
     if a.test_window == "known":  # what is known before test: training and validation pairs
-        window = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
-        window.als = fit_als(window.x, als)  # refit on the same window the features read
+        window = window_of(dm, als, window.catalog, (tables.TRAIN, tables.VALIDATION))
     found, x = candidates(scorer, dm.known, fans, n, window)
     if a.stack:
         x = np.concatenate([x, stacked(a.stack, a.stack_from, a.dataset, dm, found, fans, True)], 2)
