@@ -56,18 +56,17 @@ def grid() -> list[dict]:
 
 
 def fused(lists: list[ev.Lists], s: dict, k: int = 10) -> list[list[int]]:
-    if s["method"] == "rrf":
-        return [[r for r, _ in fusion.rrf(ls, s["c"], s["weights"])[:k]] for ls in lists]
-    return [[r for r, _ in fusion.weighted(ls, s["weights"])[:k]] for ls in lists]
+    return [[r for r, _ in fusion.by_method(ls, **s)[:k]] for ls in lists]
 
 
-def choose(q: qs.QuerySet, lists: list[ev.Lists], prior: bool) -> tuple[dict, float]:
-    """The grid point best on these (validation) queries, with or without the prior."""
-    truth = ev.qrels(q)
-    points = [s for s in grid() if prior or s["weights"]["popularity"] == 0.0]
-    scores = [ev.per_query(q, fused(lists, s), truth).mean() for s in points]
-    i = int(np.argmax(scores))
-    return points[i], round(float(scores[i]), 4)
+def choose(q: qs.QuerySet, lists: list[ev.Lists]) -> dict[str, tuple[dict, float]]:
+    """The grid point best on these (validation) queries without the prior and with it: each
+    point is scored once, and the first is the best among those weighting popularity 0."""
+    truth, points = ev.qrels(q), grid()
+    scores = np.array([ev.per_query(q, fused(lists, s), truth).mean() for s in points])
+    plain = np.flatnonzero([s["weights"]["popularity"] == 0.0 for s in points])
+    best = {"fusion": plain[np.argmax(scores[plain])], "fusion + prior": np.argmax(scores)}
+    return {name: (points[int(i)], round(float(scores[i]), 4)) for name, i in best.items()}
 
 
 def measure(q: qs.QuerySet, rec, audience: np.ndarray, grams: str) -> dict:
@@ -77,14 +76,13 @@ def measure(q: qs.QuerySet, rec, audience: np.ndarray, grams: str) -> dict:
     for half, part in (("validation", val), ("test", test)):
         asked = ev.collect(engine, part, 100, say=say, grams=grams)
         lists[half] = [with_popularity(ls, audience) for ls in asked]
-    plain, plain_val = choose(val, lists["validation"], prior=False)
-    prior, prior_val = choose(val, lists["validation"], prior=True)
+    chosen = choose(val, lists["validation"])
     runs = {n: [ls[n][0][:10].tolist() for ls in lists["test"]] for n in lists["test"][0]}
-    runs |= {"fusion": fused(lists["test"], plain), "fusion + prior": fused(lists["test"], prior)}
+    runs |= {name: fused(lists["test"], s) for name, (s, _) in chosen.items()}
     table = {n: ev.evaluate(test, rows, (METRIC, "hit_rate@1")) for n, rows in runs.items()}
     best = max((n for n in runs if "fusion" not in n), key=lambda n: table[n][METRIC])
-    return {"queries": len(q), "validation": {"fusion": [plain, plain_val],
-            "fusion + prior": [prior, prior_val]}, "test": table, "best_single": best,
+    return {"queries": len(q), "validation": {n: list(c) for n, c in chosen.items()},
+            "test": table, "best_single": best,
             "against best single": ev.compare(test, ("fusion + prior", runs["fusion + prior"]),
                                               (best, runs[best]), METRIC),
             "against fusion": ev.compare(test, ("fusion + prior", runs["fusion + prior"]),

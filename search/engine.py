@@ -156,10 +156,7 @@ def fuse(
     banned = set(exclude)
     if banned:
         lists = {n: _without(rows, scores, banned) for n, (rows, scores) in lists.items()}
-    if settings.method == "rrf":
-        fused = fusion.rrf(lists, settings.c, settings.weights)
-    else:
-        fused = fusion.weighted(lists, settings.weights)
+    fused = fusion.by_method(lists, settings.method, settings.c, settings.weights)
     where = fusion.ranks(lists)
     return [Hit(row, score, where[row]) for row, score in fused[:k]]
 

@@ -42,6 +42,11 @@ def weighted(lists: Mapping[str, Ranked], weights: Mapping[str, float]):
     return _ordered(fused, lists)
 
 
+def by_method(lists: Mapping[str, Ranked], method: str, c: float, weights: Mapping[str, float]):
+    """[(row, fused score)] best first, by `method`: rrf (with c) or weighted."""
+    return rrf(lists, c, weights) if method == "rrf" else weighted(lists, weights)
+
+
 def ranks(lists: Mapping[str, Ranked]) -> dict[int, dict[str, int]]:
     """Each candidate's 1-based rank in every list that has it: why it stands where it does."""
     out: dict[int, dict[str, int]] = {}
