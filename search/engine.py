@@ -6,8 +6,12 @@
 Each retriever gives up to `candidates` creators for the query: lexical (BM25), semantic (the
 query's sentence vector against the creators' text vectors), and, when a fan is given,
 personal: the user tower's score (the fan's vector · the creator's, the recommendation score)
-of every candidate the others found, ranked. The lists are fused (search.fusion) as
-`settings` say; every hit carries its rank in each list, so a reader sees why it stands there.
+of every candidate the others found, ranked. Beside them a prior, popularity: the text
+retrievers' candidates ordered by their audience (training pairs), so that of two creators the
+query fits alike ("clara" → two Claras) the one more fans follow comes first, as fans' name
+searches do. The lists are fused (search.fusion) as `settings` say (the prior takes part only
+where they weight it); every hit carries its rank in each list that took part, so a reader sees
+why it stands there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from search import fusion
 from search.lexical import GRAMS
 
 RETRIEVERS = ("lexical", "semantic", "personal")
+PRIOR = "popularity"
+LISTS = (*RETRIEVERS, PRIOR)
+"""What `SearchSettings.weights` may weight: the retrievers and the prior."""
+TEXT = ("lexical", "semantic")
+"""The retrievers whose candidates the prior orders: those the query's text found (the
+personal list is the fan's, and a list asked without the fan must not hold it)."""
 
 
 @dataclass
@@ -33,6 +43,7 @@ class SearchSettings:
     weights: dict[str, float] = field(
         default_factory=lambda: {"lexical": 1.0, "semantic": 1.0, "personal": 1.0}
     )
+    """Each list's weight (LISTS); the popularity prior takes part only where weighted > 0."""
     candidates: int = 100
     """Creators each retriever proposes before fusion."""
     near: int = 1000
@@ -72,9 +83,9 @@ class SearchSettings:
             self.for_query(True), self.for_query(False, True)  # each route's values checked
         if self.method not in ("rrf", "weighted"):
             raise ValueError(f"search.method={self.method!r}: use rrf or weighted")
-        unknown = sorted(set(self.weights) - set(RETRIEVERS))
+        unknown = sorted(set(self.weights) - set(LISTS))
         if unknown:
-            raise ValueError(f"search.weights names {unknown}: the retrievers are {RETRIEVERS}")
+            raise ValueError(f"search.weights names {unknown}: the lists are {LISTS}")
         if self.candidates < 1:
             raise ValueError(f"search.candidates={self.candidates}: use at least 1")
         if self.near < 0:
@@ -91,26 +102,42 @@ class Hit:
 
 
 class Engine:
-    def __init__(self, lexical, semantic, embeddings: np.ndarray, index=None, topics=None):
+    def __init__(
+        self, lexical, semantic, embeddings: np.ndarray, index=None, topics=None, audience=None
+    ):
         """`index`: the version's recommendation index (faiss rows, the fan's nearest
         creators) and `topics` (search.topics.Topics) let the personal retriever propose
-        creators of its own; without them it ranks the others' candidates only."""
+        creators of its own; without them it ranks the others' candidates only. `audience`:
+        [N] each row's training pairs, the popularity prior's order (None: no prior)."""
         self.lexical, self.semantic, self.embeddings = lexical, semantic, embeddings
         self.index, self.topics = index, topics
+        self.audience = None if audience is None else np.asarray(audience, np.float64)
 
     def candidates(
         self, query: str, n: int, user_vector=None, semantic: bool = True, near: int = 0,
-        grams: str = "every",
+        grams: str = "every", prior: bool = False,
     ) -> dict[str, fusion.Ranked]:  # fmt: skip
-        """Each retriever's list for the query, best first (`near`, `grams`: SearchSettings').
-        `semantic=False` leaves the semantic retriever out (serving asks it itself, with the
-        query's vector from Triton)."""
+        """Each retriever's list for the query, best first (`near`, `grams`: SearchSettings'),
+        and the prior's last where `prior` asks and the engine has audiences. `semantic=False`
+        leaves the semantic retriever out (serving asks it itself, with the query's vector
+        from Triton)."""
         lists = {"lexical": self.lexical.search(query, n, grams)}
         if self.semantic is not None and semantic:
             lists["semantic"] = self.semantic.search(query, n)
         if user_vector is not None:
             lists["personal"] = self.personal(lists, user_vector, query, near, n)
-        return lists
+        return self.with_prior(lists) if prior else lists
+
+    def with_prior(self, lists: dict[str, fusion.Ranked]) -> dict[str, fusion.Ranked]:
+        """The lists and, last, the prior: the text retrievers' candidates by audience, most
+        followed first (log1p, ties by row). Unchanged without audiences or text candidates."""
+        found = [lists[name][0] for name in TEXT if name in lists]
+        if self.audience is None or not found:
+            return lists
+        rows = np.unique(np.concatenate(found)).astype(np.int64)
+        scores = np.log1p(self.audience[rows])
+        order = np.lexsort((rows, -scores))
+        return {**lists, PRIOR: (rows[order], scores[order])}
 
     def personal(
         self, lists: dict[str, fusion.Ranked], user_vector, query: str = "", near: int = 0,
@@ -139,7 +166,9 @@ class Engine:
             query, settings.candidates, user_vector, near=settings.near, grams=settings.grams
         )
         chosen = settings.for_query(self.reads_as_name(query), "personal" in lists)
-        return fuse(lists, k, chosen, exclude), list(lists)
+        if chosen.weights.get(PRIOR, 0.0) > 0:
+            lists = self.with_prior(lists)
+        return fuse(lists, k, chosen, exclude), [n for n in lists if n != PRIOR]
 
     def reads_as_name(self, query: str) -> bool:
         """Whether the query uses a word only creators' names use (navigational) rather than

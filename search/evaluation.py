@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from search import fusion
-from search.engine import Engine, SearchSettings, fuse
+from search.engine import PRIOR, Engine, SearchSettings, fuse
 from search.queries import PRIMARY, QuerySet
 
 Lists = dict[str, fusion.Ranked]
@@ -28,6 +28,13 @@ C_GRID = (5.0, 10.0, 20.0, 40.0, 60.0, 100.0)
 RRF_WEIGHTS = (0.1, 0.25, 0.5, 1.0, 2.0)
 SCORE_WEIGHTS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 PERSONAL_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+NOT_SINGLE = {PRIOR}
+"""Lists the choice's yardstick (best_singles) leaves out; search_quality.py --count-prior
+empties it, to measure what counting the prior as a single list would choose."""
+PRIOR_WEIGHTS = (0.0, 0.1, 0.5, 2.0)
+"""The popularity prior's weights tried (0: off). benchmarks/search_prior.py chose 0.1 (rrf) and
+0.5 (weighted) on names; 2 lets it lead, as it would on Last.fm's tags, where it alone beats
+both text retrievers."""
 
 
 def collect(
@@ -40,11 +47,12 @@ def collect(
     grams: str = "every",
 ) -> list[Lists]:
     """Each retriever's n best rows for every query (personal where a fan's vector is given,
-    looking among the fan's `near` nearest creators too; `near`, `grams`: SearchSettings')."""
+    looking among the fan's `near` nearest creators too; `near`, `grams`: SearchSettings'),
+    and the popularity prior's where the engine has audiences (a weight of 0 leaves it out)."""
     out, started = [], time.perf_counter()
     for i, text in enumerate(queries.text):
         vector = None if vectors is None else vectors[i]
-        out.append(engine.candidates(text, n, vector, near=near, grams=grams))
+        out.append(engine.candidates(text, n, vector, near=near, grams=grams, prior=True))
         if say is not None and ((i + 1) % 250 == 0 or i + 1 == len(queries)):
             rate = (i + 1) / (time.perf_counter() - started)
             say(f"  {queries.kind}: {i + 1}/{len(queries)} queries ({rate:.0f}/s)")
@@ -126,10 +134,10 @@ def compare(queries: QuerySet, a: tuple[str, list], b: tuple[str, list], metric:
 
 def grid(method: str, retrievers: Sequence[str], candidates: int) -> list[SearchSettings]:
     """The settings tried for one method: lexical's weight fixed at 1 (only ratios count),
-    semantic's and personal's varied where they take part, and rrf's c."""
-    others = [r for r in ("semantic", "personal") if r in retrievers]
+    semantic's, personal's and the prior's varied where they take part, and rrf's c."""
+    others = [r for r in ("semantic", "personal", PRIOR) if r in retrievers]
     choices = {"semantic": RRF_WEIGHTS if method == "rrf" else SCORE_WEIGHTS,
-               "personal": PERSONAL_WEIGHTS}  # fmt: skip
+               "personal": PERSONAL_WEIGHTS, PRIOR: PRIOR_WEIGHTS}  # fmt: skip
     combos = [{}]
     for r in others:
         combos = [{**c, r: w} for c in combos for w in choices[r]]
@@ -214,10 +222,12 @@ def sums(sets: Sets, settings: list[SearchSettings], keep=None) -> np.ndarray:
 
 
 def best_singles(sets: Sets) -> np.ndarray:
-    """Each set's best single retriever's mean primary metric (at least FLOOR)."""
+    """Each set's best single retriever's mean primary metric (at least FLOOR). The prior
+    alone is not one: counted, Last.fm's choice traded names for tags (its topic route
+    answers a fifth of the names), and fell below lexical on names (BENCHMARKS.md, issue 16)."""
     out = []
     for q, lists, fan in sets:
-        names = {r for ls in lists for r in ls if fan or r != "personal"}
+        names = {r for ls in lists for r in ls if r not in NOT_SINGLE and (fan or r != "personal")}
         truth = qrels(q)
         out.append(max(per_query(q, single(lists, n, 10, q.exclude), truth).mean() for n in names))
     return np.maximum(np.array(out), FLOOR)

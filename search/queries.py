@@ -38,10 +38,14 @@ from data.sources.public import LastFmSource
 from index import projection
 from index import store as index_store
 
-PRIMARY = {"navigational": "mrr@10", "topical": "ndcg@10", "personal": "mrr@10"}
+BY_AUDIENCE = "navigational_by_audience"
+"""The navigational set with targets drawn as fans look creators up: in proportion to audience."""
+PRIMARY = {"navigational": "mrr@10", BY_AUDIENCE: "mrr@10", "topical": "ndcg@10",
+           "personal": "mrr@10"}  # fmt: skip
 """Each set's metric that fusion constants are chosen by."""
 METRICS = {
     "navigational": ("mrr@10", "hit_rate@1"),
+    BY_AUDIENCE: ("mrr@10", "hit_rate@1"),
     "topical": ("ndcg@10", "recall@100"),
     "personal": ("mrr@10", "hit_rate@10"),
 }
@@ -160,7 +164,8 @@ def navigational(
             by_name.setdefault(catalog.name[r], []).append(r)
     text = [noisy(catalog.name[r], rng) for r in picked]
     relevant = [by_name[catalog.name[r]] for r in picked]
-    return QuerySet("navigational", [f"nav-{r}" for r in picked], text, relevant)
+    kind = "navigational" if weights is None else BY_AUDIENCE
+    return QuerySet(kind, [f"nav-{r}" for r in picked], text, relevant)
 
 
 def audience(catalog: Catalog) -> np.ndarray:
