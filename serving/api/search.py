@@ -1,7 +1,8 @@
 """`GET /search?q=…&user_id=…&k=…`: creators for a typed query from the served version's
 retrievers (search.engine): lexical, semantic when the version has text vectors, and personal
-(the user tower's score) when a known fan is given, fused as the config's `search` says. Each
-item carries its rank in every retriever's list, so the explorer can show why it stands there.
+(the user tower's score) when a known fan is given, fused as the config's `search` says, with
+the popularity prior where that fusion weights it. Each item carries its rank in every list
+that took part, so the explorer can show why it stands there.
 
 A failing dependency degrades the answer, flagged: without the feature store or the user tower,
 the personal retriever sits out (`degraded` names which), the others still answer; the query
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field
 from common.errors import MissingInputError
 from data.schema import ID_PATTERN
 from index.lexical import tokens
-from search.engine import SearchSettings, fuse
+from search.engine import PRIOR, SearchSettings, fuse
 from serving.api.schemas import ERRORS, MAX_ID_CHARS
 from serving.api.state import ServicesDep
 
@@ -53,7 +54,10 @@ class SearchItem(BaseModel):
     name: str
     category: str
     popularity: int
-    ranks: dict[str, int] = Field(description="1-based rank in each retriever's list having it.")
+    ranks: dict[str, int] = Field(
+        description="1-based rank in each list having it: the retrievers', and the popularity "
+        "prior's (the text candidates by audience) where the fusion weights it."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -174,7 +178,10 @@ def _answer(
     name_like = bundle.search.reads_as_name(q)
     with_fan = "personal" in lists
     chosen = settings.for_query(name_like, with_fan)
-    hits, used = fuse(lists, k, chosen, banned), list(lists)
+    used = list(lists)
+    if chosen.weights.get(PRIOR, 0.0) > 0:
+        lists = bundle.search.with_prior(lists)
+    hits = fuse(lists, k, chosen, banned)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
               "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),

@@ -173,7 +173,8 @@ class Bundle:
         semantic = Semantic(folder) if (folder / index_store.TEXT_INDEX).exists() else None
         lexical = Lexical(folder / index_store.LEXICAL)
         topics = Topics(Path(self.index.manifest["catalog"]["data_dir"]), self.index.creator_idx)
-        return Engine(lexical, semantic, self.embeddings, self.index.index, topics)
+        audience = self.catalog["train_count"]  # the popularity prior's order
+        return Engine(lexical, semantic, self.embeddings, self.index.index, topics, audience)
 
     @functools.cached_property
     def suggest(self) -> Suggest:

@@ -72,6 +72,29 @@ def test_the_configs_grams_ask_the_lexical_retriever(service):
     assert lists["lexical"][0].tolist() != b.search.candidates(q, 100)["lexical"][0].tolist()
 
 
+def test_a_weighted_popularity_prior_takes_part_and_says_its_rank(service):
+    # the served prior: the text lists' candidates by the catalog's training counts, fused only
+    # where the config weights it, its rank beside the retrievers' on every item it holds
+    from fastapi.testclient import TestClient
+
+    from search.engine import PRIOR
+    from serving.api.app import create_app
+
+    _, rec = service
+    b, q = rec.bundle, "comics music"
+    settings = SearchSettings("rrf", 5.0, {"lexical": 1.0, "semantic": 0.1, PRIOR: 0.5})
+    lists = b.search.with_prior(b.search.candidates(q, 100))
+    counts = b.catalog["train_count"]
+    assert np.all(np.diff(counts[lists[PRIOR][0]]) <= 0)  # most followed first
+    fused = fusion.rrf(lists, 5.0, settings.weights)
+    app = create_app(rec, poll_seconds=None, search_settings=settings)
+    with TestClient(app) as client:
+        body = ask(client, q=q, k=10)
+    assert body["retrievers"] == ["lexical", "semantic"] and body["fusion"]["weights"][PRIOR] == 0.5
+    assert ids(body) == [str(b.index.creator_id[r]) for r, _ in fused[:10]]
+    assert all(PRIOR in item["ranks"] for item in body["items"])
+
+
 def test_a_version_is_warmed_with_fans_searches_before_readyz_says_so(service):
     # a fresh process's first searches paid for untouched code and pages (up to 290 ms on the
     # 1 M set): the service asks them itself, and /readyz tells a load test when it is done
