@@ -1,4 +1,6 @@
-"""A popularity prior for name searches, measured (issue 16): a diagnostic; it serves nothing.
+"""A popularity prior for name searches, measured alone (issue 16): a diagnostic. The prior is
+served (search.engine's popularity list, weighted as search_quality.py chooses); this measures
+it on names only, lexical and semantic beside it, without the other sets' say.
 
 On the navigational sets the fusion ties lexical because most of lexical's wrong first answers
 are ambiguous: another creator's name holds every word of the query. The set draws its target
@@ -7,8 +9,8 @@ searches do not come uniformly: fans look up a creator about as often as fans fo
 builds the navigational set both ways, uniform (`search.queries.navigational`, as
 `search_quality.py`) and by audience (targets drawn in proportion to training pairs + 1), and
 asks lexical (and semantic, where the version's engine has it in process) once per query
-through the served engine (`--grams` as the serving config says). A third list, popularity,
-orders the union of their candidates by training audience. Fusion constants are chosen on
+through the served engine (`--grams` as the serving config says), with the engine's popularity
+list: the union of their candidates by training audience. Fusion constants are chosen on
 the validation half, MRR@10, over the same grid with and without the popularity list; the test
 half is evaluated once, paired t-test (ranx).
 
@@ -40,14 +42,6 @@ PRIOR_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 SEMANTIC_WEIGHTS = (0.0, 0.1, 0.25)
 
 
-def with_popularity(lists: ev.Lists, audience: np.ndarray) -> ev.Lists:
-    """The lists and, last, the union of their candidates by training audience, most first."""
-    rows = np.unique(np.concatenate([r for r, _ in lists.values()])).astype(np.int64)
-    score = np.log1p(audience[rows].astype(np.float64))
-    order = np.lexsort((rows, -score))
-    return {**lists, "popularity": (rows[order], score[order])}
-
-
 def grid() -> list[dict]:
     """rrf (c 5-60) and weighted; lexical 1, semantic and popularity varied."""
     methods = [("rrf", c) for c in (5.0, 10.0, 20.0, 60.0)] + [("weighted", 0.0)]
@@ -69,13 +63,11 @@ def choose(q: qs.QuerySet, lists: list[ev.Lists]) -> dict[str, tuple[dict, float
     return {name: (points[int(i)], round(float(scores[i]), 4)) for name, i in best.items()}
 
 
-def measure(q: qs.QuerySet, rec, audience: np.ndarray, grams: str) -> dict:
+def measure(q: qs.QuerySet, rec, grams: str) -> dict:
     """Choose on the validation half, then test once: singles, fusion without and with the prior."""
     (val, test), engine = q.split(0), rec.bundle.search
-    lists = {}
-    for half, part in (("validation", val), ("test", test)):
-        asked = ev.collect(engine, part, 100, say=say, grams=grams)
-        lists[half] = [with_popularity(ls, audience) for ls in asked]
+    lists = {half: ev.collect(engine, part, 100, say=say, grams=grams)
+             for half, part in (("validation", val), ("test", test))}  # fmt: skip
     chosen = choose(val, lists["validation"])
     runs = {n: [ls[n][0][:10].tolist() for ls in lists["test"]] for n in lists["test"][0]}
     runs |= {name: fused(lists["test"], s) for name, (s, _) in chosen.items()}
@@ -122,7 +114,7 @@ def main() -> None:
         "uniform": qs.navigational(catalog, a.queries, 0),
         "by audience": qs.navigational(catalog, a.queries, 0, weights=audience + 1.0),
     }
-    result = {draw: measure(q, rec, audience, a.grams) for draw, q in sets.items()}
+    result = {draw: measure(q, rec, a.grams) for draw, q in sets.items()}
     for draw, r in result.items():
         say(f"targets {draw}: test {json.dumps(r['test'])}")
         say(f"  chosen: {r['validation']}")

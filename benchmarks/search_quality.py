@@ -7,7 +7,8 @@ side by side, fusion constants chosen on a validation half, figures on the test 
 The served version of the dataset's index is loaded the way the service loads it (a
 Recommender over its feature store, the user tower in-process), so the retrievers are the
 served ones and each fan's vector is what `/search?user_id=` uses. Query sets (search.queries):
-navigational and personal on every dataset, topical on Last.fm with its tag hold-out. Each set
+navigational (targets drawn uniformly, and again by audience) and personal on every dataset,
+topical on Last.fm with its tag hold-out. Each set
 is split by query into validation and test halves; a small grid (search.evaluation) picks rrf's c
 and weights and the weighted fusion's weights by the mean of the sets' primary metrics on
 validation; the test half is then evaluated once: every single retriever, both fusions, the
@@ -46,15 +47,22 @@ from index import store  # noqa: E402
 from index.lexical import tokens  # noqa: E402
 from search import evaluation as ev  # noqa: E402
 from search import queries as qs  # noqa: E402
-from search.engine import SearchSettings  # noqa: E402
+from search.engine import PRIOR, SearchSettings  # noqa: E402
 from search.lexical import GRAMS  # noqa: E402
 
 OUT = REPO / "artifacts" / "bench" / "search_quality"
 SETS = {
-    "synthetic_demo": ("navigational", "personal"),
-    "lastfm_search": ("navigational", "topical", "personal"),
-    "synthetic_1m_creators": ("navigational", "personal"),
+    "synthetic_demo": ("navigational", qs.BY_AUDIENCE, "personal"),
+    "lastfm_search": ("navigational", qs.BY_AUDIENCE, "topical", "personal"),
+    "synthetic_1m_creators": ("navigational", qs.BY_AUDIENCE, "personal"),
 }
+"""Each dataset's labelled sets. Names come twice: targets drawn uniformly (where a name
+several creators share cannot be told apart by any ranking, in expectation) and in proportion
+to audience + 1 (as fans look creators up: the popularity prior's case)."""
+SINGLES = ("lexical", "semantic", "personal")
+"""The single retrievers a fusion is measured against. The popularity prior alone (the text
+candidates by audience) is reported beside them and compared with the fusion too: on Last.fm's
+tags it beats both text retrievers."""
 STARTED = time.perf_counter()
 
 
@@ -89,6 +97,8 @@ def build_sets(
     for kind in SETS[dataset] if kinds is None else [k for k in SETS[dataset] if k in kinds]:
         if kind == "navigational":
             made.append(qs.navigational(catalog, n, seed))
+        elif kind == qs.BY_AUDIENCE:
+            made.append(qs.navigational(catalog, n, seed, weights=qs.audience(catalog) + 1.0))
         elif kind == "topical":
             made.append(qs.topical(catalog, n=n, seed=seed))
         else:
@@ -119,7 +129,7 @@ def test_runs(q: qs.QuerySet, lists, chosen: dict[str, SearchSettings], k: int, 
     """Every single retriever and each fusion on one test set (with and without the fan on
     the personal set): {run name: rows per query}."""
     has_fan = q.kind == "personal"
-    names = sorted({r for ls in lists for r in ls}, key=["lexical", "semantic", "personal"].index)
+    names = sorted({r for ls in lists for r in ls}, key=[*SINGLES, PRIOR].index)
     runs = {name: ev.single(lists, name, k, q.exclude) for name in names}
     for method, s in chosen.items():
         runs[method] = ev.fused(lists, s, k, has_fan, q.exclude, as_name)
@@ -147,7 +157,7 @@ def report_set(q: qs.QuerySet, runs: dict, best_method: str, names: np.ndarray) 
     metrics = qs.METRICS[q.kind]
     primary = qs.PRIMARY[q.kind]
     table = {name: ev.evaluate(q, rows, metrics) for name, rows in runs.items()}
-    singles = [n for n in ("lexical", "semantic", "personal") if n in runs]
+    singles = [n for n in SINGLES if n in runs]
     best_single = max(singles, key=lambda n: table[n][primary])
     out = {"queries": len(q), "metrics": list(metrics), "runs": table, "best_single": best_single,
            "chosen": best_method}  # fmt: skip
@@ -157,7 +167,11 @@ def report_set(q: qs.QuerySet, runs: dict, best_method: str, names: np.ndarray) 
     out["tuned_vs_best_single"] = ev.compare(
         q, ("tuned", runs["tuned"]), (best_single, runs[best_single]), primary
     )
-    if q.kind == "navigational":
+    if PRIOR in runs:  # the prior alone, a list the fusion holds, though not a retriever
+        out["fusion_vs_prior"] = ev.compare(
+            q, (best_method, runs[best_method]), (PRIOR, runs[PRIOR]), primary
+        )
+    if q.kind in ("navigational", qs.BY_AUDIENCE):
         out["misses"] = {name: misses(q, rows, names) for name, rows in runs.items()}
     if q.kind == "personal":
         without = f"{best_method}, no fan"
@@ -174,7 +188,8 @@ def print_set(kind: str, r: dict) -> None:
     print(f"  {'run':<20}" + "".join(f"{m:>12}" for m in r["metrics"]))
     for name, scores in r["runs"].items():
         print(f"  {name:<20}" + "".join(f"{scores[m]:>12.4f}" for m in r["metrics"]))
-    for c in (r["fusion_vs_best_single"], r["tuned_vs_best_single"]):
+    compared = ("fusion_vs_best_single", "tuned_vs_best_single", "fusion_vs_prior")
+    for c in (r[key] for key in compared if key in r):
         print(f"  {c['a']} vs {c['b']} ({c['metric']}): {c['a_score']} vs {c['b_score']}, "
               f"p = {c['p_value']:.3g} ({c['stat_test']}), W/T/L {c['win_tie_loss']}")  # fmt: skip
     for name, m in r.get("misses", {}).items():
@@ -367,7 +382,15 @@ def main() -> None:
         help="the semantic retriever's query encoder (index config query_precision) instead "
         "of the version's; choose: each one's fusion chosen, then the better on validation",
     )
+    ap.add_argument(
+        "--count-prior",
+        action="store_true",
+        help="count the popularity prior alone among the single lists the choice must beat "
+        "(a diagnostic: the served choice does not)",
+    )
     args = ap.parse_args()
+    if args.count_prior:
+        ev.NOT_SINGLE.clear()
     if args.query_precision and args.grams == "choose":
         ap.error("--grams choose with --query_precision: choose one at a time")
     rec = recommender(args.dataset)
@@ -417,6 +440,7 @@ def main() -> None:
     deeper += "" if args.near == SearchSettings().near else f"-near{args.near}"
     deeper += "" if args.grams == SearchSettings().grams else f"-grams-{args.grams}"
     deeper += f"-query-{args.query_precision}" if args.query_precision else ""
+    deeper += "-count-prior" if args.count_prior else ""
     out = OUT / f"{args.dataset}{deeper}.json"
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))
