@@ -53,6 +53,10 @@ class SearchSettings:
     grams: str = "every"
     """Whose name trigrams the lexical retriever asks for: every query word's, or only those
     of words no creator's name holds ("unknown": faster on large catalogs; search.lexical)."""
+    slips: bool = False
+    """Whether a query also reads as a name (the `names` route) when it is a creator's whole
+    name, or has a word nobody's text holds one slip from a word only names use
+    (search.topics.Topics.reads_as_name)."""
 
     names: dict | None = None
     """The fusion for a query that reads as a creator's name ({method, c, weights}, each
@@ -165,15 +169,15 @@ class Engine:
         lists = self.candidates(
             query, settings.candidates, user_vector, near=settings.near, grams=settings.grams
         )
-        chosen = settings.for_query(self.reads_as_name(query), "personal" in lists)
+        chosen = settings.for_query(self.reads_as_name(query, settings.slips), "personal" in lists)
         if chosen.weights.get(PRIOR, 0.0) > 0:
             lists = self.with_prior(lists)
         return fuse(lists, k, chosen, exclude), [n for n in lists if n != PRIOR]
 
-    def reads_as_name(self, query: str) -> bool:
+    def reads_as_name(self, query: str, slips: bool = False) -> bool:
         """Whether the query uses a word only creators' names use (navigational) rather than
-        a topic's; False without the topics index."""
-        return self.topics is not None and self.topics.reads_as_name(query)
+        a topic's (`slips`: SearchSettings'); False without the topics index."""
+        return self.topics is not None and self.topics.reads_as_name(query, slips)
 
 
 def fuse(

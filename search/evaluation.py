@@ -74,9 +74,9 @@ def fused(
     return out
 
 
-def reads_as_name(engine: Engine, queries: QuerySet) -> list[bool]:
+def reads_as_name(engine: Engine, queries: QuerySet, slips: bool = False) -> list[bool]:
     """Which queries the service would fuse as a name (Engine.reads_as_name)."""
-    return [engine.reads_as_name(t) for t in queries.text]
+    return [engine.reads_as_name(t, slips) for t in queries.text]
 
 
 def _with_fan(lists: Lists, fan: bool) -> Lists:

@@ -37,9 +37,11 @@ class Topics:
             data_dir, creator_idx, {"name": "", "category": "", "tags": []}
         )  # fmt: skip
         self.vocabulary: dict[str, int] = {}
-        every, topical = _Words(), set()
+        every, topical, wholes = _Words(), set(), []
         for name, category, tags in zip(*cols.values(), strict=True):
-            own = {self.vocabulary.setdefault(w, len(self.vocabulary)) for w in tokens(name)}
+            words = tokens(name)
+            own = {self.vocabulary.setdefault(w, len(self.vocabulary)) for w in words}
+            wholes.append(hash(" ".join(words)))
             rest = {self.vocabulary.setdefault(w, len(self.vocabulary))
                     for w in {*tokens(category), *tokens(" ".join(tags or []))}}  # fmt: skip
             topical |= rest
@@ -47,6 +49,8 @@ class Topics:
         self.words, self.starts = every.arrays()
         self.name_only = np.ones(len(self.vocabulary), bool)
         self.name_only[list(topical)] = False
+        # hashes, not the strings: a million names as a set of str would take ~100 MB a worker
+        self.whole_names = np.unique(np.array(wholes, np.int64))
         log.info("topics of %d creators (%d words) in %.1f s", len(creator_idx),
                  len(self.vocabulary), time.perf_counter() - started)  # fmt: skip
 
@@ -57,10 +61,39 @@ class Topics:
         """For each row, whether one of the query's words is in its name, category or tags."""
         return _holding(self.words, self.starts, np.asarray(rows, np.int64), self._ids(query))
 
-    def reads_as_name(self, query: str) -> bool:
+    def reads_as_name(self, query: str, slips: bool = False) -> bool:
         """Whether the query uses a word that only names use (never a category or tag): a fan
-        looking for someone, not for a topic."""
-        return bool(self.name_only[self._ids(query)].any())
+        looking for someone, not for a topic. With `slips`, also when the query is a creator's
+        whole name ('RADIOHEAD', though fans tag it too), or a word no creator's name, category
+        or tags hold is one slip from a word only names use ('Paraomre' for Paramore)."""
+        if self.name_only[self._ids(query)].any():
+            return True
+        if not slips:
+            return False
+        words = tokens(query)
+        whole = hash(" ".join(words))
+        at = np.searchsorted(self.whole_names, whole)
+        if at < len(self.whole_names) and self.whole_names[at] == whole:
+            return True
+        return any(self._slip_of_name(w) for w in words if w not in self.vocabulary)
+
+    def _slip_of_name(self, word: str) -> bool:
+        near = [self.vocabulary[w] for w in one_slip(word) if w in self.vocabulary]
+        return bool(self.name_only[near].any()) if near else False
+
+
+SLIP_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def one_slip(word: str) -> set[str]:
+    """Every word one slip of the finger from `word`: a letter dropped, added or replaced, or
+    two neighbours swapped (the noise of search.queries.typo and more)."""
+    cuts = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    dropped = {a + b[1:] for a, b in cuts if b}
+    swapped = {a + b[1] + b[0] + b[2:] for a, b in cuts if len(b) > 1}
+    replaced = {a + c + b[1:] for a, b in cuts if b for c in SLIP_LETTERS}
+    added = {a + c + b for a, b in cuts for c in SLIP_LETTERS}
+    return (dropped | swapped | replaced | added) - {word}
 
 
 class _Words:

@@ -4,6 +4,7 @@ against a brute-force reading of the catalog."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +56,19 @@ def test_the_personal_list_adds_the_fans_nearest_creators_the_query_describes(ve
     assert np.allclose(lists["personal"][1], scores[expected], atol=1e-5)
 
 
-def test_a_query_reads_as_a_name_when_it_uses_a_word_only_names_use(version):
-    index, topics, embeddings, _ = version
+def name_and_topic_words(index):
+    """The catalog's columns, the words its names use and those its categories and tags use."""
     cols = catalog_columns(Path(index.manifest["catalog"]["data_dir"]), index.creator_idx,
                            {"name": "", "category": "", "tags": []})  # fmt: skip
     in_names = {w for n in cols["name"] for w in tokens(n)}
     topical = {w for c, t in zip(cols["category"], cols["tags"], strict=True)
                for w in tokens(c) + tokens(" ".join(t))}  # fmt: skip
+    return cols, in_names, topical
+
+
+def test_a_query_reads_as_a_name_when_it_uses_a_word_only_names_use(version):
+    index, topics, embeddings, _ = version
+    _, in_names, topical = name_and_topic_words(index)
     only = sorted(in_names - topical)
     assert only and topical, "the tiny catalog has both kinds of words"
     engine = Engine(Lexical(index.folder / store.LEXICAL), None, embeddings, index.index, topics)
@@ -108,3 +115,38 @@ def test_a_topic_asked_by_a_fan_is_fused_by_the_fan_setting():
         SearchSettings(fans={"method": "max"})
     with pytest.raises(ValueError, match=r"search.grams='some'"):
         SearchSettings(grams="some")
+
+
+def test_one_slip_is_every_word_a_finger_slip_away():
+    from search.topics import one_slip
+
+    near = one_slip("ab")
+    assert {"a", "b", "ba", "xb", "ax", "abc", "cab", "acb"} <= near and "ab" not in near
+    assert all(abs(len(w) - 2) <= 1 for w in near)
+    assert one_slip("") == set("abcdefghijklmnopqrstuvwxyz0123456789")  # a letter added
+
+
+def test_with_slips_a_whole_name_or_a_slip_of_a_names_word_reads_as_a_name(version):
+    from search.topics import one_slip
+
+    index, topics, embeddings, _ = version
+    cols, in_names, topical = name_and_topic_words(index)
+    only = sorted(w for w in in_names - topical if len(w) > 3)
+    # a slip of a word only names use, which no creator's text holds: a name
+    slip = next(s for w in only for s in [w[0] + w[2] + w[1] + w[3:]] if s not in topics.vocabulary)
+    assert topics.reads_as_name(slip, slips=True) and not topics.reads_as_name(slip)
+    # a slip of a topic's word: still a topic
+    slipped = [w[:-1] + "q" for w in sorted(topical - in_names) if len(w) > 3 and w[-1] != "q"]
+    names_near = lambda s: {x for x in one_slip(s) if x in in_names - topical}  # noqa: E731
+    slipped = next(s for s in slipped if s not in topics.vocabulary and not names_near(s))
+    assert not topics.reads_as_name(slipped, slips=True)
+    # a creator's whole name made only of topic words reads as a name with slips only
+    # a creator's whole name reads as a name even when every word is a topic's too: as if
+    # no word were the names' own (the tiny catalog has no such name)
+    shared = copy.copy(topics)
+    shared.name_only = np.zeros_like(topics.name_only)
+    whole = next(n for n in cols["name"] if len(tokens(n)) > 1)
+    assert shared.reads_as_name(whole.upper(), slips=True)
+    assert not shared.reads_as_name(whole) and not shared.reads_as_name(tokens(whole)[0], True)
+    engine = Engine(Lexical(index.folder / store.LEXICAL), None, embeddings, index.index, topics)
+    assert engine.reads_as_name(slip, True) and not engine.reads_as_name(slip)
