@@ -20,7 +20,9 @@ With --grams choose, both ways of asking the lexical retriever for name trigrams
 on validation (choose_way) is the one evaluated on test. --query_precision choose does the same
 for the semantic retriever's query encoder, fp32 and int8 (index config `query_precision`;
 both made as the rebuild job makes them), with the trigram way given; int8, the faster, is
-taken when its fusion keeps KEEP of fp32's validation metric on every set.
+taken when its fusion keeps KEEP of fp32's validation metric on every set. --slips choose routes
+the same lists both ways (SearchSettings.slips: whether a whole name, or a word one slip from a
+name's, reads as a name) and takes the way whose fusion is better on validation.
 
 Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n>, -near<n>,
 -grams-<way>, -query-<precision> for other --candidates, --near, --grams than the defaults, or
@@ -228,10 +230,10 @@ def plot(dataset: str, results: dict, path: Path) -> None:
 
 
 def halves(
-    rec, sets: list[qs.QuerySet], seed: int, n: int, near: int, grams: str
+    rec, sets: list[qs.QuerySet], seed: int, n: int, near: int, grams: str, slips: bool = False
 ) -> dict[str, list]:
     """Each set's validation and test halves with their retrievers' lists and which queries
-    read as a name: {kind: [(queries, lists, names), (queries, lists, names)]}."""
+    read as a name (`slips`: SearchSettings'): {kind: [(queries, lists, names), (…)]}."""
     out = {}
     for q in sets:
         out[q.kind] = []
@@ -241,7 +243,7 @@ def halves(
                 part, vectors = fan_vectors(rec, part)
             say(f"{q.kind} {half}: asking the retrievers for {len(part)} queries")
             lists = ev.collect(rec.bundle.search, part, n, vectors, say, near, grams)
-            names = ev.reads_as_name(rec.bundle.search, part)
+            names = ev.reads_as_name(rec.bundle.search, part, slips)
             say(f"  {q.kind} {half}: {np.mean(names):.0%} read as a name")
             out[q.kind].append((part, lists, names))
     return out
@@ -331,7 +333,11 @@ def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:
     """`halves` for each way asked: both trigram ways or both query encoder precisions
     (made as the rebuild job makes them: benchmarks/query_encoder_speed.encoders), or the one
     way the arguments give."""
-    ask = functools.partial(halves, rec, sets, args.seed, args.candidates, args.near)
+    slips = args.slips == "true"
+    ask = functools.partial(halves, rec, sets, args.seed, args.candidates, args.near, slips=slips)
+    if args.slips == "choose":  # the same lists, routed both ways
+        words = ask(args.grams, slips=False)
+        return {"words": words, "slips": with_slips(rec.bundle.search, words)}
     if args.query_precision is None:
         return {g: ask(g) for g in (GRAMS if args.grams == "choose" else (args.grams,))}
     from benchmarks.query_encoder_speed import encoders
@@ -346,6 +352,12 @@ def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:
         say(f"query encoder {precision}:")
         out[precision] = ask(args.grams)
     return out
+
+
+def with_slips(engine, data: dict) -> dict:
+    """`halves`' data with each query's name reading redone with slips (SearchSettings.slips)."""
+    return {kind: [(q, lists, ev.reads_as_name(engine, q, True)) for q, lists, _ in parts]
+            for kind, parts in data.items()}  # fmt: skip
 
 
 def served_precision(bundle) -> str:
@@ -383,6 +395,13 @@ def main() -> None:
         "of the version's; choose: each one's fusion chosen, then the better on validation",
     )
     ap.add_argument(
+        "--slips",
+        choices=["false", "true", "choose"],
+        default=str(SearchSettings().slips).lower(),
+        help="whether a whole name, or a word one slip from a name's, reads as a name "
+        "(SearchSettings.slips); choose: both ways' fusions chosen, then the better on validation",
+    )
+    ap.add_argument(
         "--count-prior",
         action="store_true",
         help="count the popularity prior alone among the single lists the choice must beat "
@@ -391,8 +410,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.count_prior:
         ev.NOT_SINGLE.clear()
-    if args.query_precision and args.grams == "choose":
-        ap.error("--grams choose with --query_precision: choose one at a time")
+    if sum(x == "choose" for x in (args.grams, args.query_precision, args.slips)) > 1:
+        ap.error("--grams, --query_precision and --slips: choose one at a time")
     rec = recommender(args.dataset)
     bundle = rec.bundle
     say(f"{args.dataset}: serving {bundle.index_version}, retrievers: lexical"
@@ -401,8 +420,9 @@ def main() -> None:
     sets = build_sets(args.dataset, catalog, args.queries, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         by_way = ways(rec, sets, args, Path(scratch))
-    label = "query_precision" if args.query_precision == "choose" else "grams"
-    if "choose" in (args.grams, args.query_precision):
+    label = ("query_precision" if args.query_precision == "choose"
+             else "slips" if args.slips == "choose" else "grams")  # fmt: skip
+    if "choose" in (args.grams, args.query_precision, args.slips):
         faster = "int8" if label == "query_precision" else None
         way, (chosen, objective, tried), scored = choose_way(by_way, args.candidates, faster)
     else:
@@ -417,6 +437,7 @@ def main() -> None:
     results = {"dataset": args.dataset, "index_version": bundle.index_version,
                "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
                "near": args.near, "grams": grams, "query_precision": precision,
+               "slips": way == "slips" if label == "slips" else args.slips == "true",
                f"{label}_tried": scored,
                "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
                "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
@@ -441,11 +462,13 @@ def main() -> None:
     deeper += "" if args.grams == SearchSettings().grams else f"-grams-{args.grams}"
     deeper += f"-query-{args.query_precision}" if args.query_precision else ""
     deeper += "-count-prior" if args.count_prior else ""
+    deeper += "" if args.slips == str(SearchSettings().slips).lower() else f"-slips-{args.slips}"
     out = OUT / f"{args.dataset}{deeper}.json"
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))
     print(
-        f"\nchosen on validation: grams {grams}, query encoder {precision}, {best} "
+        f"\nchosen on validation: grams {grams}, query encoder {precision}, "
+        f"slips {results['slips']}, {best} "
         f"{json.dumps(results['chosen'][best])}; wrote {out} and {out.with_suffix('.png')}"
     )
 
