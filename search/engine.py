@@ -132,11 +132,15 @@ class Engine:
             lists["personal"] = self.personal(lists, user_vector, query, near, n)
         return self.with_prior(lists) if prior else lists
 
-    def with_prior(self, lists: dict[str, fusion.Ranked]) -> dict[str, fusion.Ranked]:
+    def with_prior(
+        self, lists: dict[str, fusion.Ranked], weights: dict[str, float] | None = None
+    ) -> dict[str, fusion.Ranked]:
         """The lists and, last, the prior: the text retrievers' candidates by audience, most
-        followed first (log1p, ties by row). Unchanged without audiences or text candidates."""
+        followed first (log1p, ties by row). Unchanged without audiences or text candidates,
+        or where `weights` (a chosen fusion's) leave the prior out."""
         found = [lists[name][0] for name in TEXT if name in lists]
-        if self.audience is None or not found:
+        off = weights is not None and weights.get(PRIOR, 0.0) <= 0
+        if self.audience is None or not found or off:
             return lists
         rows = np.unique(np.concatenate(found)).astype(np.int64)
         scores = np.log1p(self.audience[rows])
@@ -170,9 +174,8 @@ class Engine:
             query, settings.candidates, user_vector, near=settings.near, grams=settings.grams
         )
         chosen = settings.for_query(self.reads_as_name(query, settings.slips), "personal" in lists)
-        if chosen.weights.get(PRIOR, 0.0) > 0:
-            lists = self.with_prior(lists)
-        return fuse(lists, k, chosen, exclude), [n for n in lists if n != PRIOR]
+        used = list(lists)
+        return fuse(self.with_prior(lists, chosen.weights), k, chosen, exclude), used
 
     def reads_as_name(self, query: str, slips: bool = False) -> bool:
         """Whether the query uses a word only creators' names use (navigational) rather than

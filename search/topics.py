@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.lexical import tokens
+from index.lexical import tokens, whole_name
 from index.projection import catalog_columns
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Topics:
         for name, category, tags in zip(*cols.values(), strict=True):
             words = tokens(name)
             own = {self.vocabulary.setdefault(w, len(self.vocabulary)) for w in words}
-            wholes.append(hash(" ".join(words)))
+            wholes.append(hash(" ".join(words)))  # whole_name(name), its words at hand
             rest = {self.vocabulary.setdefault(w, len(self.vocabulary))
                     for w in {*tokens(category), *tokens(" ".join(tags or []))}}  # fmt: skip
             topical |= rest
@@ -71,7 +71,7 @@ class Topics:
         if not slips:
             return False
         words = tokens(query)
-        whole = hash(" ".join(words))
+        whole = hash(whole_name(query))
         at = np.searchsorted(self.whole_names, whole)
         if at < len(self.whole_names) and self.whole_names[at] == whole:
             return True
@@ -79,7 +79,7 @@ class Topics:
 
     def _slip_of_name(self, word: str) -> bool:
         near = [self.vocabulary[w] for w in one_slip(word) if w in self.vocabulary]
-        return bool(self.name_only[near].any()) if near else False
+        return bool(near) and bool(self.name_only[near].any())
 
 
 SLIP_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"

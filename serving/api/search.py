@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from common.errors import MissingInputError
 from data.schema import ID_PATTERN
 from index.lexical import tokens
-from search.engine import PRIOR, SearchSettings, fuse
+from search.engine import SearchSettings, fuse
 from serving.api.schemas import ERRORS, MAX_ID_CHARS
 from serving.api.state import ServicesDep
 
@@ -179,9 +179,7 @@ def _answer(
     with_fan = "personal" in lists
     chosen = settings.for_query(name_like, with_fan)
     used = list(lists)
-    if chosen.weights.get(PRIOR, 0.0) > 0:
-        lists = bundle.search.with_prior(lists)
-    hits = fuse(lists, k, chosen, banned)
+    hits = fuse(bundle.search.with_prior(lists, chosen.weights), k, chosen, banned)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
               "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),

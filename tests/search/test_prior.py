@@ -15,12 +15,6 @@ from search.lexical import Lexical
 
 
 @pytest.fixture(scope="module")
-def catalog(published) -> qs.Catalog:
-    return qs.Catalog.of_version(store.versions_dir(published.store) / store.current_version(
-        published.store))  # fmt: skip
-
-
-@pytest.fixture(scope="module")
 def parts(published):
     folder = store.versions_dir(published.store) / store.current_version(published.store)
     embeddings = np.load(folder / store.EMBEDDINGS, allow_pickle=False)

@@ -22,13 +22,6 @@ from search.engine import Engine, SearchSettings
 from search.lexical import Lexical
 from tests.conftest import datasets_root
 
-
-@pytest.fixture(scope="module")
-def catalog(published) -> qs.Catalog:
-    return qs.Catalog.of_version(store.versions_dir(published.store) / store.current_version(
-        published.store))  # fmt: skip
-
-
 # --- noise ---
 
 
