@@ -20,9 +20,9 @@ With --grams choose, both ways of asking the lexical retriever for name trigrams
 on validation (choose_way) is the one evaluated on test. --query_precision choose does the same
 for the semantic retriever's query encoder, fp32 and int8 (index config `query_precision`;
 both made as the rebuild job makes them), with the trigram way given; int8, the faster, is
-taken when its fusion keeps KEEP of fp32's validation metric on every set. --slips choose routes
-the same lists both ways (SearchSettings.slips: whether a whole name, or a word one slip from a
-name's, reads as a name) and takes the way whose fusion is better on validation.
+taken when its fusion keeps KEEP of fp32's validation metric on every set. --reading words,fit
+(two or more of search.topics.READINGS) routes the same lists each way (SearchSettings.reading:
+how a query is told to read as a name) and takes the way whose fusion is better on validation.
 
 Writes artifacts/bench/search_quality/<dataset>.json and .png (<dataset>-c<n>, -near<n>,
 -grams-<way>, -query-<precision> for other --candidates, --near, --grams than the defaults, or
@@ -51,6 +51,7 @@ from search import evaluation as ev  # noqa: E402
 from search import queries as qs  # noqa: E402
 from search.engine import PRIOR, SearchSettings  # noqa: E402
 from search.lexical import GRAMS  # noqa: E402
+from search.topics import READINGS  # noqa: E402
 
 OUT = REPO / "artifacts" / "bench" / "search_quality"
 SETS = {
@@ -230,10 +231,10 @@ def plot(dataset: str, results: dict, path: Path) -> None:
 
 
 def halves(
-    rec, sets: list[qs.QuerySet], seed: int, n: int, near: int, grams: str, slips: bool = False
+    rec, sets: list[qs.QuerySet], seed: int, n: int, near: int, grams: str, reading: str = "words"
 ) -> dict[str, list]:
     """Each set's validation and test halves with their retrievers' lists and which queries
-    read as a name (`slips`: SearchSettings'): {kind: [(queries, lists, names), (…)]}."""
+    read as a name (`reading`: SearchSettings'): {kind: [(queries, lists, names), (…)]}."""
     out = {}
     for q in sets:
         out[q.kind] = []
@@ -243,7 +244,7 @@ def halves(
                 part, vectors = fan_vectors(rec, part)
             say(f"{q.kind} {half}: asking the retrievers for {len(part)} queries")
             lists = ev.collect(rec.bundle.search, part, n, vectors, say, near, grams)
-            names = ev.reads_as_name(rec.bundle.search, part, slips)
+            names = ev.reads_as_name(rec.bundle.search, part, reading, lists)
             say(f"  {q.kind} {half}: {np.mean(names):.0%} read as a name")
             out[q.kind].append((part, lists, names))
     return out
@@ -333,11 +334,12 @@ def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:
     """`halves` for each way asked: both trigram ways or both query encoder precisions
     (made as the rebuild job makes them: benchmarks/query_encoder_speed.encoders), or the one
     way the arguments give."""
-    slips = args.slips == "true"
-    ask = functools.partial(halves, rec, sets, args.seed, args.candidates, args.near, slips=slips)
-    if args.slips == "choose":  # the same lists, routed both ways
-        words = ask(args.grams, slips=False)
-        return {"words": words, "slips": with_slips(rec.bundle.search, words)}
+    readings = args.reading.split(",")
+    ask = functools.partial(halves, rec, sets, args.seed, args.candidates, args.near)
+    if len(readings) > 1:  # the same lists, routed each way
+        first = ask(args.grams, reading=readings[0])
+        return {r: rerouted(rec.bundle.search, first, r) for r in readings}
+    ask = functools.partial(ask, reading=readings[0])
     if args.query_precision is None:
         return {g: ask(g) for g in (GRAMS if args.grams == "choose" else (args.grams,))}
     from benchmarks.query_encoder_speed import encoders
@@ -354,10 +356,23 @@ def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:
     return out
 
 
-def with_slips(engine, data: dict) -> dict:
-    """`halves`' data with each query's name reading redone with slips (SearchSettings.slips)."""
-    return {kind: [(q, lists, ev.reads_as_name(engine, q, True)) for q, lists, _ in parts]
-            for kind, parts in data.items()}  # fmt: skip
+def rerouted(engine, data: dict, reading: str) -> dict:
+    """`halves`' data with each query's name reading redone by `reading` (SearchSettings')."""
+    out = {kind: [(q, lists, ev.reads_as_name(engine, q, reading, lists)) for q, lists, _ in parts]
+           for kind, parts in data.items()}  # fmt: skip
+    for kind, ((_, _, names), _) in out.items():
+        say(f"  reading {reading}: {np.mean(names):.0%} of {kind}'s validation read as a name")
+    return out
+
+
+def readings(text: str) -> str:
+    """--reading's value: one of READINGS, or several comma-separated to choose from."""
+    unknown = [r for r in text.split(",") if r not in READINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{unknown}: use one or more of {READINGS}, e.g. words,fit"
+        )
+    return text
 
 
 def served_precision(bundle) -> str:
@@ -395,11 +410,11 @@ def main() -> None:
         "of the version's; choose: each one's fusion chosen, then the better on validation",
     )
     ap.add_argument(
-        "--slips",
-        choices=["false", "true", "choose"],
-        default=str(SearchSettings().slips).lower(),
-        help="whether a whole name, or a word one slip from a name's, reads as a name "
-        "(SearchSettings.slips); choose: both ways' fusions chosen, then the better on validation",
+        "--reading",
+        type=readings,
+        default=SearchSettings().reading,
+        help=f"how a query is told to read as a name (SearchSettings.reading: {READINGS}); "
+        "several, comma-separated: each way's fusions chosen, then the best on validation",
     )
     ap.add_argument(
         "--count-prior",
@@ -410,8 +425,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.count_prior:
         ev.NOT_SINGLE.clear()
-    if sum(x == "choose" for x in (args.grams, args.query_precision, args.slips)) > 1:
-        ap.error("--grams, --query_precision and --slips: choose one at a time")
+    several = "," in args.reading
+    if sum(x == "choose" for x in (args.grams, args.query_precision)) + several > 1:
+        ap.error("--grams choose, --query_precision choose and several --reading: one at a time")
     rec = recommender(args.dataset)
     bundle = rec.bundle
     say(f"{args.dataset}: serving {bundle.index_version}, retrievers: lexical"
@@ -421,8 +437,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         by_way = ways(rec, sets, args, Path(scratch))
     label = ("query_precision" if args.query_precision == "choose"
-             else "slips" if args.slips == "choose" else "grams")  # fmt: skip
-    if "choose" in (args.grams, args.query_precision, args.slips):
+             else "reading" if several else "grams")  # fmt: skip
+    if "choose" in (args.grams, args.query_precision) or several:
         faster = "int8" if label == "query_precision" else None
         way, (chosen, objective, tried), scored = choose_way(by_way, args.candidates, faster)
     else:
@@ -437,7 +453,7 @@ def main() -> None:
     results = {"dataset": args.dataset, "index_version": bundle.index_version,
                "queries_per_set": args.queries, "seed": args.seed, "candidates": args.candidates,
                "near": args.near, "grams": grams, "query_precision": precision,
-               "slips": way == "slips" if label == "slips" else args.slips == "true",
+               "reading": way if label == "reading" else args.reading,
                f"{label}_tried": scored,
                "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
                "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
@@ -462,13 +478,17 @@ def main() -> None:
     deeper += "" if args.grams == SearchSettings().grams else f"-grams-{args.grams}"
     deeper += f"-query-{args.query_precision}" if args.query_precision else ""
     deeper += "-count-prior" if args.count_prior else ""
-    deeper += "" if args.slips == str(SearchSettings().slips).lower() else f"-slips-{args.slips}"
+    deeper += (
+        ""
+        if args.reading == SearchSettings().reading
+        else f"-reading-{args.reading.replace(',', '-')}"
+    )
     out = OUT / f"{args.dataset}{deeper}.json"
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))
     print(
         f"\nchosen on validation: grams {grams}, query encoder {precision}, "
-        f"slips {results['slips']}, {best} "
+        f"reading {results['reading']}, {best} "
         f"{json.dumps(results['chosen'][best])}; wrote {out} and {out.with_suffix('.png')}"
     )
 

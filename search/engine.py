@@ -22,6 +22,7 @@ import numpy as np
 
 from search import fusion
 from search.lexical import GRAMS
+from search.topics import READINGS
 
 RETRIEVERS = ("lexical", "semantic", "personal")
 PRIOR = "popularity"
@@ -53,10 +54,12 @@ class SearchSettings:
     grams: str = "every"
     """Whose name trigrams the lexical retriever asks for: every query word's, or only those
     of words no creator's name holds ("unknown": faster on large catalogs; search.lexical)."""
-    slips: bool = False
-    """Whether a query also reads as a name (the `names` route) when it is a creator's whole
-    name, or has a word nobody's text holds one slip from a word only names use
-    (search.topics.Topics.reads_as_name)."""
+    reading: str = "words"
+    """How a query is told to read as a name (the `names` route), search.topics.READINGS:
+    words (it has a word only names use), slips (or it is a creator's whole name, or has a
+    word nobody's text holds one slip from a names' word) or fit (or it has a word nobody's
+    text holds and the lexical retriever's first creator's name fits every word of it);
+    Topics.reads_as_name."""
 
     names: dict | None = None
     """The fusion for a query that reads as a creator's name ({method, c, weights}, each
@@ -96,6 +99,8 @@ class SearchSettings:
             raise ValueError(f"search.near={self.near}: use 0 (off) or more")
         if self.grams not in GRAMS:
             raise ValueError(f"search.grams={self.grams!r}: use one of {GRAMS}")
+        if self.reading not in READINGS:
+            raise ValueError(f"search.reading={self.reading!r}: use one of {READINGS}")
 
 
 @dataclass
@@ -173,14 +178,24 @@ class Engine:
         lists = self.candidates(
             query, settings.candidates, user_vector, near=settings.near, grams=settings.grams
         )
-        chosen = settings.for_query(self.reads_as_name(query, settings.slips), "personal" in lists)
+        name_like = self.reads_as_name(query, settings.reading, lists)
+        chosen = settings.for_query(name_like, "personal" in lists)
         used = list(lists)
         return fuse(self.with_prior(lists, chosen.weights), k, chosen, exclude), used
 
-    def reads_as_name(self, query: str, slips: bool = False) -> bool:
-        """Whether the query uses a word only creators' names use (navigational) rather than
-        a topic's (`slips`: SearchSettings'); False without the topics index."""
-        return self.topics is not None and self.topics.reads_as_name(query, slips)
+    def reads_as_name(self, query: str, reading: str = "words", lists=None) -> bool:
+        """Whether the query reads as a creator's name (navigational) rather than a topic, by
+        `reading` (SearchSettings'); False without the topics index. "fit" looks at the
+        lexical retriever's first creator: in `lists` (the query's, as `candidates` gave
+        them), else asked here."""
+        if self.topics is None:
+            return False
+        first = None
+        if reading == "fit":
+            rows = (lists or {}).get("lexical", (None,))[0]
+            rows = self.lexical.search(query, 1)[0] if rows is None else rows
+            first = int(rows[0]) if len(rows) else None
+        return self.topics.reads_as_name(query, reading, first)
 
 
 def fuse(

@@ -74,9 +74,13 @@ def fused(
     return out
 
 
-def reads_as_name(engine: Engine, queries: QuerySet, slips: bool = False) -> list[bool]:
-    """Which queries the service would fuse as a name (Engine.reads_as_name)."""
-    return [engine.reads_as_name(t, slips) for t in queries.text]
+def reads_as_name(
+    engine: Engine, queries: QuerySet, reading: str = "words", lists: list[Lists] | None = None
+) -> list[bool]:
+    """Which queries the service would fuse as a name (Engine.reads_as_name), given each
+    query's `lists` (collect's) where there are."""
+    lists = [None] * len(queries) if lists is None else lists
+    return [engine.reads_as_name(t, reading, ls) for t, ls in zip(queries.text, lists, strict=True)]
 
 
 def _with_fan(lists: Lists, fan: bool) -> Lists:

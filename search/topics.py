@@ -37,16 +37,19 @@ class Topics:
             data_dir, creator_idx, {"name": "", "category": "", "tags": []}
         )  # fmt: skip
         self.vocabulary: dict[str, int] = {}
-        every, topical, wholes = _Words(), set(), []
+        every, names, topical, wholes = _Words(), _Words(), set(), []
         for name, category, tags in zip(*cols.values(), strict=True):
             words = tokens(name)
-            own = {self.vocabulary.setdefault(w, len(self.vocabulary)) for w in words}
+            own = [self.vocabulary.setdefault(w, len(self.vocabulary)) for w in words]
+            names.add(own)
             wholes.append(hash(" ".join(words)))  # whole_name(name), its words at hand
             rest = {self.vocabulary.setdefault(w, len(self.vocabulary))
                     for w in {*tokens(category), *tokens(" ".join(tags or []))}}  # fmt: skip
             topical |= rest
-            every.add(own | rest)
+            every.add(set(own) | rest)
         self.words, self.starts = every.arrays()
+        self.name_words, self.name_starts = names.arrays()
+        self.spelling = np.array(list(self.vocabulary), dtype=object)  # word id → word
         self.name_only = np.ones(len(self.vocabulary), bool)
         self.name_only[list(topical)] = False
         # hashes, not the strings: a million names as a set of str would take ~100 MB a worker
@@ -61,14 +64,19 @@ class Topics:
         """For each row, whether one of the query's words is in its name, category or tags."""
         return _holding(self.words, self.starts, np.asarray(rows, np.int64), self._ids(query))
 
-    def reads_as_name(self, query: str, slips: bool = False) -> bool:
-        """Whether the query uses a word that only names use (never a category or tag): a fan
-        looking for someone, not for a topic. With `slips`, also when the query is a creator's
-        whole name ('RADIOHEAD', though fans tag it too), or a word no creator's name, category
-        or tags hold is one slip from a word only names use ('Paraomre' for Paramore)."""
+    def reads_as_name(self, query: str, reading: str = "words", first: int | None = None) -> bool:
+        """Whether the query reads as a fan looking for someone rather than for a topic, by
+        `reading` (READINGS). All three start from a word only names use (never a category or
+        tag). "slips" adds the query being a creator's whole name ('RADIOHEAD', though fans tag
+        it too) and a word no creator's text holds one slip from a word only names use
+        ('Paraomre' for Paramore). "fit" adds a word no creator's text holds (a typo, a cut-off
+        word) where `first`, the lexical retriever's first creator for the query, has a name
+        that fits every word of it ('Nirvna' for Nirvana, though 'nirvana' is a tag too)."""
         if self.name_only[self._ids(query)].any():
             return True
-        if not slips:
+        if reading == "fit":
+            return first is not None and self._fits(query, int(first))
+        if reading != "slips":
             return False
         words = tokens(query)
         whole = hash(whole_name(query))
@@ -80,6 +88,46 @@ class Topics:
     def _slip_of_name(self, word: str) -> bool:
         near = [self.vocabulary[w] for w in one_slip(word) if w in self.vocabulary]
         return bool(near) and bool(self.name_only[near].any())
+
+    def name(self, row: int) -> list[str]:
+        """A creator's name as its words (index.lexical.tokens)."""
+        return self.spelling[self.name_words[self.name_starts[row] : self.name_starts[row + 1]]]
+
+    def _fits(self, query: str, row: int) -> bool:
+        words = tokens(query)
+        if all(w in self.vocabulary for w in words):
+            return False  # every word spelt as some creator's text has it: the words decide
+        name = self.name(row).tolist()
+        return bool(words) and all(any(fits(w, v) for v in name) for w in words)
+
+
+READINGS = ("words", "slips", "fit")
+"""How a query is told to read as a name (Topics.reads_as_name; SearchSettings.reading)."""
+
+
+def fits(word: str, name_word: str) -> bool:
+    """Whether a typed word may be a name's word as a fan types it: the word, its start (a
+    cut-off), or either with one slip of the finger (one_apart) in a word of 3 letters or
+    more (a slip in 'ab' is another word)."""
+    if name_word.startswith(word):
+        return True
+    if len(word) < 3:
+        return False
+    return any(one_apart(word, name_word[:n]) for n in {len(word) - 1, len(word), len(word) + 1})
+
+
+def one_apart(a: str, b: str) -> bool:
+    """Whether b is one slip from a: a letter dropped, added or replaced, or two neighbours
+    swapped (one_slip, without spelling out its ~70 words a letter)."""
+    if len(a) < len(b):
+        a, b = b, a
+    if len(a) - len(b) > 1 or a == b:
+        return False
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(b))
+    if len(a) > len(b):
+        return a[i + 1 :] == b[i:]
+    swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+    return swapped or a[i + 1 :] == b[i + 1 :]
 
 
 SLIP_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"

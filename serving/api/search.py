@@ -66,7 +66,7 @@ class SearchResponse(BaseModel):
     items: list[SearchItem]
     retrievers: list[str] = Field(description="The retrievers that answered.")
     fusion: dict = Field(
-        description="method, c, weights, candidates per retriever, near, grams, slips, and "
+        description="method, c, weights, candidates per retriever, near, grams, reading, and "
         "query: name or topic (which fusion the config's `search` gave it)"
     )
     model_version: str
@@ -175,7 +175,7 @@ def _answer(
     lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings, took)
     started = time.perf_counter()
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
-    name_like = bundle.search.reads_as_name(q, settings.slips)
+    name_like = bundle.search.reads_as_name(q, settings.reading, lists)
     with_fan = "personal" in lists
     chosen = settings.for_query(name_like, with_fan)
     used = list(lists)
@@ -187,7 +187,7 @@ def _answer(
              for h in hits]  # fmt: skip
     fusion = {"method": chosen.method, "c": chosen.c, "weights": chosen.weights,
               "candidates": settings.candidates, "near": settings.near, "grams": settings.grams,
-              "slips": settings.slips,
+              "reading": settings.reading,
               "query": SearchSettings.route(name_like, with_fan)}  # fmt: skip
     took["search_fuse"] = time.perf_counter() - started
     for stage, seconds in took.items() if observe else ():

@@ -115,6 +115,8 @@ def test_a_topic_asked_by_a_fan_is_fused_by_the_fan_setting():
         SearchSettings(fans={"method": "max"})
     with pytest.raises(ValueError, match=r"search.grams='some'"):
         SearchSettings(grams="some")
+    with pytest.raises(ValueError, match=r"search.reading='guess'"):
+        SearchSettings(reading="guess")
 
 
 def test_one_slip_is_every_word_a_finger_slip_away():
@@ -126,7 +128,7 @@ def test_one_slip_is_every_word_a_finger_slip_away():
     assert one_slip("") == set("abcdefghijklmnopqrstuvwxyz0123456789")  # a letter added
 
 
-def test_with_slips_a_whole_name_or_a_slip_of_a_names_word_reads_as_a_name(version):
+def test_read_by_slips_a_whole_name_or_a_slip_of_a_names_word_reads_as_a_name(version):
     from search.topics import one_slip
 
     index, topics, embeddings, _ = version
@@ -134,19 +136,65 @@ def test_with_slips_a_whole_name_or_a_slip_of_a_names_word_reads_as_a_name(versi
     only = sorted(w for w in in_names - topical if len(w) > 3)
     # a slip of a word only names use, which no creator's text holds: a name
     slip = next(s for w in only for s in [w[0] + w[2] + w[1] + w[3:]] if s not in topics.vocabulary)
-    assert topics.reads_as_name(slip, slips=True) and not topics.reads_as_name(slip)
+    assert topics.reads_as_name(slip, reading="slips") and not topics.reads_as_name(slip)
     # a slip of a topic's word: still a topic
     slipped = [w[:-1] + "q" for w in sorted(topical - in_names) if len(w) > 3 and w[-1] != "q"]
     names_near = lambda s: {x for x in one_slip(s) if x in in_names - topical}  # noqa: E731
     slipped = next(s for s in slipped if s not in topics.vocabulary and not names_near(s))
-    assert not topics.reads_as_name(slipped, slips=True)
+    assert not topics.reads_as_name(slipped, reading="slips")
     # a creator's whole name made only of topic words reads as a name with slips only
     # a creator's whole name reads as a name even when every word is a topic's too: as if
     # no word were the names' own (the tiny catalog has no such name)
     shared = copy.copy(topics)
     shared.name_only = np.zeros_like(topics.name_only)
     whole = next(n for n in cols["name"] if len(tokens(n)) > 1)
-    assert shared.reads_as_name(whole.upper(), slips=True)
-    assert not shared.reads_as_name(whole) and not shared.reads_as_name(tokens(whole)[0], True)
+    assert shared.reads_as_name(whole.upper(), reading="slips")
+    assert not shared.reads_as_name(whole) and not shared.reads_as_name(tokens(whole)[0], "slips")
     engine = Engine(Lexical(index.folder / store.LEXICAL), None, embeddings, index.index, topics)
-    assert engine.reads_as_name(slip, True) and not engine.reads_as_name(slip)
+    assert engine.reads_as_name(slip, "slips") and not engine.reads_as_name(slip)
+
+
+def test_one_apart_is_one_slip():
+    from search.topics import one_apart, one_slip
+
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcx"), n)) for n in rng.integers(0, 6, 300)]
+    for a in words:
+        near = one_slip(a)
+        for b in [*words[:60], *sorted(near)[::7]]:
+            assert one_apart(a, b) == (b in near), (a, b)
+
+
+def test_fits_is_a_word_its_start_or_either_one_slip_away():
+    from search.topics import fits
+
+    assert fits("ink", "inkwell") and fits("inkwel", "inkwell") and fits("inkwelll", "inkwell")
+    assert fits("ikn", "inkwell") and fits("nikwell", "inkwell") and fits("inkwxll", "inkwell")
+    assert not fits("inkxxll", "inkwell") and not fits("well", "inkwell")
+    assert not fits("xn", "inkwell") and fits("in", "inkwell")  # a slip needs 3 letters
+
+
+def test_read_by_fit_a_typo_reads_as_the_name_the_lexical_retriever_puts_first(version):
+    from search.topics import fits
+
+    index, topics, embeddings, _ = version
+    cols, _, _ = name_and_topic_words(index)
+    shared = copy.copy(topics)  # every name word a topic's too: the words rule says topic
+    shared.name_only = np.zeros_like(topics.name_only)
+    row = next(r for r, n in enumerate(cols["name"]) if len(tokens(n)) > 1
+               and len(tokens(n)[-1]) > 4)  # fmt: skip
+    words = tokens(cols["name"][row])
+    last = words[-1]
+    typo = " ".join([*words[:-1], last[0] + last[2] + last[1] + last[3:]])
+    assert typo.split()[-1] not in topics.vocabulary
+    other = next(r for r, n in enumerate(cols["name"])
+                 if not all(any(fits(w, v) for v in tokens(n)) for w in tokens(typo)))  # fmt: skip
+    assert shared.reads_as_name(typo, "fit", first=row)
+    assert not shared.reads_as_name(typo, "fit", first=other)  # the first creator must fit
+    assert not shared.reads_as_name(typo, "fit") and not shared.reads_as_name(typo)
+    assert not shared.reads_as_name(" ".join(words), "fit", first=row)  # spelt right: words'
+    assert list(shared.name(row)) == words
+    engine = Engine(Lexical(index.folder / store.LEXICAL), None, embeddings, index.index, shared)
+    assert engine.reads_as_name(typo, "fit")  # the lexical retriever asked for its first
+    lists = {"lexical": (np.array([other]), np.array([1.0], np.float32))}
+    assert not engine.reads_as_name(typo, "fit", lists)  # the query's own lists, when given
