@@ -89,8 +89,8 @@ class Topics:
         near = [self.vocabulary[w] for w in one_slip(word) if w in self.vocabulary]
         return bool(near) and bool(self.name_only[near].any())
 
-    def name(self, row: int) -> list[str]:
-        """A creator's name as its words (index.lexical.tokens)."""
+    def name(self, row: int) -> np.ndarray:
+        """A creator's name as its words (index.lexical.tokens), an array of str."""
         return self.spelling[self.name_words[self.name_starts[row] : self.name_starts[row + 1]]]
 
     def _fits(self, query: str, row: int) -> bool:
