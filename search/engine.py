@@ -178,10 +178,18 @@ class Engine:
         lists = self.candidates(
             query, settings.candidates, user_vector, near=settings.near, grams=settings.grams
         )
+        return self.routed(query, lists, k, settings, exclude)[0], list(lists)
+
+    def routed(
+        self, query: str, lists: dict[str, fusion.Ranked], k: int, settings: SearchSettings,
+        exclude=(),
+    ) -> tuple[list[Hit], SearchSettings, bool]:  # fmt: skip
+        """The k best of the query's lists (the retrievers', as `candidates` or serving gave
+        them), fused by the route `settings` give the query, with the prior where that route
+        weights it: the hits, the route's settings, and whether the query read as a name."""
         name_like = self.reads_as_name(query, settings.reading, lists)
         chosen = settings.for_query(name_like, "personal" in lists)
-        used = list(lists)
-        return fuse(self.with_prior(lists, chosen.weights), k, chosen, exclude), used
+        return fuse(self.with_prior(lists, chosen.weights), k, chosen, exclude), chosen, name_like
 
     def reads_as_name(self, query: str, reading: str = "words", lists=None) -> bool:
         """Whether the query reads as a creator's name (navigational) rather than a topic, by

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from common.errors import MissingInputError
 from data.schema import ID_PATTERN
 from index.lexical import tokens
-from search.engine import SearchSettings, fuse
+from search.engine import SearchSettings
 from serving.api.schemas import ERRORS, MAX_ID_CHARS
 from serving.api.state import ServicesDep
 
@@ -175,11 +175,8 @@ def _answer(
     lists, why, query_why = _retrieve(svc.recommender, bundle, q, user_id, settings, took)
     started = time.perf_counter()
     banned = [bundle.row_of[c] for c in exclude if c in bundle.row_of]
-    name_like = bundle.search.reads_as_name(q, settings.reading, lists)
-    with_fan = "personal" in lists
-    chosen = settings.for_query(name_like, with_fan)
-    used = list(lists)
-    hits = fuse(bundle.search.with_prior(lists, chosen.weights), k, chosen, banned)
+    hits, chosen, name_like = bundle.search.routed(q, lists, k, settings, banned)
+    with_fan, used = "personal" in lists, list(lists)
     info = bundle.catalog
     items = [{"creator_id": str(bundle.index.creator_id[h.row]), "score": h.score,
               "name": str(info["name"][h.row]), "category": str(info["category"][h.row]),
