@@ -57,12 +57,13 @@ class Topics:
         log.info("topics of %d creators (%d words) in %.1f s", len(creator_idx),
                  len(self.vocabulary), time.perf_counter() - started)  # fmt: skip
 
-    def _ids(self, query: str) -> list[int]:
-        return [self.vocabulary[w] for w in tokens(query) if w in self.vocabulary]
+    def _ids(self, words: list[str]) -> list[int]:
+        return [self.vocabulary[w] for w in words if w in self.vocabulary]
 
     def matching(self, rows: np.ndarray, query: str) -> np.ndarray:
         """For each row, whether one of the query's words is in its name, category or tags."""
-        return _holding(self.words, self.starts, np.asarray(rows, np.int64), self._ids(query))
+        wanted = self._ids(tokens(query))
+        return _holding(self.words, self.starts, np.asarray(rows, np.int64), wanted)
 
     def reads_as_name(self, query: str, reading: str = "words", first: int | None = None) -> bool:
         """Whether the query reads as a fan looking for someone rather than for a topic, by
@@ -72,13 +73,13 @@ class Topics:
         ('Paraomre' for Paramore). "fit" adds a word no creator's text holds (a typo, a cut-off
         word) where `first`, the lexical retriever's first creator for the query, has a name
         that fits every word of it ('Nirvna' for Nirvana, though 'nirvana' is a tag too)."""
-        if self.name_only[self._ids(query)].any():
+        words = tokens(query)
+        if self.name_only[self._ids(words)].any():
             return True
         if reading == "fit":
-            return first is not None and self._fits(query, int(first))
+            return first is not None and self._fits(words, int(first))
         if reading != "slips":
             return False
-        words = tokens(query)
         whole = hash(whole_name(query))
         at = np.searchsorted(self.whole_names, whole)
         if at < len(self.whole_names) and self.whole_names[at] == whole:
@@ -93,8 +94,7 @@ class Topics:
         """A creator's name as its words (index.lexical.tokens), an array of str."""
         return self.spelling[self.name_words[self.name_starts[row] : self.name_starts[row + 1]]]
 
-    def _fits(self, query: str, row: int) -> bool:
-        words = tokens(query)
+    def _fits(self, words: list[str], row: int) -> bool:
         if all(w in self.vocabulary for w in words):
             return False  # every word spelt as some creator's text has it: the words decide
         name = self.name(row).tolist()
