@@ -338,7 +338,8 @@ def ways(rec, sets: list[qs.QuerySet], args, scratch: Path) -> dict[str, dict]:
     ask = functools.partial(halves, rec, sets, args.seed, args.candidates, args.near)
     if len(readings) > 1:  # the same lists, routed each way
         first = ask(args.grams, reading=readings[0])
-        return {r: rerouted(rec.bundle.search, first, r) for r in readings}
+        return {readings[0]: first} | {r: rerouted(rec.bundle.search, first, r)
+                                       for r in readings[1:]}  # fmt: skip
     ask = functools.partial(ask, reading=readings[0])
     if args.query_precision is None:
         return {g: ask(g) for g in (GRAMS if args.grams == "choose" else (args.grams,))}
