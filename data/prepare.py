@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from common.artifacts import MANIFEST
 from common.io import ParquetAppender, publish_dir, write_parquet
-from data import features, manifest, sources, tables
+from data import features, manifest, records, sources, tables
 from data.config import PrepareConfig
 from data.features import NO_TIME
 from data.schema import (
@@ -189,7 +189,7 @@ class _Job:
 
     def _stream(self) -> None:
         cfg = self.cfg
-        self.bucket_spill = _Spill(self._spill_dir("buckets"), SPILL, cfg.buckets)
+        self.bucket_spill = records.Spill(self._spill_dir("buckets"), SPILL, cfg.buckets)
         self.time_sample: list[np.ndarray] = []
         stride = max(1, (self.source.estimated_rows or 0) // 4_000_000)
         bar = tqdm(
@@ -199,7 +199,7 @@ class _Job:
             desc="validate+encode",
             disable=not self.progress,
         )
-        for batch in _chunks(self.source.interactions(), cfg.chunk_rows):
+        for batch in records.chunks(self.source.interactions(), cfg.chunk_rows):
             self._source_rejects()
             self.counts["interactions_in"] += batch.num_rows
             result = validate(
@@ -261,8 +261,8 @@ class _Job:
         cfg = self.cfg
         self.cut_ms, self.validation_cut_ms = self._time_cut()
         n_shards = cfg.shards.num_shards
-        example_schema = _example_schema(cfg.features.history_length)
-        self.shard_spill = _Spill(self._spill_dir("shards"), example_schema, n_shards)
+        example_schema = records.example_schema(cfg.features.history_length)
+        self.shard_spill = records.Spill(self._spill_dir("shards"), example_schema, n_shards)
         self.shard_counts = np.zeros(n_shards, dtype=np.int64)
         n_users = len(self.vocab["users"])
         self.user_history = np.zeros((n_users, cfg.features.user_history), np.int32)  # [U, N]
@@ -270,15 +270,15 @@ class _Job:
         self.user_test = np.zeros(n_users, dtype=np.int32)
         self.user_validation = np.zeros(n_users, dtype=np.int32)
         self.creator_train = np.zeros(len(self.vocab["creators"]), dtype=np.int64)
-        train_out = ParquetAppender(self.dir / tables.TRAIN, _PAIRS)
-        test_out = ParquetAppender(self.dir / tables.TEST, _PAIRS)
-        validation_out = ParquetAppender(self.dir / tables.VALIDATION, _PAIRS)
+        train_out = ParquetAppender(self.dir / tables.TRAIN, records.PAIRS)
+        test_out = ParquetAppender(self.dir / tables.TEST, records.PAIRS)
+        validation_out = ParquetAppender(self.dir / tables.VALIDATION, records.PAIRS)
         offset = 0
         for b in tqdm(range(cfg.buckets), desc="split+features", disable=not self.progress):
             train, validation, test, examples = self._bucket(b)
-            train_out.write(_pairs_table(train))
-            test_out.write(_pairs_table(test))
-            validation_out.write(_pairs_table(validation))
+            train_out.write(records.pairs_table(train))
+            test_out.write(records.pairs_table(test))
+            validation_out.write(records.pairs_table(validation))
             n = len(examples["user"])
             # Dealt round-robin in (user, time) order, so each user's examples spread over all
             # shards; every shard is shuffled as a whole when it is written.
@@ -286,7 +286,7 @@ class _Job:
                 take = slice((s - offset) % n_shards, None, n_shards)
                 count = len(range(n)[take])
                 if count:
-                    self.shard_spill.write(s, _example_batch(examples, take, example_schema))
+                    self.shard_spill.write(s, records.example_batch(examples, take, example_schema))
                     self.shard_counts[s] += count
             offset += n
         train_out.close()
@@ -426,11 +426,11 @@ class _Job:
         for s in tqdm(
             range(len(self.shard_counts)), desc="write shards", disable=not self.progress
         ):
-            examples = _examples_from_table(self.shard_spill.read(s))
+            examples = records.examples_from_table(self.shard_spill.read(s))
             if len(examples["user"]) == 0:
                 # Fewer examples than shards (a toy dataset): fill from the first shard, so every
                 # rank still sees the same number of records.
-                examples = _examples_from_table(first)
+                examples = records.examples_from_table(first)
                 self.padded += len(examples["user"])  # all of this shard repeats shard 0
             self.padded += write_shard(
                 shard_dir / SHARD_PATTERN.format(s),
@@ -535,112 +535,6 @@ SIDES = (0, 1, 2)
 VALIDATION_SEED = 2
 """The validation carve-out's hash seed offset: a draw of its own (the per-user test split
 uses the seed, the history shuffle seed + 1)."""
-
-_PAIRS = pa.schema(
-    [
-        ("user_idx", pa.int32()),
-        ("creator_idx", pa.int32()),
-        ("ts", pa.int64()),
-        ("weight", pa.float32()),
-    ]
-)
-
-
-def _pairs_table(p: features.Pairs) -> pa.Table:
-    return pa.table([p.user, p.creator, p.ts, p.weight], schema=_PAIRS)
-
-
-def _chunks(batches, rows: int):
-    """Regroup a source's batches (or tables) into tables of at least `rows` rows; one already
-    that large passes through uncopied."""
-    pending, size = [], 0
-    for batch in batches:
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        if not pending and table.num_rows >= rows:
-            yield table
-            continue
-        pending.append(table)
-        size += table.num_rows
-        if size >= rows:
-            yield pa.concat_tables(pending).combine_chunks()
-            pending, size = [], 0
-    if pending:
-        yield pa.concat_tables(pending).combine_chunks()
-
-
-class _Spill:
-    """Numbered partitions of record batches between passes: Arrow IPC files in a folder, or,
-    with `folder=None` (data that fits comfortably in memory), lists of batches in memory,
-    which spares writing, mapping and unlinking hundreds of MB."""
-
-    def __init__(self, folder: Path | None, schema: pa.Schema, parts: int):
-        self.folder, self.schema = folder, schema
-        if folder is None:
-            self._batches: list[list | None] = [[] for _ in range(parts)]
-        else:
-            folder.mkdir(parents=True)
-            self._writers = [pa.ipc.new_file(self._path(i), schema) for i in range(parts)]
-
-    def _path(self, i: int) -> Path:
-        return self.folder / f"{i:05d}.arrow"
-
-    def write(self, i: int, batch: pa.RecordBatch) -> None:
-        if self.folder is None:
-            self._batches[i].append(batch)
-        else:
-            self._writers[i].write_batch(batch)
-
-    def read(self, i: int, keep: bool = False) -> pa.Table:
-        """Partition i as a table; unless `keep`, its memory is released once read."""
-        if self.folder is None:
-            table = pa.Table.from_batches(self._batches[i], schema=self.schema)
-            if not keep:
-                self._batches[i] = None
-            return table
-        if self._writers:
-            for w in self._writers:
-                w.close()
-            self._writers = []
-        with pa.memory_map(str(self._path(i))) as f:
-            return pa.ipc.open_file(f).read_all()
-
-
-def _example_schema(hist_len: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("user", pa.int32()),
-            ("creator", pa.int32()),
-            ("history", pa.list_(pa.int32(), hist_len)),
-            ("weight", pa.float32()),
-            ("ts", pa.int64()),
-        ]
-    )
-
-
-def _example_batch(examples, take, schema: pa.Schema) -> pa.RecordBatch:
-    hist = examples["history"][take]
-    return pa.record_batch(
-        [
-            pa.array(examples["user"][take]),
-            pa.array(examples["creator"][take]),
-            pa.FixedSizeListArray.from_arrays(pa.array(hist.ravel()), hist.shape[1]),
-            pa.array(examples["weight"][take]),
-            pa.array(examples["ts"][take]),
-        ],
-        schema=schema,
-    )
-
-
-def _examples_from_table(t: pa.Table) -> dict[str, np.ndarray]:
-    hist = t.column("history").combine_chunks()
-    width = hist.type.list_size
-    return {
-        "user": t.column("user").to_numpy(),
-        "creator": t.column("creator").to_numpy(),
-        "history": hist.flatten().to_numpy().reshape(-1, width),
-        "weight": t.column("weight").to_numpy(),
-        "ts": t.column("ts").to_numpy(),
-    }
 
 
 def first_occurrence(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
