@@ -385,7 +385,7 @@ def describe(s: SearchSettings, objective: tuple) -> dict:
             "fans": s.fans, "validation": objective}  # fmt: skip
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=sorted(SETS), required=True)
     ap.add_argument("--queries", type=int, default=1000, help="per set, before the split")
@@ -424,11 +424,62 @@ def main() -> None:
         "(a diagnostic: the served choice does not)",
     )
     args = ap.parse_args()
-    if args.count_prior:
-        ev.NOT_SINGLE.clear()
     several = "," in args.reading
     if sum(x == "choose" for x in (args.grams, args.query_precision)) + several > 1:
         ap.error("--grams choose, --query_precision choose and several --reading: one at a time")
+    return args
+
+
+def label_of(args) -> str:
+    """What the ways compared differ in: the query encoder's precision, the name reading, or
+    (one way, or both trigram ways) the lexical retriever's trigrams."""
+    if args.query_precision == "choose":
+        return "query_precision"
+    return "reading" if "," in args.reading else "grams"
+
+
+def choose(args, by_way: dict[str, dict]) -> tuple[str, tuple, dict | None]:
+    """The way evaluated on test (choose_way's, or the one way asked) and its choice
+    (choose_all's: chosen, objective, tried), with what each way scored when several ran."""
+    if "," in args.reading or "choose" in (args.grams, args.query_precision):
+        faster = "int8" if label_of(args) == "query_precision" else None
+        return choose_way(by_way, args.candidates, faster)
+    way = next(iter(by_way))
+    return way, choose_all(by_way[way], args.candidates), None
+
+
+def test_sets(data: dict, chosen: dict, tried: dict, best: str, candidates: int, names) -> tuple:
+    """Each set's test half evaluated once (report_set), printed; with the setting tuned for
+    that set alone beside the chosen ones. Returns ({kind: report}, {kind: tuned setting})."""
+    reports, tuned_settings = {}, {}
+    for kind, (_, (q, lists, read_as_name)) in data.items():
+        runs = test_runs(q, lists, chosen, 100, read_as_name)
+        tuned, score = tuned_for(kind, tried, candidates)
+        runs["tuned"] = ev.fused(lists, tuned, 100, kind == "personal", q.exclude)
+        tuned_settings[kind] = {"method": tuned.method, "c": tuned.c, "weights": tuned.weights,
+                                "validation": score}  # fmt: skip
+        reports[kind] = report_set(q, runs, best, names)
+        print_set(kind, reports[kind])
+    return reports, tuned_settings
+
+
+def output_path(args) -> Path:
+    """artifacts/bench/search_quality/<dataset>[-<each argument away from its default>].json"""
+    default = SearchSettings()
+    deeper = "" if args.candidates == default.candidates else f"-c{args.candidates}"
+    deeper += "" if args.near == default.near else f"-near{args.near}"
+    deeper += "" if args.grams == default.grams else f"-grams-{args.grams}"
+    deeper += f"-query-{args.query_precision}" if args.query_precision else ""
+    deeper += "-count-prior" if args.count_prior else ""
+    if args.reading != default.reading:
+        deeper += f"-reading-{args.reading.replace(',', '-')}"
+    return OUT / f"{args.dataset}{deeper}.json"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.count_prior:
+        ev.NOT_SINGLE.clear()
     rec = recommender(args.dataset)
     bundle = rec.bundle
     say(f"{args.dataset}: serving {bundle.index_version}, retrievers: lexical"
@@ -437,15 +488,8 @@ def main() -> None:
     sets = build_sets(args.dataset, catalog, args.queries, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         by_way = ways(rec, sets, args, Path(scratch))
-    label = ("query_precision" if args.query_precision == "choose"
-             else "reading" if several else "grams")  # fmt: skip
-    if "choose" in (args.grams, args.query_precision) or several:
-        faster = "int8" if label == "query_precision" else None
-        way, (chosen, objective, tried), scored = choose_way(by_way, args.candidates, faster)
-    else:
-        way, scored = next(iter(by_way)), None
-        chosen, objective, tried = choose_all(by_way[way], args.candidates)
-    data = by_way[way]
+    label = label_of(args)
+    way, (chosen, objective, tried), scored = choose(args, by_way)
     grams = way if label == "grams" else args.grams
     precision = (
         way if label == "query_precision" else args.query_precision or served_precision(bundle)
@@ -457,34 +501,12 @@ def main() -> None:
                "reading": way if label == "reading" else args.reading,
                f"{label}_tried": scored,
                "chosen": {m: describe(s, objective[m]) for m, s in chosen.items()},
-               "best_method": best, "grid": tried, "sets": {}}  # fmt: skip
-    for kind, (_, (q, lists, names)) in data.items():
-        runs = test_runs(q, lists, chosen, 100, names)
-        tuned, score = tuned_for(kind, tried, args.candidates)
-        runs["tuned"] = ev.fused(lists, tuned, 100, kind == "personal", q.exclude)
-        results["tuned"] = {
-            **results.get("tuned", {}),
-            kind: {
-                "method": tuned.method,
-                "c": tuned.c,
-                "weights": tuned.weights,
-                "validation": score,
-            },
-        }
-        results["sets"][kind] = report_set(q, runs, best, catalog.name)
-        print_set(kind, results["sets"][kind])
-    OUT.mkdir(parents=True, exist_ok=True)
-    deeper = "" if args.candidates == SearchSettings().candidates else f"-c{args.candidates}"
-    deeper += "" if args.near == SearchSettings().near else f"-near{args.near}"
-    deeper += "" if args.grams == SearchSettings().grams else f"-grams-{args.grams}"
-    deeper += f"-query-{args.query_precision}" if args.query_precision else ""
-    deeper += "-count-prior" if args.count_prior else ""
-    deeper += (
-        ""
-        if args.reading == SearchSettings().reading
-        else f"-reading-{args.reading.replace(',', '-')}"
+               "best_method": best, "grid": tried}  # fmt: skip
+    results["sets"], results["tuned"] = test_sets(
+        by_way[way], chosen, tried, best, args.candidates, catalog.name
     )
-    out = OUT / f"{args.dataset}{deeper}.json"
+    out = output_path(args)
+    OUT.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=float))
     plot(args.dataset, results, out.with_suffix(".png"))
     print(
