@@ -217,7 +217,7 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="a prepared dataset under artifacts/data")
     p.add_argument("--run", required=True, type=Path, help="the towers' run folder or .ckpt")
@@ -261,16 +261,12 @@ def main() -> None:
         help="leave the als_score feature out (its column is 0), as before it was added",
     )
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "ranking")
-    a = p.parse_args()
-    started = time.perf_counter()
-    dm = TowerDataModule(str(REPO / "artifacts" / "data" / a.dataset))
-    dm.setup()
-    if dm.validation is None:
-        raise SystemExit(f"{dm.data_dir} has no validation split: prepare it with one")
-    scorer, trained = scorer_of(dm, a.run)
-    print(f"towers {trained.path} ({trained.selected_by})", flush=True)
-    als = als_setting(a.als_from, a.dataset, a.no_als)
-    window = window_of(dm, als)
+    return p.parse_args()
+
+
+def fit_on_validation(a, dm: TowerDataModule, scorer, window: Window) -> dict:
+    """Everything chosen on validation: N (when several are given), the lambdarank ranker
+    fit on the validation fans' candidates, and DCN-v2 beside it with --dcn."""
     fans = fit_sample(np.flatnonzero(dm.validation.lengths() > 0), a.fit_fans)
     n, chosen_by = a.candidates[0], None
     if len(a.candidates) > 1:  # N chosen on held-out validation fans, then fit on the rest
@@ -284,54 +280,52 @@ def main() -> None:
           f"{n}", flush=True)  # fmt: skip
     fitted = ranker.fit(x, y, names=names)
     print(f"ranker: {fitted.info}", flush=True)
-    network = None
+    network = network_info = None
     if a.dcn:
         from ranking import dcn
 
         network, network_info = dcn.fit(x, y)
+    return {"n": n, "chosen_by": chosen_by, "names": names, "fitted": fitted,
+            "network": network, "network_info": network_info}  # fmt: skip
+
+
+def test_once(a, dm: TowerDataModule, scorer, window: Window, fit: dict) -> tuple[dict, tuple]:
+    """The towers' test candidates, features from the test window, and the chosen ranker's
+    order against the towers' order: the report's figures, and (found, x, fans) for what is
+    measured after (DCN-v2, the ceiling)."""
     fans = np.flatnonzero(dm.test.lengths() > 0)
-    if a.test_window == "known":  # what is known before test: training and validation pairs
-        window = window_of(dm, als, window.catalog, (tables.TRAIN, tables.VALIDATION))
-    found, x = candidates(scorer, dm.known, fans, n, window)
+    found, x = candidates(scorer, dm.known, fans, fit["n"], window)
     if a.stack:
         x = np.concatenate([x, stacked(a.stack, a.stack_from, a.dataset, dm, found, fans, True)], 2)
+    fitted = fit["fitted"]
     ranked = rerank(fitted, found, x)
-    gain = fitted.info.get("importance_gain", dict.fromkeys(names, 0.0))
-    result = {
-        "dataset": a.dataset,
-        "checkpoint": str(trained.path),
-        "candidates": n,
-        "candidates_chosen_by": chosen_by,
-        "test_window": a.test_window,
-        "stacked_peers": a.stack,
-        "als": {
-            "factors": als.als_factors,
-            "regularization": als.als_regularization,
-            "alpha": als.als_alpha,
-            "iterations": als.als_iterations,
-        },
+    measured = {
         "ranker": {k: v for k, v in fitted.info.items() if k != "importance_gain"},
         "towers": metrics(found[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
         "towers + ranker": metrics(ranked[:, : max(KS)], dm.test, fans, dm.popularity, ks=KS),
         "ndcg@20 lift": lift_interval(dm.test, fans, found, ranked),
-        "importance_gain": gain,
-        "seconds": time.perf_counter() - started,
+        "importance_gain": fitted.info.get("importance_gain", dict.fromkeys(fit["names"], 0.0)),
     }
-    if network is not None:
-        order = np.argsort(-dcn.predict(network, x), axis=1, kind="stable")
-        dcn_ranked = np.take_along_axis(found, order, 1)
-        result["dcn-v2"] = network_info
-        result["towers + dcn-v2"] = metrics(dcn_ranked[:, : max(KS)], dm.test, fans,
-                                            dm.popularity, ks=KS)  # fmt: skip
-        # the network holds out the last fold's fans (ranking.ranker._folds): compare there
-        better = network_info["stop_ndcg@20"] > fitted.info["fold_ndcg@20"][-1]
-        result["chosen on validation"] = "dcn-v2" if better else fitted.info["chosen"]
-    if a.ceiling:  # after every choice and the one test of the chosen ranker
-        result["ceiling (fit on test labels)"] = ceiling(found, x, fans, dm)
-    out = a.out / a.dataset
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ranking.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "ranking.png")
+    return measured, (found, x, fans)
+
+
+def with_dcn(result: dict, fit: dict, dm: TowerDataModule, found, x, fans) -> None:
+    """DCN-v2's test figures beside lambdarank's, and which of the two validation chose."""
+    from ranking import dcn
+
+    order = np.argsort(-dcn.predict(fit["network"], x), axis=1, kind="stable")
+    dcn_ranked = np.take_along_axis(found, order, 1)
+    info, fitted = fit["network_info"], fit["fitted"]
+    result["dcn-v2"] = info
+    result["towers + dcn-v2"] = metrics(dcn_ranked[:, : max(KS)], dm.test, fans, dm.popularity,
+                                        ks=KS)  # fmt: skip
+    # the network holds out the last fold's fans (ranking.ranker._folds): compare there
+    better = info["stop_ndcg@20"] > fitted.info["fold_ndcg@20"][-1]
+    result["chosen on validation"] = "dcn-v2" if better else fitted.info["chosen"]
+
+
+def report(result: dict, fitted, out: Path) -> None:
+    """The table of ROWS, validation's choice of model and the lift, printed."""
     print("| model | " + " | ".join(SHOWN) + " |\n|" + " --- |" * (len(SHOWN) + 1))
     for name in ROWS:
         if name in result:
@@ -341,13 +335,56 @@ def main() -> None:
               f"{result['dcn-v2']['stop_ndcg@20']:.4f}: validation chooses "
               f"{result['chosen on validation']}")  # fmt: skip
     lift, (low, high) = result["ndcg@20 lift"]["lift"], result["ndcg@20 lift"]["ci95"]
-    if a.ceiling:
+    if "ceiling (fit on test labels)" in result:
         bound = result["ceiling (fit on test labels)"]["ndcg@20"] / result["towers"]["ndcg@20"] - 1
         print(f"the features' ceiling (a ranker fit on test's own labels, cross-fit): {bound:+.1%}")
     print(
-        f"NDCG@20 lift on test: {lift:+.1%} (95 % paired bootstrap over {len(fans)} test fans: "
-        f"{low:+.1%} to {high:+.1%}); wrote {out / 'ranking.json'} and ranking.png"
+        f"NDCG@20 lift on test: {lift:+.1%} (95 % paired bootstrap over "
+        f"{result['ndcg@20 lift']['fans']} test fans: {low:+.1%} to {high:+.1%}); wrote "
+        f"{out / 'ranking.json'} and ranking.png"
     )
+
+
+def main() -> None:
+    a = parse_args()
+    started = time.perf_counter()
+    dm = TowerDataModule(str(REPO / "artifacts" / "data" / a.dataset))
+    dm.setup()
+    if dm.validation is None:
+        raise SystemExit(f"{dm.data_dir} has no validation split: prepare it with one")
+    scorer, trained = scorer_of(dm, a.run)
+    print(f"towers {trained.path} ({trained.selected_by})", flush=True)
+    als = als_setting(a.als_from, a.dataset, a.no_als)
+    window = window_of(dm, als)
+    fit = fit_on_validation(a, dm, scorer, window)
+    if a.test_window == "known":  # what is known before test: training and validation pairs
+        window = window_of(dm, als, window.catalog, (tables.TRAIN, tables.VALIDATION))
+    measured, (found, x, fans) = test_once(a, dm, scorer, window, fit)
+    result = {
+        "dataset": a.dataset,
+        "checkpoint": str(trained.path),
+        "candidates": fit["n"],
+        "candidates_chosen_by": fit["chosen_by"],
+        "test_window": a.test_window,
+        "stacked_peers": a.stack,
+        "als": {
+            "factors": als.als_factors,
+            "regularization": als.als_regularization,
+            "alpha": als.als_alpha,
+            "iterations": als.als_iterations,
+        },
+        **measured,
+        "seconds": time.perf_counter() - started,
+    }
+    if fit["network"] is not None:
+        with_dcn(result, fit, dm, found, x, fans)
+    if a.ceiling:  # after every choice and the one test of the chosen ranker
+        result["ceiling (fit on test labels)"] = ceiling(found, x, fans, dm)
+    out = a.out / a.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ranking.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "ranking.png")
+    report(result, fit["fitted"], out)
 
 
 if __name__ == "__main__":
