@@ -105,6 +105,7 @@ class Service:
     def __enter__(self):
         cmd = [PY, "-m", "serving", "--quiet", "up", "--config", f"configs/serving/{NAME}.yaml",
                "--port", str(self.port), "--poll_seconds", "0", *self.sets]  # fmt: skip
+        self.log.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no bench folder
         self.out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True
