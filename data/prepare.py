@@ -45,17 +45,6 @@ from data.text import write_text_features
 from data.validate import contiguous, rejects_table, validate
 from data.vocab import Vocab
 
-SPILL = pa.schema(
-    [
-        ("row", pa.int64()),
-        ("user", pa.int32()),
-        ("creator", pa.int32()),
-        ("event", pa.int8()),
-        ("ts", pa.int64()),
-        ("value", pa.float32()),
-        ("split", pa.int8()),
-    ]
-)
 VOCABS = ("users", "creators", "categories", "tags")
 
 
@@ -189,7 +178,7 @@ class _Job:
 
     def _stream(self) -> None:
         cfg = self.cfg
-        self.bucket_spill = records.Spill(self._spill_dir("buckets"), SPILL, cfg.buckets)
+        self.bucket_spill = records.Spill(self._spill_dir("buckets"), records.EVENTS, cfg.buckets)
         self.time_sample: list[np.ndarray] = []
         stride = max(1, (self.source.estimated_rows or 0) // 4_000_000)
         bar = tqdm(
@@ -252,7 +241,7 @@ class _Job:
                 contiguous(accepted.column("value")),
                 split,
             ],
-            schema=SPILL,
+            schema=records.EVENTS,
         )
 
     # -- pass 2: buckets ----------------------------------------------------------------------
@@ -296,7 +285,7 @@ class _Job:
     def _bucket(self, b: int):
         cfg = self.cfg
         t = self.bucket_spill.read(b)
-        cols = {name: t.column(name).to_numpy() for name in SPILL.names}
+        cols = {name: t.column(name).to_numpy() for name in records.EVENTS.names}
         dup, first_row = features.find_duplicates(
             cols["user"], cols["creator"], cols["event"], cols["ts"], cols["value"], cols["row"]
         )

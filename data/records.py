@@ -1,6 +1,6 @@
-"""The records that pass between data.prepare's passes: the event pairs written per split, the
-examples dealt to shards, and the spill that holds either between passes (Arrow IPC files, or
-memory when the data is small).
+"""The records that pass between data.prepare's passes: the encoded events spilled to buckets by
+user, the pairs written per split, the examples dealt to shards, and the spill that holds
+events or examples between passes (Arrow IPC files, or memory when the data is small).
 """
 
 from __future__ import annotations
@@ -12,6 +12,18 @@ import pyarrow as pa
 
 from data import features
 
+EVENTS = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("user", pa.int32()),
+        ("creator", pa.int32()),
+        ("event", pa.int8()),
+        ("ts", pa.int64()),
+        ("value", pa.float32()),
+        ("split", pa.int8()),
+    ]
+)
+"""An encoded event as the first pass spills it to its user's bucket."""
 PAIRS = pa.schema(
     [
         ("user_idx", pa.int32()),
