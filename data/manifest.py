@@ -20,14 +20,7 @@ KIND = "towerline.prepared_data"
 
 def build(job) -> dict:
     """The manifest of a finished prepare job (see data.prepare._Job)."""
-    cfg, c = job.cfg, job.counts
-    quarantine = {
-        k.removeprefix("quarantined_"): v
-        for k, v in sorted(c.items())
-        if k.startswith("quarantined_")
-    }
-    examples = int(job.shard_counts.sum())
-    rows_in = c["interactions_in"]
+    cfg, rows_in = job.cfg, job.counts["interactions_in"]
     return {
         "kind": KIND,
         "schema_version": SCHEMA_VERSION,
@@ -36,57 +29,80 @@ def build(job) -> dict:
         "created_by": provenance("webdataset"),
         "config": to_dict(cfg),
         "source": job.source.describe(),
-        "counts": {
-            "interactions": _table_counts(c, "interactions"),
-            "creators": _table_counts(c, "creators"),
-            "users": _table_counts(c, "users"),
-            "events_by_type": {
-                k.removeprefix("events_"): v
-                for k, v in sorted(c.items())
-                if k.startswith("events_")
-            },
-            "quarantine_by_reason": quarantine,
-            "train_pairs": examples,
-            "test_pairs": int(job.user_test.sum()),
-            "test_users": int((job.user_test > 0).sum()),
-            "validation_pairs": int(job.user_validation.sum()),
-            "validation_users": int((job.user_validation > 0).sum()),
-        },
-        "split": {
-            "kind": cfg.split.kind,
-            "cut": _iso(job.cut_ms),
-            "test_fraction": cfg.split.test_fraction,
-            "validation_cut": _iso(job.validation_cut_ms),
-            "validation_fraction": cfg.split.validation_fraction,
-        },
-        "vocab": {
-            name: {
-                "size": len(v),
-                "previous_size": (job.previous_sizes or {}).get(name),
-                "reserved": {name: i for i, name in enumerate(RESERVED)},
-            }
-            for name, v in job.vocab.items()
-        },
-        "shards": {
-            "pattern": f"shards/train-{{00000..{cfg.shards.num_shards - 1:05d}}}.tar",
-            "count": cfg.shards.num_shards,
-            "record_size": cfg.shards.record_size,
-            "records_per_shard": job.n_records,
-            "examples": examples,
-            "padded_examples": job.padded,
-            "balanced_for_world_sizes": list(SUPPORTED_WORLD_SIZES),
-            "member": "one <key>.examples.npy per record: a structured array of fields",
-            "fields": {
-                "user": "int32 [R]",
-                "creator": "int32 [R]",
-                "history": f"int32 [R, {cfg.features.history_length}] (0 = padding, newest last)",
-                "weight": "float32 [R]",
-                "ts": "int64 [R] ms since epoch, -1 = no time",
-            },
-        },
+        "counts": _counts(job),
+        "split": _split(job),
+        "vocab": _vocab(job),
+        "shards": _shards(job),
         "text_features": job.text_info,
         "timings": {k: round(v, 3) for k, v in job.timings.items()},
         "events_per_second": round(rows_in / job.timings["total_s"]) if rows_in else None,
+    }
+
+
+def _counts(job) -> dict:
+    """Rows in, accepted and quarantined per table (by reason), events by type, and the split's
+    pairs and users: the figures a reader reconciles against the raw logs."""
+    c = job.counts
+    return {
+        "interactions": _table_counts(c, "interactions"),
+        "creators": _table_counts(c, "creators"),
+        "users": _table_counts(c, "users"),
+        "events_by_type": _prefixed(c, "events_"),
+        "quarantine_by_reason": _prefixed(c, "quarantined_"),
+        "train_pairs": int(job.shard_counts.sum()),
+        "test_pairs": int(job.user_test.sum()),
+        "test_users": int((job.user_test > 0).sum()),
+        "validation_pairs": int(job.user_validation.sum()),
+        "validation_users": int((job.user_validation > 0).sum()),
+    }
+
+
+def _prefixed(c: dict, prefix: str) -> dict:
+    """The counts whose key starts with `prefix`, by the rest of the key, sorted."""
+    return {k.removeprefix(prefix): v for k, v in sorted(c.items()) if k.startswith(prefix)}
+
+
+def _split(job) -> dict:
+    """How train, validation and test were cut (times as ISO dates, None for a per-user split)."""
+    s = job.cfg.split
+    return {
+        "kind": s.kind,
+        "cut": _iso(job.cut_ms),
+        "test_fraction": s.test_fraction,
+        "validation_cut": _iso(job.validation_cut_ms),
+        "validation_fraction": s.validation_fraction,
+    }
+
+
+def _vocab(job) -> dict:
+    """Each vocabulary's size, the size it grew from (--vocab_from) and the reserved ids."""
+    reserved = {name: i for i, name in enumerate(RESERVED)}
+    previous = job.previous_sizes or {}
+    return {
+        name: {"size": len(v), "previous_size": previous.get(name), "reserved": dict(reserved)}
+        for name, v in job.vocab.items()
+    }
+
+
+def _shards(job) -> dict:
+    """Where the training shards are, how they are laid out, and each record's fields."""
+    cfg = job.cfg
+    return {
+        "pattern": f"shards/train-{{00000..{cfg.shards.num_shards - 1:05d}}}.tar",
+        "count": cfg.shards.num_shards,
+        "record_size": cfg.shards.record_size,
+        "records_per_shard": job.n_records,
+        "examples": int(job.shard_counts.sum()),
+        "padded_examples": job.padded,
+        "balanced_for_world_sizes": list(SUPPORTED_WORLD_SIZES),
+        "member": "one <key>.examples.npy per record: a structured array of fields",
+        "fields": {
+            "user": "int32 [R]",
+            "creator": "int32 [R]",
+            "history": f"int32 [R, {cfg.features.history_length}] (0 = padding, newest last)",
+            "weight": "float32 [R]",
+            "ts": "int64 [R] ms since epoch, -1 = no time",
+        },
     }
 
 

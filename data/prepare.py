@@ -284,6 +284,23 @@ class _Job:
 
     def _bucket(self, b: int):
         cfg = self.cfg
+        cols = self._accepted(b)
+        train, validation, test = self._split(cols)
+        temporal = cfg.split.kind == "time"
+        train = features.sort_for_history(train, temporal, cfg.split.seed)
+        hist = features.histories(train.user, train.creator, cfg.features.history_length, temporal)
+        self._tally(train, validation, test)
+        examples = {
+            "user": train.user,
+            "creator": train.creator,
+            "history": hist,
+            "weight": train.weight,
+            "ts": train.ts,
+        }
+        return train, validation, test, examples
+
+    def _accepted(self, b: int) -> dict[str, np.ndarray]:
+        """Bucket b's events as columns, duplicates quarantined, the rest counted by type."""
         t = self.bucket_spill.read(b)
         cols = {name: t.column(name).to_numpy() for name in records.EVENTS.names}
         dup, first_row = features.find_duplicates(
@@ -296,6 +313,12 @@ class _Job:
         per_type = np.bincount(cols["event"], minlength=len(EVENT_TYPES))
         for code in np.flatnonzero(per_type):
             self.counts[f"events_{EVENT_TYPES[code]}"] += int(per_type[code])
+        return cols
+
+    def _split(self, cols: dict[str, np.ndarray]):
+        """(train, validation, test) pairs of the bucket's positive events, by the split's rule;
+        a pair known on an earlier side is not a later side's."""
+        cfg = self.cfg
         pos = self.is_positive[cols["event"]]
         if cfg.events.min_value is not None:
             pos &= cols["value"] >= cfg.events.min_value
@@ -311,11 +334,13 @@ class _Job:
         if cfg.split.kind != "time" and cfg.split.validation_fraction > 0:
             seed = cfg.split.seed + VALIDATION_SEED
             train, validation = self._held_out(train, cfg.split.validation_fraction, seed)
-        temporal = cfg.split.kind == "time"
-        train = features.sort_for_history(train, temporal, cfg.split.seed)
-        hist = features.histories(train.user, train.creator, cfg.features.history_length, temporal)
+        return train, validation, test
+
+    def _tally(self, train: features.Pairs, validation: features.Pairs, test: features.Pairs):
+        """The per-user and per-creator figures the tables and manifest need from the bucket:
+        each user's last training creators and pair counts, each creator's training pairs."""
         users, last, n_train = features.last_n_per_user(
-            train.user, train.creator, cfg.features.user_history
+            train.user, train.creator, self.cfg.features.user_history
         )
         self.user_history[users] = last
         self.user_train[users] = n_train
@@ -324,14 +349,6 @@ class _Job:
             validation.user, minlength=len(self.user_validation)
         ).astype(np.int32)
         self.creator_train += np.bincount(train.creator, minlength=len(self.creator_train))
-        examples = {
-            "user": train.user,
-            "creator": train.creator,
-            "history": hist,
-            "weight": train.weight,
-            "ts": train.ts,
-        }
-        return train, validation, test, examples
 
     def _held_out(self, pairs: features.Pairs, fraction: float, seed: int):
         """(kept, held out): a seeded `fraction` of each user's pairs held out (per_user)."""

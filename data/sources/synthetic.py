@@ -274,31 +274,16 @@ class _World:
 
     @classmethod
     def build(cls, s: SyntheticSource) -> _World:
-        start = datetime.fromisoformat(s.start)
-        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
-        start_ms = int(start.timestamp() * 1000)
-        end_ms = start_ms + s.days * DAY_MS
-        origin, span = start_ms - 3 * 365 * DAY_MS, end_ms - start_ms + 3 * 365 * DAY_MS + 1
+        start_ms, end_ms, origin, span = _period(s)
         k = s.communities_per_category
         groups = len(_CATEGORIES) * k
         if groups * span >= 2**53:  # keys must stay exact in float64
             raise ValueError("too many communities for the simulated period")
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, _CREATOR_STREAM]))
-        created = _arrivals(rng, s.num_creators, start_ms, end_ms, pre_share=0.6, pre_days=3 * 365)
-        cat = rng.choice(len(_CATEGORIES), s.num_creators, p=_normalised(_CAT_SHARE))
-        group = cat * k + rng.integers(0, k, s.num_creators)
-        pop = (rng.permutation(s.num_creators) + 1.0) ** -s.popularity_exponent
-        # Every community needs someone to follow on day one: its founder predates the start.
-        by_arrival = np.lexsort((created, group))
-        founders = by_arrival[np.unique(group[by_arrival], return_index=True)[1]]
-        created[founders] = np.minimum(created[founders], start_ms - DAY_MS)
-        order = np.argsort(created, kind="stable")
-        created, cat, group, pop = created[order], cat[order], group[order], pop[order]
+        created, cat, group, pop = _creators(s, rng, start_ms, end_ms)
         by_group = np.argsort(group, kind="stable")  # creation order within each group
         urng = np.random.default_rng(np.random.SeedSequence([s.seed, _USER_STREAM]))
-        signup = _arrivals(urng, s.num_users, start_ms, end_ms, pre_share=0.5, pre_days=2 * 365)
-        pref_cat, num_pref = _preferences(urng, s.num_users)
-        pref_comm = urng.integers(0, k, (s.num_users, 3))
+        signup, pref_group, num_pref, activity = _fans(s, urng, start_ms, end_ms)
         return cls(
             origin_ms=origin,
             span_ms=span,
@@ -308,14 +293,14 @@ class _World:
             user_chars=_id_chars("fan_", s.num_users, 8),
             signup_ms=signup,
             signup=_Index(signup),
-            activity=_Index(_cum(urng.lognormal(0.0, 1.0, s.num_users))),
-            pref_group=(pref_cat * k + pref_comm).astype(np.int32),
+            activity=_Index(_cum(activity)),
+            pref_group=pref_group,
             num_pref=num_pref,
             creator_chars=_id_chars("cr_", s.num_creators, 7),
             created_ms=created,
             creator_cat=cat,
             creator_group=group,
-            creator_tags=_tags(rng, cat),
+            creator_tags=_tags(rng, cat),  # rng's draws after _creators': their order is the data
             created=_Index(created),
             popularity=_Index(_cum(pop)),
             by_group=by_group,
@@ -444,6 +429,41 @@ class _World:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
         return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _period(s: SyntheticSource) -> tuple[int, int, int, int]:
+    """The simulated period in ms (start, end) and the key space's origin and span: three years
+    before the start, where the pre-existing creators and fans arrive."""
+    start = datetime.fromisoformat(s.start)
+    start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
+    start_ms = int(start.timestamp() * 1000)
+    end_ms = start_ms + s.days * DAY_MS
+    return start_ms, end_ms, start_ms - 3 * 365 * DAY_MS, end_ms - start_ms + 3 * 365 * DAY_MS + 1
+
+
+def _creators(s: SyntheticSource, rng: np.random.Generator, start_ms: int, end_ms: int):
+    """Each creator's arrival, category, community and popularity, in order of arrival (the
+    draws from `rng` in a fixed order: the same seed gives the same catalog)."""
+    k = s.communities_per_category
+    created = _arrivals(rng, s.num_creators, start_ms, end_ms, pre_share=0.6, pre_days=3 * 365)
+    cat = rng.choice(len(_CATEGORIES), s.num_creators, p=_normalised(_CAT_SHARE))
+    group = cat * k + rng.integers(0, k, s.num_creators)
+    pop = (rng.permutation(s.num_creators) + 1.0) ** -s.popularity_exponent
+    # Every community needs someone to follow on day one: its founder predates the start.
+    by_arrival = np.lexsort((created, group))
+    founders = by_arrival[np.unique(group[by_arrival], return_index=True)[1]]
+    created[founders] = np.minimum(created[founders], start_ms - DAY_MS)
+    order = np.argsort(created, kind="stable")
+    return created[order], cat[order], group[order], pop[order]
+
+
+def _fans(s: SyntheticSource, urng: np.random.Generator, start_ms: int, end_ms: int):
+    """Each fan's signup, preferred communities (and how many), and activity weight."""
+    signup = _arrivals(urng, s.num_users, start_ms, end_ms, pre_share=0.5, pre_days=2 * 365)
+    pref_cat, num_pref = _preferences(urng, s.num_users)
+    pref_comm = urng.integers(0, s.communities_per_category, (s.num_users, 3))
+    pref_group = (pref_cat * s.communities_per_category + pref_comm).astype(np.int32)
+    return signup, pref_group, num_pref, urng.lognormal(0.0, 1.0, s.num_users)
 
 
 def _values(s: SyntheticSource, rng: np.random.Generator, etype: np.ndarray) -> np.ndarray:
