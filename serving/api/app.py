@@ -76,18 +76,28 @@ def create_app(
         recommender, metrics, Batcher(recommender.recommend_many, max_batch, batch_workers),
         answer_log, search_settings or SearchSettings(),
     )  # fmt: skip
+    app = FastAPI(
+        title="Towerline",
+        version="1",
+        summary="Creators a fan will love: two-tower candidate generation.",
+        lifespan=_lifespan(svc, poll_seconds),
+        telemetry=None if opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.services = svc
+    _add_routes(app, metrics, max_body_bytes, rooms)
+    return app
+
+
+def _lifespan(svc: Services, poll_seconds: float | None):
+    """The app's FastAPI lifespan: hooks and the index poller start with the app and are undone
+    at shutdown, so a stopped app leaves its recommender as it found it."""
+    recommender, metrics, answer_log = svc.recommender, svc.metrics, svc.answer_log
     stop = threading.Event()
     prepare = functools.partial(_prepare_search, svc)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
-        recommender.on_swap.append(metrics.swapped)
-        recommender.on_swap.append(prepare)
-        if recommender.bundle is not None:
-            prepare(recommender.bundle)
-        recommender.pipeline.observers.append(metrics.batch_done)
-        if recommender.bundle is not None:
-            metrics.served(recommender.bundle)
+        _hook(recommender, metrics, prepare)
         if poll_seconds:
             threading.Thread(
                 target=_poll, args=(recommender, poll_seconds, stop), name="index-poller",
@@ -96,20 +106,33 @@ def create_app(
         yield
         stop.set()
         svc.batcher.close()
-        recommender.on_swap.remove(metrics.swapped)
-        recommender.on_swap.remove(prepare)
-        recommender.pipeline.observers.remove(metrics.batch_done)
+        _unhook(recommender, metrics, prepare)
         if answer_log is not None:
             answer_log.close()
 
-    app = FastAPI(
-        title="Towerline",
-        version="1",
-        summary="Creators a fan will love: two-tower candidate generation.",
-        lifespan=lifespan,
-        telemetry=None if opentelemetry else {"tracing": False, "metrics": False, "logs": False},
-    )
-    app.state.services = svc
+    return lifespan
+
+
+def _hook(recommender: Recommender, metrics: Metrics, prepare) -> None:
+    """Follow swaps and batches, and prepare and count the version already loaded, if any."""
+    recommender.on_swap.append(metrics.swapped)
+    recommender.on_swap.append(prepare)
+    if recommender.bundle is not None:
+        prepare(recommender.bundle)
+    recommender.pipeline.observers.append(metrics.batch_done)
+    if recommender.bundle is not None:
+        metrics.served(recommender.bundle)
+
+
+def _unhook(recommender: Recommender, metrics: Metrics, prepare) -> None:
+    """Undo `_hook`, so the recommender no longer calls into a stopped app."""
+    recommender.on_swap.remove(metrics.swapped)
+    recommender.on_swap.remove(prepare)
+    recommender.pipeline.observers.remove(metrics.batch_done)
+
+
+def _add_routes(app: FastAPI, metrics: Metrics, max_body_bytes: int, rooms: Sequence[str]) -> None:
+    """The routers, their error handling and middleware, and the rooms mounted above them."""
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -118,7 +141,6 @@ def create_app(
     # the routers' own routes: app.router holds included routers as wrappers without a path
     routes = [route for router in ROUTERS for route in router.routes]
     app.add_middleware(CountResponses, metrics=metrics, routes=routes)  # outermost
-    return app
 
 
 def mount_rooms(app: FastAPI, names: Sequence[str]) -> None:

@@ -86,6 +86,21 @@ def model_config(
 ) -> str:
     """config.pbtxt text for `kind` production (onnxruntime backend) or local (Python backend),
     inputs and outputs read from the ONNX graph."""
+    _check_settings(kind, max_batch_size, preferred_batch_sizes)
+    sig = signature(onnx_path)
+    parts = [
+        *_header(kind, model_name, max_batch_size),
+        *_inputs_outputs(sig),
+        *_execution(kind, instances, intra_op_threads),
+    ]
+    if dynamic_batching:
+        parts.append(_dynamic_batching(preferred_batch_sizes, max_queue_delay_us))
+    parts.append(_model_warmup(sig["inputs"], preferred_batch_sizes))
+    return "\n".join(parts) + "\n"
+
+
+def _check_settings(kind: str, max_batch_size: int, preferred_batch_sizes: tuple[int, ...]) -> None:
+    """Refuse a kind or batch sizes Triton would not load, before the ONNX file is read."""
     if kind not in (PRODUCTION, LOCAL):
         raise ValueError(f"kind={kind!r}: use {PRODUCTION!r} or {LOCAL!r}")
     too_big = [b for b in preferred_batch_sizes if not 0 < b <= max_batch_size]
@@ -94,44 +109,64 @@ def model_config(
             f"max_batch_size={max_batch_size}, preferred_batch_sizes={preferred_batch_sizes}: "
             f"max_batch_size must be >= 1 and every preferred size in [1, max_batch_size]"
         )
-    sig = signature(onnx_path)
-    inputs = ",\n".join(_tensor(n, s) for n, s in sig["inputs"].items())
-    outputs = ",\n".join(_tensor(n, s) for n, s in sig["outputs"].items())
+
+
+def _header(kind: str, model_name: str, max_batch_size: int) -> list[str]:
+    """The config's first lines: the model's name, its backend for `kind`, batching cap and
+    version policy."""
     runtime = (
         'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"'
         if kind == PRODUCTION
         else 'backend: "python"'
     )
-    # KIND_AUTO: one group per GPU when the container has GPUs, CPU threads otherwise, so the
-    # same file loads on a GPU node and on a laptop. With dynamic batching one instance is kept
-    # busy; add instances only when a profile shows it idle between batches.
-    device = "KIND_AUTO" if kind == PRODUCTION else "KIND_CPU"
-    parts = [
+    return [
         f"# written by serving/triton/repository.py for {kind}; inputs and outputs from the ONNX",
         f'name: "{model_name}"',
         runtime,
         f"max_batch_size: {max_batch_size}",
         "# every version present is served, so a new one loads beside the one serving (hot swap)",
         "version_policy: { all { } }",
-        f"input [\n{inputs}\n]",
-        f"output [\n{outputs}\n]",
+    ]
+
+
+def _inputs_outputs(sig: dict) -> list[str]:
+    """The input and output blocks, from the ONNX graph's signature so they cannot drift."""
+    inputs = ",\n".join(_tensor(n, s) for n, s in sig["inputs"].items())
+    outputs = ",\n".join(_tensor(n, s) for n, s in sig["outputs"].items())
+    return [f"input [\n{inputs}\n]", f"output [\n{outputs}\n]"]
+
+
+def _execution(kind: str, instances: int, intra_op_threads: int) -> list[str]:
+    """Where the model runs and with how many threads; local also names its ONNX file."""
+    # KIND_AUTO: one group per GPU when the container has GPUs, CPU threads otherwise, so the
+    # same file loads on a GPU node and on a laptop. With dynamic batching one instance is kept
+    # busy; add instances only when a profile shows it idle between batches.
+    device = "KIND_AUTO" if kind == PRODUCTION else "KIND_CPU"
+    parts = [
         f"instance_group [ {{ count: {instances} kind: {device} }} ]",
         f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: '
         f'"{intra_op_threads}" }} }}',
     ]
     if kind == LOCAL:  # the Python backend reads its ONNX file's name from here
         parts.append(f'parameters {{ key: "onnx_file" value: {{ string_value: "{MODEL_FILE}" }} }}')
-    if dynamic_batching:
-        sizes = ", ".join(map(str, preferred_batch_sizes))
-        parts.append(
-            f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
-            f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}"
-        )
+    return parts
+
+
+def _dynamic_batching(preferred_batch_sizes: tuple[int, ...], max_queue_delay_us: int) -> str:
+    """The dynamic_batching block: Triton joins requests up to these sizes or this delay."""
+    sizes = ", ".join(map(str, preferred_batch_sizes))
+    return (
+        f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
+        f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}"
+    )
+
+
+def _model_warmup(inputs: dict, preferred_batch_sizes: tuple[int, ...]) -> str:
+    """The model_warmup block: zero-filled batches of 1 and of the largest preferred size."""
     # A version is marked ready only after a run at the sizes it will see, so the first real
     # requests after a (re)load do not pay onnxruntime's first-run allocations.
     warm = sorted({1, max(preferred_batch_sizes, default=1)})
-    parts.append("model_warmup [\n" + ",\n".join(_warmup(sig["inputs"], b) for b in warm) + "\n]")
-    return "\n".join(parts) + "\n"
+    return "model_warmup [\n" + ",\n".join(_warmup(inputs, b) for b in warm) + "\n]"
 
 
 def versions(model_dir: str | Path) -> list[int]:
