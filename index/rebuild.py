@@ -247,36 +247,12 @@ def build_version(
     cfg: IndexConfig, root: Path, inputs: Inputs, current: dict | None, folder: Path
 ) -> dict:
     """Export, build or extend, tune and validate into `folder`; returns the manifest."""
-    exported = export.write_export(
-        inputs.trained, inputs.catalog, folder, queries=cfg.tuning_users, seed=cfg.seed
-    )
-    export.validate(exported, expected_count=len(inputs.catalog))
-    tower = write_user_tower(inputs, folder / store.USER_TOWER)
-    metric = build.check_metric(cfg.metric, exported["metric"])
-    emb = export.load_embeddings(folder, verify=False)
+    exported, tower, metric, emb = _export_version(cfg, inputs, folder)
     use_gpu = build.HAS_GPU if cfg.use_gpu is None else cfg.use_gpu
-    base = incremental_base(cfg, root, current, emb)
-    if base is not None:
-        index, record = extend(root, base, emb, folder, use_gpu)
-    else:
-        index, record = full_build(cfg, emb, metric, use_gpu)
-    # tuned where serving will search it (store.load moves it the same way)
-    tuning = tune.tune(
-        build.to_device(index, use_gpu), emb.xb, emb.xq, cfg.k, cfg.recall_target, metric,
-        cfg.nprobe, cfg.k_factor, cfg.repeats, use_gpu,
-    )  # fmt: skip
-    check_fit(cfg, index, tuning, len(inputs.catalog))
-    creator_map = write_map(cfg, inputs, emb, folder)
-    text = lexical.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.LEXICAL)
-    names = suggest.build(inputs.catalog.data_dir, emb.creator_idx, folder / store.SUGGEST)
-    meaning = (
-        semantic.build(inputs.catalog.data_dir, emb.creator_idx, folder, cfg.query_precision)
-        if cfg.semantic
-        else None
-    )
-    build.write_index(index, folder / store.INDEX_FILE)
-    write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())
-    record["bytes"] = (folder / store.INDEX_FILE).stat().st_size
+    index, record = _build_or_extend(cfg, root, current, emb, metric, folder, use_gpu)
+    tuning = _tune_and_check(cfg, index, emb, metric, use_gpu, len(inputs.catalog))
+    search_files = _write_search_files(cfg, inputs, emb, folder)
+    _write_index_and_config(cfg, index, record, folder)
     return {
         **exported,
         "kind": store.KIND,
@@ -285,12 +261,62 @@ def build_version(
         "tuning": tuning,
         "search_params": tuning["chosen"]["params"],
         "user_tower": tower,
-        "map": creator_map,
-        "lexical": text,
-        "suggest": names,
-        "semantic": meaning,
+        **search_files,
         "config": to_dict(cfg),
     }
+
+
+def _export_version(cfg: IndexConfig, inputs: Inputs, folder: Path):
+    """Export and validate the creator vectors and the user tower; the metric is checked early."""
+    exported = export.write_export(
+        inputs.trained, inputs.catalog, folder, queries=cfg.tuning_users, seed=cfg.seed
+    )
+    export.validate(exported, expected_count=len(inputs.catalog))
+    tower = write_user_tower(inputs, folder / store.USER_TOWER)
+    metric = build.check_metric(cfg.metric, exported["metric"])
+    emb = export.load_embeddings(folder, verify=False)
+    return exported, tower, metric, emb
+
+
+def _build_or_extend(cfg: IndexConfig, root: Path, current, emb, metric, folder, use_gpu):
+    """A copy of the current index extended by appended creators where allowed, else a new one."""
+    base = incremental_base(cfg, root, current, emb)
+    if base is not None:
+        return extend(root, base, emb, folder, use_gpu)
+    return full_build(cfg, emb, metric, use_gpu)
+
+
+def _tune_and_check(cfg: IndexConfig, index, emb, metric: int, use_gpu: bool, creators: int):
+    """Search parameters tuned on the real user vectors, refused below the config's floors."""
+    # tuned where serving will search it (store.load moves it the same way)
+    tuning = tune.tune(
+        build.to_device(index, use_gpu), emb.xb, emb.xq, cfg.k, cfg.recall_target, metric,
+        cfg.nprobe, cfg.k_factor, cfg.repeats, use_gpu,
+    )  # fmt: skip
+    check_fit(cfg, index, tuning, creators)
+    return tuning
+
+
+def _write_search_files(cfg: IndexConfig, inputs: Inputs, emb, folder: Path) -> dict:
+    """The id map and the lexical, suggest and (optional) semantic files, as manifest entries."""
+    data_dir = inputs.catalog.data_dir
+    return {
+        "map": write_map(cfg, inputs, emb, folder),
+        "lexical": lexical.build(data_dir, emb.creator_idx, folder / store.LEXICAL),
+        "suggest": suggest.build(data_dir, emb.creator_idx, folder / store.SUGGEST),
+        "semantic": (
+            semantic.build(data_dir, emb.creator_idx, folder, cfg.query_precision)
+            if cfg.semantic
+            else None
+        ),
+    }
+
+
+def _write_index_and_config(cfg: IndexConfig, index, record: dict, folder: Path) -> None:
+    """Write the index and the config beside it, recording the index's size in `record`."""
+    build.write_index(index, folder / store.INDEX_FILE)
+    write_bytes(folder / store.CONFIG, to_yaml(cfg).encode())
+    record["bytes"] = (folder / store.INDEX_FILE).stat().st_size
 
 
 def gate_drift(

@@ -93,28 +93,47 @@ def spectral_init(
     cfg = model.cfg
     matrix, degree = normalised_matrix(train, cfg.num_users, cfg.num_creators, smoothing)
     rank = min(cfg.dim - 1, min(matrix.shape) - 1)
+    s, v = _leading_singular(matrix, rank, oversample, iterations, seed)
+    d = torch.as_tensor(degree, dtype=torch.float32)
+    rows = _creator_rows(v, s, d, power, rank, (cfg.num_creators, cfg.dim))
+    _init_creator_tower(model.creator_tower, rows)
+    _init_user_tower(model.user_tower, d, exponent, cfg.dim)
+    return _logged_info(rank, started, s, exponent, power, smoothing)
+
+
+def _leading_singular(matrix, rank: int, oversample: int, iterations: int, seed: int):
+    """The top `rank` singular values and right vectors, seeded without touching the global RNG."""
     q = min(rank + oversample, min(matrix.shape))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _, s, v = torch.svd_lowrank(matrix, q=q, niter=iterations)  # v [C, q]
-    s, v = s[:rank], v[:, :rank]
-    d = torch.as_tensor(degree, dtype=torch.float32)
+    return s[:rank], v[:, :rank]
+
+
+def _creator_rows(v, s, d, power: float, rank: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Creator id rows t_c / M, completed to unit norm by the extra axis (module docstring)."""
     t = v * d[:, None].sqrt() * s.pow(power / 2)  # [C, rank]
     t = t / t.norm(dim=1).max().clamp(min=1e-12)
-    rows = torch.zeros(cfg.num_creators, cfg.dim)
+    rows = torch.zeros(*shape)
     rows[:, :rank] = t
     rows[:, -1] = (1.0 - t.pow(2).sum(1)).clamp(min=0.0).sqrt()  # the extra, norm-filling axis
     rows[0] = 0.0  # padding
+    return rows
 
-    creator, user = model.creator_tower, model.user_tower
+
+def _init_creator_tower(creator, rows: torch.Tensor) -> None:
+    """Creator vectors are the id rows alone: identity output map, content branch at zero."""
     creator.id_embedding.weight.copy_(rows)
     torch.nn.init.eye_(creator.out.weight)
     torch.nn.init.zeros_(creator.out.bias)
     torch.nn.init.zeros_(creator.content[-1].weight)
     torch.nn.init.zeros_(creator.content[-1].bias)
 
+
+def _init_user_tower(user, d: torch.Tensor, exponent: float, dim: int) -> None:
+    """User vectors pool the history with weights d^-(exponent + 1/2); user ids start at zero."""
     user.id_embedding.weight.zero_()
-    keep = torch.ones(cfg.dim)
+    keep = torch.ones(dim)
     keep[-1] = 0.0  # the pooled history drops the extra axis: it scores no creator
     user.linear[1].weight.copy_(torch.diag(keep))
     for layer in user.linear[2:]:
@@ -122,6 +141,10 @@ def spectral_init(
     log_weight = -(exponent + 0.5) * torch.log(d)
     log_weight[0] = 0.0
     user.history_log_weight.weight.copy_(log_weight[:, None])
+
+
+def _logged_info(rank: int, started: float, s, exponent: float, power: float, smoothing: float):
+    """What the initialisation did (rank, time, extreme singular values, settings), logged."""
     info = {
         "rank": rank,
         "seconds": round(time.perf_counter() - started, 1),
