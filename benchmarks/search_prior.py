@@ -16,6 +16,13 @@ half is evaluated once, paired t-test (ranx).
 
     python benchmarks/search_prior.py --dataset synthetic_1m_creators --grams unknown
     # → artifacts/bench/search_prior/<dataset>.json and .png
+
+`--gates` reads the validation halves only, and no test: the prior given a say only among the
+lexical candidates that score within a share of the best (a gate of 0: exact ties only), each
+gate's MRR@10 over lexical's on both draws. A gate that helps one draw and costs the other
+nothing would let one served setting serve both; the figures say whether there is one.
+
+    python benchmarks/search_prior.py --dataset synthetic_1m_creators --grams unknown --gates
 """
 
 from __future__ import annotations
@@ -81,6 +88,34 @@ def measure(q: qs.QuerySet, rec, grams: str) -> dict:
                                          ("fusion", runs["fusion"]), METRIC)}  # fmt: skip
 
 
+GATES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+"""Shares of the best lexical score within which the prior orders the candidates."""
+
+
+def gated(rows: np.ndarray, scores: np.ndarray, audience: np.ndarray, gate: float) -> np.ndarray:
+    """The lexical list with the candidates that score at least (1 - gate) x the best first,
+    most followed first (ties as lexical had them), then the rest as lexical had them."""
+    near = scores >= (1.0 - gate) * scores.max() if len(scores) else scores.astype(bool)
+    by = np.where(near, -audience[rows], 0.0)
+    return rows[np.lexsort((np.arange(len(rows)), by, ~near))]
+
+
+def gates(q: qs.QuerySet, rec, grams: str) -> dict[str, list]:
+    """On the validation half only: each gate's MRR@10 over lexical's, with wins and losses."""
+    val, engine = q.split(0)[0], rec.bundle.search
+    found = [engine.lexical.search(text, 100, grams) for text in val.text]
+    truth = ev.qrels(val)
+    base = ev.per_query(val, [r[:10].tolist() for r, _ in found], truth)
+    out = {"lexical": [round(float(base.mean()), 4)]}
+    for gate in GATES:
+        rows = [gated(r, np.asarray(s, np.float64), engine.audience, gate)[:10].tolist()
+                for r, s in found]  # fmt: skip
+        m = ev.per_query(val, rows, truth)
+        out[f"gate {gate}"] = [round(float(m.mean() / base.mean()), 4),
+                               int((m > base).sum()), int((m < base).sum())]  # fmt: skip
+    return out
+
+
 def plot(dataset: str, result: dict, path: Path) -> None:
     import matplotlib
 
@@ -106,6 +141,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--grams", choices=GRAMS, default="every", help="the serving config's")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts/bench/search_prior")
+    ap.add_argument(
+        "--gates", action="store_true", help="validation only: the prior gated by score"
+    )
     a = ap.parse_args()
     rec, root = recommender(a.dataset), REPO / "artifacts/index" / a.dataset
     catalog = qs.Catalog.of_version(store.versions_dir(root) / store.current_version(root))
@@ -114,6 +152,11 @@ def main() -> None:
         "uniform": qs.navigational(catalog, a.queries, 0),
         "by audience": qs.navigational(catalog, a.queries, 0, weights=audience + 1.0),
     }
+    if a.gates:
+        for draw, q in sets.items():
+            say(f"targets {draw}, validation, [MRR@10 / lexical's, wins, losses]: "
+                f"{json.dumps(gates(q, rec, a.grams))}")  # fmt: skip
+        return
     result = {draw: measure(q, rec, a.grams) for draw, q in sets.items()}
     for draw, r in result.items():
         say(f"targets {draw}: test {json.dumps(r['test'])}")
