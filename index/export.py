@@ -132,39 +132,55 @@ def write_creators(path: Path, creator_idx: np.ndarray, creator_id: np.ndarray) 
 
 
 def describe(trained, catalog, xb, xq, probes, seed) -> dict:
+    """The manifest of an export: what made it, from which catalog, and what its vectors are."""
     return {
         "kind": KIND,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "created_by": provenance("torch", "faiss"),
-        "model": {
-            "version": trained.version,
-            "checkpoint": str(trained.path),
-            "epoch": trained.epoch,
-            "global_step": trained.global_step,
-            "evaluations": trained.evaluations,
-            "selected_by": trained.selected_by,
-            "trained_at": trained.trained_at,  # None: trained before runs recorded it
-            "towers": vars(trained.config),
-        },
-        "catalog": {
-            "data_dir": str(catalog.data_dir),
-            "creators_sha256": catalog.sha256,
-            "creators": len(catalog),
-            "vocabulary": len(catalog.features),
-            "content_path_only": int((catalog.creator_idx >= trained.config.num_creators).sum()),
-        },
+        "model": _model_section(trained),
+        "catalog": _catalog_section(trained, catalog),
         "metric": METRIC,
         "normalized": True,
         "dim": int(xb.shape[1]),
         "count": int(xb.shape[0]),
         "norms": norm_check(xb),
         "queries": {"count": len(xq), "seed": seed, "norms": norm_check(xq)},
-        "fingerprint": {
-            "sha256": fingerprint(probes["creator_vectors"], probes["user_vectors"]),
-            "decimals": DECIMALS,
-            "probe_creators": probes["creator_idx"].tolist(),
-            "probe_users": probes["user_idx"].tolist(),
-        },
+        "fingerprint": _fingerprint_section(probes),
+    }
+
+
+def _model_section(trained: TrainedModel) -> dict:
+    """The checkpoint behind the vectors and how it was chosen, so an index names its model."""
+    return {
+        "version": trained.version,
+        "checkpoint": str(trained.path),
+        "epoch": trained.epoch,
+        "global_step": trained.global_step,
+        "evaluations": trained.evaluations,
+        "selected_by": trained.selected_by,
+        "trained_at": trained.trained_at,  # None: trained before runs recorded it
+        "towers": vars(trained.config),
+    }
+
+
+def _catalog_section(trained: TrainedModel, catalog: cat.Catalog) -> dict:
+    """Which creators were encoded, and how many only through the content path (no id row)."""
+    return {
+        "data_dir": str(catalog.data_dir),
+        "creators_sha256": catalog.sha256,
+        "creators": len(catalog),
+        "vocabulary": len(catalog.features),
+        "content_path_only": int((catalog.creator_idx >= trained.config.num_creators).sum()),
+    }
+
+
+def _fingerprint_section(probes: dict) -> dict:
+    """The embedding space's name (see the module docstring) and the probes it was hashed from."""
+    return {
+        "sha256": fingerprint(probes["creator_vectors"], probes["user_vectors"]),
+        "decimals": DECIMALS,
+        "probe_creators": probes["creator_idx"].tolist(),
+        "probe_users": probes["user_idx"].tolist(),
     }
 
 

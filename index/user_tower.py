@@ -9,8 +9,10 @@ instead of failing the dynamic batch it was queued in. Only the batch dimension 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,45 +96,73 @@ def export_user_tower(
 ) -> dict:
     """Write the user tower to `output` (atomically) as ONNX with a dynamic batch dimension,
     after checking it against torch (`parity`); returns its description."""
+    _check_widths(history_len, attribute_width)
+    output = Path(output)
+    names = input_names(trained)
+    module = _UserTower(trained.model).eval()
+    with atomic_path(output) as tmp, torch.no_grad(), _exporter_warnings_ignored():
+        example = _example(trained, history_len, attribute_width)
+        _trace(module, example, tmp, names, opset)
+        _pin_output_dim(tmp, trained.config.dim)
+        diffs, worst = _checked_parity(trained, tmp, opset)
+        description = describe(tmp, trained, opset)
+    description["parity"] = {"max_abs_diff": diffs, "tolerance": PARITY_TOLERANCE}
+    log.info("exported user tower %s to %s (parity %.2g)", trained.version[:12], output, worst)
+    return description
+
+
+def _check_widths(history_len: int, attribute_width: int) -> None:
+    """Fail before tracing: a zero width would export a graph no real input fits."""
     if history_len < 1 or attribute_width < 1:
         raise ValueError(
             f"history_len={history_len}, attribute_width={attribute_width}: both must be >= 1 "
             f"(the users table's history list size and the data module's max_user_attributes)"
         )
-    output = Path(output)
-    names = input_names(trained)
-    module = _UserTower(trained.model).eval()
-    with atomic_path(output) as tmp, torch.no_grad(), warnings.catch_warnings():
+
+
+@contextlib.contextmanager
+def _exporter_warnings_ignored() -> Iterator[None]:
+    """Silence, for the whole export and its checks, the warnings that are known and harmless."""
+    with warnings.catch_warnings():
         # The legacy (TorchScript) exporter, on purpose: the dynamo one fails on this module
         # (duplicate node names), so its deprecation notices are not news. UserTower takes its
         # ONNX-friendly pooling under either. Attention pooling scales by sqrt(hidden) read off
         # a shape, which the tracer warns becomes a constant: it is one.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            module,
-            _example(trained, history_len, attribute_width),
-            str(tmp),
-            input_names=names,
-            output_names=[OUTPUT],
-            dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT]},
-            opset_version=opset,
-            dynamo=False,
+        yield
+
+
+def _trace(module: nn.Module, example: tuple, path: Path, names: list[str], opset: int) -> None:
+    """Trace `module` to `path` with the legacy exporter (see _exporter_warnings_ignored),
+    every input and the output dynamic in the batch dimension only."""
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        input_names=names,
+        output_names=[OUTPUT],
+        dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT]},
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
+def _checked_parity(
+    trained: TrainedModel, path: Path, opset: int
+) -> tuple[dict[int, float], float]:
+    """`parity` and its worst difference; raises ParityError above PARITY_TOLERANCE, inside the
+    atomic write, so a graph that computes something else is never written."""
+    diffs = parity(trained, path)
+    worst = max(diffs.values())
+    if not worst <= PARITY_TOLERANCE:
+        raise ParityError(
+            f"ONNX export of {trained.path} differs from torch by {worst:.3g} (max abs, "
+            f"per batch size {diffs}), above {PARITY_TOLERANCE}; nothing was written. Check "
+            f"the tower's ONNX path (towers/model.py, torch.onnx.is_in_onnx_export) or "
+            f"opset={opset}"
         )
-        _pin_output_dim(tmp, trained.config.dim)
-        diffs = parity(trained, tmp)
-        worst = max(diffs.values())
-        if not worst <= PARITY_TOLERANCE:
-            raise ParityError(
-                f"ONNX export of {trained.path} differs from torch by {worst:.3g} (max abs, "
-                f"per batch size {diffs}), above {PARITY_TOLERANCE}; nothing was written. Check "
-                f"the tower's ONNX path (towers/model.py, torch.onnx.is_in_onnx_export) or "
-                f"opset={opset}"
-            )
-        description = describe(tmp, trained, opset)
-    description["parity"] = {"max_abs_diff": diffs, "tolerance": PARITY_TOLERANCE}
-    log.info("exported user tower %s to %s (parity %.2g)", trained.version[:12], output, worst)
-    return description
+    return diffs, worst
 
 
 def _pin_output_dim(path: Path, dim: int) -> None:
