@@ -136,11 +136,7 @@ class UserTower(nn.Module):
             cfg.num_users + cfg.unknown_user_buckets, cfg.hidden, padding_idx=PAD
         )
         self.creator_ids = creator_ids  # shared with the creator tower
-        self.history_log_weight = (
-            nn.Embedding(cfg.num_creators, 1, padding_idx=PAD) if cfg.history_weights else None
-        )
-        if self.history_log_weight is not None:
-            nn.init.zeros_(self.history_log_weight.weight)  # weight 1 each: the plain mean
+        self.history_log_weight = _history_log_weight(cfg)
         if cfg.pooling == "attention":
             self.query = nn.Linear(cfg.hidden, cfg.hidden)
         self.attributes = (
@@ -150,21 +146,9 @@ class UserTower(nn.Module):
         )
         parts = 3 if self.attributes is not None else 2
         if cfg.combiner == "mlp":
-            self.mlp = nn.Sequential(
-                nn.Linear(parts * cfg.hidden, cfg.hidden),
-                nn.GELU(),
-                nn.Linear(cfg.hidden, cfg.dim),
-            )
+            self.mlp = _mlp_combiner(cfg, parts)
         else:  # one linear map per part, summed; each starts as ½ × identity (or close to it)
-            self.linear = nn.ModuleList(
-                nn.Linear(cfg.hidden, cfg.dim, bias=False) for _ in range(parts)
-            )
-            for i, layer in enumerate(self.linear):
-                if i < 2:
-                    nn.init.eye_(layer.weight)
-                    layer.weight.data.mul_(0.5)
-                else:
-                    nn.init.normal_(layer.weight, std=0.02)
+            self.linear = _linear_combiner(cfg, parts)
         nn.init.normal_(self.id_embedding.weight, std=cfg.hidden**-0.5)  # rows near unit norm
 
     def user_rows(self, user: torch.Tensor) -> torch.Tensor:
@@ -215,6 +199,37 @@ class UserTower(nn.Module):
             return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)  # [B, D]
         out = sum(layer(x) for layer, x in zip(self.linear, parts, strict=True))  # [B, D]
         return F.normalize(out, dim=-1)
+
+
+def _history_log_weight(cfg: TowerConfig) -> nn.Embedding | None:
+    """The per-creator history weights (log-parametrised) when cfg.history_weights, else None."""
+    if not cfg.history_weights:
+        return None
+    weight = nn.Embedding(cfg.num_creators, 1, padding_idx=PAD)
+    nn.init.zeros_(weight.weight)  # weight 1 each: the plain mean
+    return weight
+
+
+def _mlp_combiner(cfg: TowerConfig, parts: int) -> nn.Sequential:
+    """The mlp combiner: the `parts` concatenated [B, H] vectors → 2-layer MLP → [B, D]."""
+    return nn.Sequential(
+        nn.Linear(parts * cfg.hidden, cfg.hidden),
+        nn.GELU(),
+        nn.Linear(cfg.hidden, cfg.dim),
+    )
+
+
+def _linear_combiner(cfg: TowerConfig, parts: int) -> nn.ModuleList:
+    """The linear combiner's maps, one per part: id and history start as ½ × identity, so a
+    fresh user vector is ½·id + ½·history; attributes start small."""
+    linear = nn.ModuleList(nn.Linear(cfg.hidden, cfg.dim, bias=False) for _ in range(parts))
+    for i, layer in enumerate(linear):
+        if i < 2:
+            nn.init.eye_(layer.weight)
+            layer.weight.data.mul_(0.5)
+        else:
+            nn.init.normal_(layer.weight, std=0.02)
+    return linear
 
 
 class TwoTower(nn.Module):
