@@ -59,13 +59,19 @@ def towers(cfg: ServingConfig):
         # its repository must be `repository`/local
         yield TritonTowers(repository, s.url, s, rank_store=cfg.rank.store)
         return
+    with _local_triton(cfg, repository) as provider:
+        yield provider
+
+
+@contextlib.contextmanager
+def _local_triton(cfg: ServingConfig, repository: Path):
+    """Towers on a Triton server started here, on a fresh `repository`, and supervised: the
+    server is restarted (and its models reloaded) if it dies or hangs, and stopped on exit."""
     from serving.triton.server import TritonServer
     from serving.triton.supervisor import Supervisor
 
-    # the repositories are derived from the index store: start from nothing, so a version left
-    # by an earlier run is never loaded
-    shutil.rmtree(repository, ignore_errors=True)
-    (repository / LOCAL).mkdir(parents=True, exist_ok=True)
+    s = cfg.triton
+    _fresh_repository(repository)
     with TritonServer(
         repository / LOCAL,
         http_port=s.http_port or None,
@@ -81,6 +87,14 @@ def towers(cfg: ServingConfig):
             yield provider
         finally:
             provider.supervisor.close()  # stops Triton gracefully, from the thread that restarts it
+
+
+def _fresh_repository(repository: Path) -> None:
+    """An empty local model repository at `repository`/local, for a Triton started here."""
+    # the repositories are derived from the index store: start from nothing, so a version left
+    # by an earlier run is never loaded
+    shutil.rmtree(repository, ignore_errors=True)
+    (repository / LOCAL).mkdir(parents=True, exist_ok=True)
 
 
 def up(cfg: ServingConfig) -> int:
@@ -124,6 +138,13 @@ def detach(cfg: ServingConfig, wait_s: float) -> int:
         print(f"already running (pid {(folder / 'service.pid').read_text().strip()}); "
               f"stop it with `python -m serving down --config ...`")  # fmt: skip
         return 0
+    proc = _spawn(cfg, folder)
+    return _await_ready(proc, f"http://{cfg.host}:{cfg.port}", folder / "service.log", wait_s)
+
+
+def _spawn(cfg: ServingConfig, folder: Path) -> subprocess.Popen:
+    """Start `up` on the config written to `folder`, in its own session (so `down` stops it
+    and its Triton server together), logging to `folder`/service.log; its pid is recorded."""
     write_bytes(folder / "config.yaml", to_yaml(cfg).encode())
     cmd = [sys.executable, "-m", "serving", "up", "--config", str(folder / "config.yaml")]
     log_path = folder / "service.log"
@@ -132,7 +153,11 @@ def detach(cfg: ServingConfig, wait_s: float) -> int:
             cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd()
         )
     (folder / "service.pid").write_text(f"{proc.pid}\n")
-    url = f"http://{cfg.host}:{cfg.port}"
+    return proc
+
+
+def _await_ready(proc: subprocess.Popen, url: str, log_path: Path, wait_s: float) -> int:
+    """Poll /readyz until the service says ready (0), exits or `wait_s` passes (1)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

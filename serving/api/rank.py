@@ -96,15 +96,30 @@ def _explain(svc, req: RankRequest) -> dict:
     )
     batch = rec.pipeline.run([Request(req.user_id, req.k, (), mmr, calibration)], bundle)
     answer, ranker = batch.answers[0], bundle.tower.ranker
-    out = {"user_id": req.user_id, "items": [], "candidates": 0, "explained": False,
-           "ranker": ranker.name if ranker else None, "mmr": mmr, "calibration": calibration,
-           "chosen": ranker.manifest.get("chosen", {}).get("chosen") if ranker else None,
-           "source": answer.source, "degraded": answer.degraded, **bundle.versions}  # fmt: skip
+    out = _header(req, bundle, answer, ranker, mmr, calibration)
     if not batch.model:  # a cold start or a fallback: nothing was ranked
         return out
     rows, scores = batch.candidates[0]
     before = answer.before or list(range(1, len(answer.creator_ids) + 1))
     at = np.asarray(before) - 1  # positions into the candidates
+    scored = _scored(rec, batch, ranker, len(rows))
+    out["items"] = _items(bundle, at, rows, scores, scored, req.features)
+    out |= {"candidates": len(rows), "explained": scored[2] is not None}
+    return out
+
+
+def _header(req: RankRequest, bundle, answer, ranker, mmr: float, calibration: float) -> dict:
+    """The response less its items: what it is when nothing was ranked (a cold start or a
+    fallback), the trade-offs as applied rather than as asked."""
+    return {"user_id": req.user_id, "items": [], "candidates": 0, "explained": False,
+            "ranker": ranker.name if ranker else None, "mmr": mmr, "calibration": calibration,
+            "chosen": ranker.manifest.get("chosen", {}).get("chosen") if ranker else None,
+            "source": answer.source, "degraded": answer.degraded, **bundle.versions}  # fmt: skip
+
+
+def _scored(rec, batch, ranker, n: int) -> tuple:
+    """(inputs, scores, shares) of the ranker over the fan's `n` candidates: all None where no
+    ranker ran, shares None where its trees are missing (nothing to explain it with)."""
     x = rank_scores = shares = None
     if ranker is not None and rec.rank.candidates > 0:
         x, _ = rank_inputs(batch, ranker.window)
@@ -112,20 +127,32 @@ def _explain(svc, req: RankRequest) -> dict:
         rank_scores = run({INPUT: x})[0]
         trees = _trees(str(ranker.folder)) if ranker.folder else None
         if trees is not None:
-            shares = ranking_ranker.contributions(trees, x[0, : len(rows)])
-    info = bundle.catalog
+            shares = ranking_ranker.contributions(trees, x[0, :n])
+    return x, rank_scores, shares
+
+
+def _items(bundle, at, rows, scores, scored: tuple, features: int) -> list[dict]:
+    """One item per creator of the answer, in the answer's order; `at` holds their positions
+    among the candidates (the towers' order), `scored` what _scored returned."""
+    x, rank_scores, shares = scored
+    info, items = bundle.catalog, []
     for place, (position, row) in enumerate(zip(at, rows[at], strict=True), start=1):
-        moved = []
-        if shares is not None and req.features:
-            top = np.argsort(-np.abs(shares[position]))[: req.features]
-            moved = [{"feature": FEATURES[f], "contribution": float(shares[position, f]),
-                      "value": float(x[0, position, f])} for f in top]  # fmt: skip
-        out["items"].append({
+        moved = _moved(x, shares, position, features)
+        items.append({
             "creator_id": str(bundle.index.creator_id[row]), "name": str(info["name"][row]),
             "category": str(info["category"][row]), "after": place, "before": int(position) + 1,
             "retrieval_score": float(scores[position]),
             "rank_score": None if rank_scores is None else float(rank_scores[position]),
             "moved_by": moved,
         })  # fmt: skip
-    out |= {"candidates": len(rows), "explained": shares is not None}
-    return out
+    return items
+
+
+def _moved(x, shares, position: int, features: int) -> list[dict]:
+    """The `features` features whose shares moved the candidate at `position` most, up or
+    down; none where nothing was explained or none were asked for."""
+    if shares is None or not features:
+        return []
+    top = np.argsort(-np.abs(shares[position]))[:features]
+    return [{"feature": FEATURES[f], "contribution": float(shares[position, f]),
+             "value": float(x[0, position, f])} for f in top]  # fmt: skip

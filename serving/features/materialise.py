@@ -51,11 +51,7 @@ def materialise(
     and return its manifest. The attribute arguments are the model's `user_attribute_buckets`
     and `max_user_attributes` data hyper-parameters."""
     data_dir, output = Path(data_dir), Path(output)
-    if attribute_buckets < 3 or attribute_width < 0:
-        raise FeatureStoreError(
-            f"attribute_buckets={attribute_buckets}, attribute_width={attribute_width}: buckets "
-            f"must be >= 3 (0 and 1 are reserved) and width >= 0; pass the model's values"
-        )
+    _check_hashing(attribute_buckets, attribute_width)
     source = _source(data_dir)
     staging = output.with_name(f".{output.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -63,24 +59,9 @@ def materialise(
     try:
         counts, history_len = _write_arrays(data_dir, staging, attribute_buckets, attribute_width)
         _reconcile(counts, source, data_dir)
-        files = checksums(staging)
-        # Content-addressed: the same dataset and hashing give the same version, so loading it
-        # into Redis twice writes it once.
-        identity = {"files": files, "buckets": attribute_buckets, "width": attribute_width}
-        version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        manifest = {
-            "kind": KIND,
-            "format": FORMAT,
-            "version": version[:16],
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "created_by": provenance(),
-            "source": source,
-            "attribute_buckets": attribute_buckets,
-            "attribute_width": attribute_width,
-            "history_len": history_len,
-            "counts": counts,
-            "files": files,
-        }
+        manifest = _manifest(
+            staging, source, counts, history_len, attribute_buckets, attribute_width
+        )
         write_json(staging / MANIFEST, manifest)
         publish_dir(staging, output)
     finally:
@@ -88,38 +69,46 @@ def materialise(
     return manifest
 
 
+def _check_hashing(attribute_buckets: int, attribute_width: int) -> None:
+    """Refuse attribute hashing no user tower can have, before anything is read or written."""
+    if attribute_buckets < 3 or attribute_width < 0:
+        raise FeatureStoreError(
+            f"attribute_buckets={attribute_buckets}, attribute_width={attribute_width}: buckets "
+            f"must be >= 3 (0 and 1 are reserved) and width >= 0; pass the model's values"
+        )
+
+
+def _manifest(
+    staging: Path, source: dict, counts: dict, history_len: int, buckets: int, width: int
+) -> dict:
+    """The manifest of the arrays written to `staging`, its version a hash of their content."""
+    files = checksums(staging)
+    # Content-addressed: the same dataset and hashing give the same version, so loading it
+    # into Redis twice writes it once.
+    identity = {"files": files, "buckets": buckets, "width": width}
+    version = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {
+        "kind": KIND,
+        "format": FORMAT,
+        "version": version[:16],
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_by": provenance(),
+        "source": source,
+        "attribute_buckets": buckets,
+        "attribute_width": width,
+        "history_len": history_len,
+        "counts": counts,
+        "files": files,
+    }
+
+
 def _source(data_dir: Path) -> dict:
     """The dataset's identity; refuses missing tables, missing columns and tables that differ
     from the dataset's manifest (changed after prepare, or half copied)."""
-    try:
-        m = data_manifest.load(data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise FeatureStoreError(
-            f"{e}; materialise reads what `python -m data prepare` wrote"
-        ) from e
+    m = _dataset_manifest(data_dir)
     files = {}
     for rel, columns in ((tables.USERS, USER_COLUMNS), (tables.TRAIN, PAIR_COLUMNS)):
-        path = data_dir / rel
-        if not path.exists():
-            raise FeatureStoreError(
-                f"{path} not found: {data_dir} is not a whole prepared dataset; re-run "
-                f"`python -m data prepare`"
-            )
-        try:
-            names = pq.read_schema(path).names
-        except (pa.ArrowException, OSError) as e:
-            raise FeatureStoreError(f"cannot read {path} ({e}); re-run prepare") from e
-        if missing := [c for c in columns if c not in names]:
-            raise FeatureStoreError(
-                f"{path} has no column(s) {missing}; columns are {names}; it was written by "
-                f"another version of prepare: re-run `python -m data prepare`"
-            )
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        if m["files"].get(rel) != files[rel]:
-            raise FeatureStoreError(
-                f"{path} differs from {data_dir / MANIFEST} (changed after prepare, or "
-                f"a half-copied dataset); re-run prepare or copy the dataset again"
-            )
+        files[rel] = _checked_table(data_dir, rel, columns, m)
     return {
         "path": str(data_dir.resolve()),
         "name": m.get("name"),
@@ -131,40 +120,100 @@ def _source(data_dir: Path) -> dict:
     }
 
 
+def _dataset_manifest(data_dir: Path) -> dict:
+    """The prepared dataset's manifest, or an error that says which command writes one."""
+    try:
+        return data_manifest.load(data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise FeatureStoreError(
+            f"{e}; materialise reads what `python -m data prepare` wrote"
+        ) from e
+
+
+def _checked_table(data_dir: Path, rel: str, columns: tuple, m: dict) -> dict:
+    """The identity (sha256, bytes) of one table, refused when it lacks a column materialise
+    reads or differs from what the dataset's manifest `m` recorded."""
+    path = data_dir / rel
+    names = _column_names(path, data_dir)
+    if missing := [c for c in columns if c not in names]:
+        raise FeatureStoreError(
+            f"{path} has no column(s) {missing}; columns are {names}; it was written by "
+            f"another version of prepare: re-run `python -m data prepare`"
+        )
+    identity = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if m["files"].get(rel) != identity:
+        raise FeatureStoreError(
+            f"{path} differs from {data_dir / MANIFEST} (changed after prepare, or "
+            f"a half-copied dataset); re-run prepare or copy the dataset again"
+        )
+    return identity
+
+
+def _column_names(path: Path, data_dir: Path) -> list[str]:
+    """A table's column names, read from its footer alone; refuses a missing or unreadable
+    table, which means the dataset was not prepared whole."""
+    if not path.exists():
+        raise FeatureStoreError(
+            f"{path} not found: {data_dir} is not a whole prepared dataset; re-run "
+            f"`python -m data prepare`"
+        )
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise FeatureStoreError(f"cannot read {path} ({e}); re-run prepare") from e
+
+
 def _write_arrays(data_dir: Path, out: Path, buckets: int, width: int) -> tuple[dict, int]:
     t = pq.read_table(data_dir / tables.USERS, columns=["user_id", "user_idx"])
     all_idx = t["user_idx"].to_numpy().astype(np.int64)
-    keep = np.flatnonzero(all_idx >= contract.FIRST_ID)  # <pad>/<unk> rows are nobody's
-    keep = keep[np.argsort(all_idx[keep], kind="stable")]
+    keep = _user_rows(all_idx, data_dir / tables.USERS)
     idx = all_idx[keep]
-    if len(idx) and (np.diff(idx) == 0).any():
-        dup = idx[1:][np.diff(idx) == 0][:3].tolist()
-        raise FeatureStoreError(
-            f"{data_dir / tables.USERS}: user_idx {dup} appear twice; re-run prepare"
-        )
     ids = t["user_id"].take(pa.array(keep)).to_pylist()
-    features = tables.UserFeatures.from_table(data_dir / tables.USERS, buckets, width)
-    arrays = {
-        "user_idx": idx,
-        "trained": features.trained[idx],
-        "history": features.history[idx],
-        "attributes": features.attributes[idx],
-    }
+    arrays = _user_arrays(data_dir / tables.USERS, idx, buckets, width)
     indptr, indices, pairs = _followed(data_dir / tables.TRAIN, idx)
     arrays |= {"followed_indptr": indptr, "followed_indices": indices}
     arrays |= _id_table(ids, data_dir / tables.USERS)
     for name in ARRAYS:
         save_npy(out / f"{name}.npy", arrays[name])
-    counts = {
-        "users_in": t.num_rows,
+    counts = _counts(t.num_rows, all_idx, arrays, pairs)
+    return counts, int(arrays["history"].shape[1])
+
+
+def _user_rows(all_idx: np.ndarray, path: Path) -> np.ndarray:
+    """Positions of the users table's real users, in user_idx order; refuses a user_idx given
+    twice, which would make the store's rows ambiguous."""
+    keep = np.flatnonzero(all_idx >= contract.FIRST_ID)  # <pad>/<unk> rows are nobody's
+    keep = keep[np.argsort(all_idx[keep], kind="stable")]
+    idx = all_idx[keep]
+    if len(idx) and (np.diff(idx) == 0).any():
+        dup = idx[1:][np.diff(idx) == 0][:3].tolist()
+        raise FeatureStoreError(f"{path}: user_idx {dup} appear twice; re-run prepare")
+    return keep
+
+
+def _user_arrays(path: Path, idx: np.ndarray, buckets: int, width: int) -> dict[str, np.ndarray]:
+    """The per-user arrays, taken from data.tables.UserFeatures so they match what training
+    read, one row per user_idx in `idx`."""
+    features = tables.UserFeatures.from_table(path, buckets, width)
+    return {
+        "user_idx": idx,
+        "trained": features.trained[idx],
+        "history": features.history[idx],
+        "attributes": features.attributes[idx],
+    }
+
+
+def _counts(users_in: int, all_idx: np.ndarray, arrays: dict, pairs: dict) -> dict:
+    """What was read and written, for the manifest and for _reconcile to check."""
+    return {
+        "users_in": users_in,
         "reserved_rows": int((all_idx < contract.FIRST_ID).sum()),
-        "users": len(idx),
+        "users": len(arrays["user_idx"]),
         "trained_users": int(arrays["trained"].sum()),
         "train_pairs": pairs["rows"],
         "distinct_train_pairs": pairs["distinct"],
-        "followed_pairs": int(indptr[-1]),
+        "followed_pairs": int(arrays["followed_indptr"][-1]),
     }
-    return counts, int(arrays["history"].shape[1])
 
 
 def _followed(path: Path, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
