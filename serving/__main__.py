@@ -30,37 +30,63 @@ def _config_parser(description: str) -> ArgumentParser:
 
 
 def _parser() -> ArgumentParser:
-    from serving.features.materialise import add_materialise_arguments
-    from serving.triton.server import add_triton_arguments
-
     parser = ArgumentParser(prog="python -m serving", description=__doc__, exit_on_error=False)
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subcommands(dest="command")
+    sub.add_subcommand(
+        "up", _up_parser(), help="feature store + user tower (Triton) + HTTP service"
+    )
+    sub.add_subcommand("down", _config_parser("stop a service started with up --detach"))
+    sub.add_subcommand("try", _try_parser())
+    sub.add_subcommand("materialise", _materialise_parser())
+    sub.add_subcommand("triton", _triton_parser())
+    sub.add_subcommand("repository", _repository_parser())
+    return parser
 
+
+def _up_parser() -> ArgumentParser:
+    """`up`: the serving config, and whether to run in the background."""
     u = _config_parser("feature store + user tower (Triton) + HTTP service")
     u.add_argument("--detach", action="store_true", help="run in the background; return when ready")
     u.add_argument("--wait", type=float, default=180.0, help="seconds to wait for ready (--detach)")
-    sub.add_subcommand("up", u, help="feature store + user tower (Triton) + HTTP service")
-    sub.add_subcommand("down", _config_parser("stop a service started with up --detach"))
+    return u
+
+
+def _try_parser() -> ArgumentParser:
+    """`try`: the serving config, and how many answers to show and send."""
     t = _config_parser("ask a running service for a few real users' recommendations")
     t.add_argument("--users", type=int, default=3, help="how many users with a history to show")
     t.add_argument("-k", type=int, default=5)
     t.add_argument("--traffic", type=int, default=0,
                    help="then this many more fans' /recommend (k 10), quietly: traffic for the "
                    "answer log the relevance monitor reads")  # fmt: skip
-    sub.add_subcommand("try", t)
+    return t
+
+
+def _materialise_parser() -> ArgumentParser:
+    """`materialise`: its arguments are serving.features.materialise's."""
+    from serving.features.materialise import add_materialise_arguments
 
     m = ArgumentParser(description="the online feature store from a prepared dataset")
     add_materialise_arguments(m)
-    sub.add_subcommand("materialise", m)
+    return m
+
+
+def _triton_parser() -> ArgumentParser:
+    """`triton`: its arguments are serving.triton.server's."""
+    from serving.triton.server import add_triton_arguments
+
     s = ArgumentParser(description="run a real Triton server")
     add_triton_arguments(s)
-    sub.add_subcommand("triton", s)
+    return s
+
+
+def _repository_parser() -> ArgumentParser:
+    """`repository`: the ONNX tower and where to write its repositories."""
     r = ArgumentParser(description="Triton model repositories (production, local) of an ONNX tower")
     r.add_argument("--onnx", required=True, help="a user tower, e.g. a version's user_tower.onnx")
     r.add_argument("--output", required=True, help="root of the repositories (replaced)")
-    sub.add_subcommand("repository", r)
-    return parser
+    return r
 
 
 def _service(command: str, args) -> int:

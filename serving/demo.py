@@ -35,6 +35,8 @@ def creator_names(data_dir: Path) -> dict[str, str]:
 
 
 def try_service(cfg: ServingConfig, users: int, k: int, traffic: int = 0) -> int:
+    """A few real fans' answers, the search examples and (with `traffic`) more fans' requests
+    from the service `cfg` describes; 1 when no service answers there."""
     from index import store
 
     url = f"http://{cfg.host}:{cfg.port}"
@@ -44,28 +46,41 @@ def try_service(cfg: ServingConfig, users: int, k: int, traffic: int = 0) -> int
     fans = [*sample_fans(data_dir, users), "a-fan-who-just-signed-up"]
     try:
         for fan in fans:
-            r = post(f"{url}/recommend", {"user_id": fan, "k": k})
-            flag = "cold start: popular creators" if r["cold_start"] else r["source"]
-            if r["degraded"]:
-                flag += f", degraded: {r['degraded']}"
-            print(f"{fan} ({flag}; {r['took_ms']:.1f} ms)")
-            for item in r["items"]:
-                name = names.get(item["creator_id"], "")
-                moved = f"  (towers #{item['before']})" if item.get("before") else ""
-                print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}{moved}")
+            r = _show_recommendations(url, fan, k, names)
         print(f"model {r['model_version'][:12]}, index {r['index_version']}")
         search_examples(url, fans[0], names)
         send_traffic(url, data_dir, traffic)
     except urllib.error.URLError as e:
         print(f"no service at {url}: {e}; start it with `python -m serving up --config ...`")
         return 1
+    _print_next_steps(url, cfg)
+    return 0
+
+
+def _show_recommendations(url: str, fan: str, k: int, names: dict[str, str]) -> dict:
+    """One fan's /recommend printed with creator names; returns the answer, whose versions
+    try_service prints once for all fans."""
+    r = post(f"{url}/recommend", {"user_id": fan, "k": k})
+    flag = "cold start: popular creators" if r["cold_start"] else r["source"]
+    if r["degraded"]:
+        flag += f", degraded: {r['degraded']}"
+    print(f"{fan} ({flag}; {r['took_ms']:.1f} ms)")
+    for item in r["items"]:
+        name = names.get(item["creator_id"], "")
+        moved = f"  (towers #{item['before']})" if item.get("before") else ""
+        print(f"    {item['score']:7.3f}  {item['creator_id']:<14} {name}{moved}")
+    return r
+
+
+def _print_next_steps(url: str, cfg: ServingConfig) -> None:
+    """Where to look next (the docs, the explorer when the config serves it) and how to stop
+    the service: the demo's last words."""
     explorer = f"\nThe relevance explorer: {url}/explorer" if "explorer" in cfg.rooms else ""
     print(
         f"{explorer}\nThe service is running. Point a browser at {url}/docs (OpenAPI: "
         f"{url}/openapi.json, metrics: {url}/metrics).\nStop it with `make stop` (or "
         f"`python -m serving down --config <config>`)."
     )
-    return 0
 
 
 def send_traffic(url: str, data_dir: Path, count: int, k: int = 10) -> None:

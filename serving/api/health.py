@@ -39,6 +39,23 @@ def readiness(svc) -> dict:
     """Each dependency's state, the checks as booleans, and what answers are degraded by."""
     rec = svc.recommender
     bundle = rec.bundle
+    deps = _dependencies(rec, bundle)
+    checks = {name: deps[name]["ok"] for name in ("index", "feature_store", "user_tower")}
+    out = {"ready": all(checks.values()), "checks": checks, "degraded": _degraded(deps, checks)}
+    warm = bundle is not None and svc.search_warm == bundle.index_version
+    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid(), "search_warm": warm,
+            "memory_lock": memory.status}  # fmt: skip
+    if bundle is not None:
+        out |= bundle.versions | {"encoder": bundle.encoder_name}
+    if rec.last_refresh_error:
+        out["last_refresh_error"] = rec.last_refresh_error
+    return out
+
+
+def _dependencies(rec, bundle) -> dict:
+    """Every dependency's state, keyed by name in the order the report lists them: the three
+    readiness checks first, then the supervised servers' statuses, the query encoder, the
+    ranker."""
     deps = {
         "index": {"ok": bundle is not None, **(bundle.versions if bundle else {})},
         "feature_store": {
@@ -49,27 +66,21 @@ def readiness(svc) -> dict:
     # each status read once: in a worker, Triton's is a file the parent writes
     health = {name: status() for name, status in rec.health.items()}
     deps |= {"user_tower": _tower(rec, bundle, health.get("triton")), **health}
-    checks = {name: deps[name]["ok"] for name in ("index", "feature_store", "user_tower")}
-    degraded = [reason for reason, on in (
+    deps["query_encoder"] = _query_encoder(rec, bundle)
+    deps["ranker"] = _ranker(rec, bundle)
+    return deps
+
+
+def _degraded(deps: dict, checks: dict) -> list[str]:
+    """What answers are degraded by, a reason per dependency that is down or whose model runs
+    in this process because its server does not answer (the report's `degraded`)."""
+    return [reason for reason, on in (
         ("feature_store_unavailable", not checks["feature_store"]),
         ("user_tower_in_process", checks["user_tower"] and not deps["user_tower"]["server_ok"]),
         ("user_tower_unavailable", not checks["user_tower"]),
+        ("query_encoder_in_process", not deps["query_encoder"]["server_ok"]),
+        ("ranker_in_process", not deps["ranker"]["server_ok"]),
     ) if on]  # fmt: skip
-    deps["query_encoder"] = _query_encoder(rec, bundle)
-    if not deps["query_encoder"]["server_ok"]:
-        degraded.append("query_encoder_in_process")
-    deps["ranker"] = _ranker(rec, bundle)
-    if not deps["ranker"]["server_ok"]:
-        degraded.append("ranker_in_process")
-    out = {"ready": all(checks.values()), "checks": checks, "degraded": degraded}
-    warm = bundle is not None and svc.search_warm == bundle.index_version
-    out |= {"dependencies": deps, "swaps": rec.swaps, "pid": os.getpid(), "search_warm": warm,
-            "memory_lock": memory.status}  # fmt: skip
-    if bundle is not None:
-        out |= bundle.versions | {"encoder": bundle.encoder_name}
-    if rec.last_refresh_error:
-        out["last_refresh_error"] = rec.last_refresh_error
-    return out
 
 
 def _tower(rec, bundle, server: dict | None) -> dict:

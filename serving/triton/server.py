@@ -229,6 +229,14 @@ class TritonServer:
             )
         env = triton_env(self._env_dir)
         self.control_key = secrets.token_urlsafe(24) if self.restrict_control else None
+        work, backends = self._prepare_work_dir(env)
+        self._launch_until_ready(env, backends, work)
+        return self
+
+    def _prepare_work_dir(self, env: Path) -> tuple[Path, Path]:
+        """The work folder (the given one, or a temporary one this server owns and removes)
+        and the backend folder prepared in it; a temporary one is removed again when that
+        fails."""
         work = self._work_dir or Path(tempfile.mkdtemp(prefix="towerline-triton-"))
         self._owned_work_dir = None if self._work_dir else work
         work.mkdir(parents=True, exist_ok=True)
@@ -237,6 +245,11 @@ class TritonServer:
         except BaseException:
             self._remove_work_dir()
             raise
+        return work, backends
+
+    def _launch_until_ready(self, env: Path, backends: Path, work: Path) -> None:
+        """Launch on the chosen ports and free ones for the rest, and wait until ready; tried
+        again (3 tries in all) only when a port this picked was taken meanwhile."""
         chosen = {k: v for k, v in self._ports.items() if v}
         for attempt in range(3):  # a picked port can be taken before the server binds it
             free = iter(free_ports(3))
@@ -244,7 +257,7 @@ class TritonServer:
             try:
                 self._launch(env, backends, work)
                 self._wait_ready()
-                return self
+                return
             except TritonStartError as e:
                 self.stop(_keep_work_dir=True)  # the error names the log: keep it
                 if len(chosen) == 3 or "already in use" not in str(e) or attempt == 2:
