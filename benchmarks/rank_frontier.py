@@ -118,7 +118,7 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True)
     p.add_argument("--run", required=True, type=Path, help="the towers' run folder or .ckpt")
@@ -126,23 +126,37 @@ def main() -> None:
     p.add_argument("--fit-fans", type=int, default=0, help="validation fans sampled (0 = all)")
     p.add_argument("--budget", type=float, default=0.02, help="NDCG@20 a trade-off may cost")
     p.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench" / "rank_frontier")
-    a = p.parse_args()
-    started = time.perf_counter()
-    dm = TowerDataModule(str(REPO / "artifacts" / "data" / a.dataset))
+    return p.parse_args()
+
+
+def towers(dataset: str, run: Path):
+    """The dataset, the trained towers (a scorer over every creator), their creator vectors
+    and the training window the features read."""
+    dm = TowerDataModule(str(REPO / "artifacts" / "data" / dataset))
     dm.setup()
-    trained = checkpoint.load(a.run)
+    trained = checkpoint.load(run)
     users, creators = dm.users.to("cpu"), dm.creators.to("cpu")
     vectors = encode_all_creators(trained.model, creators)
     scorer = TowerScorer(trained.model, users, vectors)
-    vectors = vectors.numpy()
-    window = Window.from_dataset(dm.data_dir)
+    return dm, trained, scorer, vectors.numpy(), Window.from_dataset(dm.data_dir)
+
+
+def split_fans(dm, fit_fans: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation fans (a seeded sample of `fit_fans`, 0 = all) split 80/20: the ranker's
+    fans and the trade-off fans."""
     rng = np.random.default_rng(2)
     fans = np.flatnonzero(dm.validation.lengths() > 0)
-    if a.fit_fans and a.fit_fans < len(fans):
-        fans = np.sort(rng.choice(fans, a.fit_fans, replace=False))
+    if fit_fans and fit_fans < len(fans):
+        fans = np.sort(rng.choice(fans, fit_fans, replace=False))
     fans = rng.permutation(fans)
     cut = int(0.8 * len(fans))
-    fit_fans, trade_fans = np.sort(fans[:cut]), np.sort(fans[cut:])
+    return np.sort(fans[:cut]), np.sort(fans[cut:])
+
+
+def on_validation(a, dm, scorer, vectors, window):
+    """The ranker fit on its validation fans, every λ swept on the trade-off fans and each
+    method's λ chosen within the budget: (fitted, validation sweep, chosen λ per method)."""
+    fit_fans, trade_fans = split_fans(dm, a.fit_fans)
     found, x = candidates(scorer, dm.train, fit_fans, a.candidates, window)
     fitted = ranker.fit(x, labels(found, dm.validation, fit_fans))
     print(f"ranker: {fitted.info['chosen']} ({fitted.info['stop_ndcg@20']:.4f} on its stop fans)")
@@ -151,26 +165,44 @@ def main() -> None:
     validation = sweep(lists, dm.validation, dm.popularity)
     chosen = {m: choose(validation[m], a.budget) for m in METHODS}
     print(f"chosen on {len(trade_fans)} validation fans: {chosen}", flush=True)
+    return fitted, validation, chosen
+
+
+def on_test(a, dm, scorer, vectors, window, fitted) -> dict:
+    """Every λ on the test fans, the features reading every pair known before test."""
     test_fans = np.flatnonzero(dm.test.lengths() > 0)
     known = Window.from_dataset(dm.data_dir, window.catalog, (tables.TRAIN, tables.VALIDATION))
     found, x = candidates(scorer, dm.known, test_fans, a.candidates, known)
     lists = Lists(test_fans, *ranked(fitted, found, x), vectors, known)
+    return sweep(lists, dm.test, dm.popularity)
+
+
+def print_table(result: dict) -> None:
+    head = f"| method | λ | NDCG@{K} | recall@{K} | ILD | calibration KL | coverage |"
+    print(head + "\n|" + " --- |" * 7)
+    for m in METHODS:
+        for q in result["test"][m]:
+            mark = " (chosen)" if q["lambda"] == result["chosen"][m] else ""
+            print(f"| {m} | {q['lambda']:g}{mark} | {q[f'ndcg@{K}']:.4f} | {q[f'recall@{K}']:.4f} "
+                  f"| {q['intra_list_diversity']:.4f} | {q['calibration_kl']:.4f} "
+                  f"| {q['coverage']:.4f} |")  # fmt: skip
+
+
+def main() -> None:
+    a = parse_args()
+    started = time.perf_counter()
+    dm, trained, scorer, vectors, window = towers(a.dataset, a.run)
+    fitted, validation, chosen = on_validation(a, dm, scorer, vectors, window)
     result = {"dataset": a.dataset, "checkpoint": str(trained.path), "budget": a.budget,
               "candidates": a.candidates, "ranker": fitted.info["chosen"], "chosen": chosen,
-              "validation": validation, "test": sweep(lists, dm.test, dm.popularity),
+              "validation": validation,
+              "test": on_test(a, dm, scorer, vectors, window, fitted),
               "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     out = a.out / a.dataset
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "frontier.png")
-    head = f"| method | λ | NDCG@{K} | recall@{K} | ILD | calibration KL | coverage |"
-    print(head + "\n|" + " --- |" * 7)
-    for m in METHODS:
-        for q in result["test"][m]:
-            mark = " (chosen)" if q["lambda"] == chosen[m] else ""
-            print(f"| {m} | {q['lambda']:g}{mark} | {q[f'ndcg@{K}']:.4f} | {q[f'recall@{K}']:.4f} "
-                  f"| {q['intra_list_diversity']:.4f} | {q['calibration_kl']:.4f} "
-                  f"| {q['coverage']:.4f} |")  # fmt: skip
+    print_table(result)
     print(f"wrote {out / 'frontier.json'} and frontier.png")
 
 
