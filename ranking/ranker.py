@@ -60,14 +60,39 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print, names=FEATURES) 
     with its folds' mean number of trees. x [B, N, F] features, y [B, N] labels (0/1).
     `names`: the columns of x; a benchmark trying added columns names them (the served graph
     takes FEATURES)."""
+    fans = _shuffled_fans(y, seed)
+    folds = _folds(fans)
+    towers = float(np.mean([list_ndcg(y[held], CUTOFF) for held in folds]))
+    score, params, trees, scores = _best_setting(x, y, folds, towers, seed, log, names)
+    info = {"fit_fans": len(fans), "stop_fans": len(fans), "folds": FOLDS, **params,
+            "trees": trees, f"stop_ndcg@{CUTOFF}": score, f"fold_ndcg@{CUTOFF}": scores,
+            f"stop_ndcg@{CUTOFF}_retrieval": towers, "chosen": "lambdarank"}  # fmt: skip
+    if score <= towers:  # the trees do not beat the order they were given: keep it
+        info["chosen"] = "retrieval order"
+        return Fitted(None, info)
+    booster = _refit(x, y, fans, params, seed, trees, names)
+    info["importance_gain"] = dict(
+        zip(names, booster.feature_importance("gain").tolist(), strict=True)
+    )
+    return Fitted(booster, info)
+
+
+def _shuffled_fans(y: np.ndarray, seed: int) -> np.ndarray:
+    """The fans with a positive among their candidates, in the seeded order the folds are cut
+    from; fewer than 10 are refused with what to change."""
     fans = np.random.default_rng(seed).permutation(np.flatnonzero(y.any(1)))
     if len(fans) < 10:
         raise ValueError(
             f"{len(fans)} fans have a validation creator among their candidates; the ranker "
             f"needs at least 10 (carve a larger validation split, or raise the candidates N)"
         )
-    folds = _folds(fans)
-    towers = float(np.mean([list_ndcg(y[held], CUTOFF) for held in folds]))
+    return fans
+
+
+def _best_setting(x, y, folds, towers: float, seed: int, log, names):
+    """(mean held-out NDCG, params, trees, per-fold NDCGs) of the GRID setting that scores
+    best across `folds` (the first on a tie); each is logged beside the retrieval order's
+    `towers` NDCG so a run shows how far the trees got."""
     best = None
     for params in GRID:
         scores, trees = _cross_validate(x, y, folds, params, seed, names)
@@ -76,21 +101,17 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, log=print, names=FEATURES) 
             f"{towers:.4f})")  # fmt: skip
         if best is None or np.mean(scores) > best[0]:
             best = (float(np.mean(scores)), params, trees, scores)
-    score, params, trees, scores = best
-    info = {"fit_fans": len(fans), "stop_fans": len(fans), "folds": FOLDS, **params,
-            "trees": trees, f"stop_ndcg@{CUTOFF}": score, f"fold_ndcg@{CUTOFF}": scores,
-            f"stop_ndcg@{CUTOFF}_retrieval": towers, "chosen": "lambdarank"}  # fmt: skip
-    if score <= towers:  # the trees do not beat the order they were given: keep it
-        info["chosen"] = "retrieval order"
-        return Fitted(None, info)
+    return best
+
+
+def _refit(x, y, fans: np.ndarray, params: dict, seed: int, trees: int, names):
+    """The chosen setting fit on every fan with `trees` trees (its folds' mean), no early
+    stopping: no fan is left over to stop on."""
     model = lambdarank(params, seed, trees)
     n, f = x.shape[1], x.shape[2]
     model.fit(x[fans].reshape(-1, f), y[fans].ravel().astype(np.int32), group=[n] * len(fans),
               feature_name=list(names))  # fmt: skip
-    info["importance_gain"] = dict(
-        zip(names, model.booster_.feature_importance("gain").tolist(), strict=True)
-    )
-    return Fitted(model.booster_, info)
+    return model.booster_
 
 
 def _folds(fans: np.ndarray) -> list[np.ndarray]:

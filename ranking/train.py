@@ -122,12 +122,7 @@ def fit_als(x, cfg: RankingConfig) -> Als | None:
 def run(cfg: RankingConfig) -> dict:
     """Train, export and save the ranker of the configured index version; its manifest."""
     index = index_store.load(Path(cfg.index), version=cfg.version)
-    data_dir = Path(index.manifest["catalog"]["data_dir"])
-    if not (data_dir / tables.VALIDATION).exists():
-        raise MissingInputError(
-            f"{data_dir} has no {tables.VALIDATION}: the ranker learns from validation pairs; "
-            f"prepare the dataset with split.validation_fraction > 0"
-        )
+    data_dir = _validation_data_dir(index)
     started = time.perf_counter()
     window = Window.from_dataset(data_dir, recent_days=cfg.recent_days)
     window.als = fit_als(window.x, cfg)
@@ -136,7 +131,30 @@ def run(cfg: RankingConfig) -> dict:
              100 * y.any(1).mean(), cfg.candidates)  # fmt: skip
     fitted = ranker.fit(x, y, cfg.seed, log=log.info)
     model = ranker.passthrough() if fitted.booster is None else ranker.to_onnx(fitted.booster)
-    manifest = {
+    manifest = _manifest(cfg, index, data_dir, window, fans, fitted, started)
+    trees = None if fitted.booster is None else fitted.booster.model_to_string()
+    folder = store.save(cfg.store, index.version, model, manifest, trees, window.als)
+    log.info("ranker for %s (%s) in %s", index.version, fitted.info["chosen"], folder)
+    return {**manifest, "folder": str(folder)}
+
+
+def _validation_data_dir(index) -> Path:
+    """The version's dataset folder, refused up front when it has no validation pairs (the
+    labels), before any feature or ALS work is spent on it."""
+    data_dir = Path(index.manifest["catalog"]["data_dir"])
+    if not (data_dir / tables.VALIDATION).exists():
+        raise MissingInputError(
+            f"{data_dir} has no {tables.VALIDATION}: the ranker learns from validation pairs; "
+            f"prepare the dataset with split.validation_fraction > 0"
+        )
+    return data_dir
+
+
+def _manifest(cfg: RankingConfig, index, data_dir: Path, window: Window, fans: int,
+              fitted: ranker.Fitted, started: float) -> dict:  # fmt: skip
+    """What the saved ranker was made from and what validation chose; `seconds` runs from
+    `started` to now, so it covers the examples, the fit and the export."""
+    return {
         "index_version": index.version,
         "model_version": index.manifest["model"]["version"],
         "data_dir": str(data_dir),
@@ -149,7 +167,3 @@ def run(cfg: RankingConfig) -> dict:
         "als": {"iterations": cfg.als_iterations, "seed": cfg.seed} if window.als else None,
         "created_by": provenance("lightgbm", "onnxmltools", "onnx", "onnxruntime", "implicit"),
     }
-    trees = None if fitted.booster is None else fitted.booster.model_to_string()
-    folder = store.save(cfg.store, index.version, model, manifest, trees, window.als)
-    log.info("ranker for %s (%s) in %s", index.version, fitted.info["chosen"], folder)
-    return {**manifest, "folder": str(folder)}
