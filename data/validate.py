@@ -117,6 +117,19 @@ def validate(
     _require_columns(data, fields, table)
     rej = _Rejections(data.num_rows)
     raw_columns = {f.name: contiguous(data.column(f.name)) for f in fields}
+    typed, index = _check_fields(
+        raw_columns, fields, rej, now_ms, timestamps_required, vocab, closed
+    )
+    accepted = _accepted_table(data, fields, target, typed, index)
+    accepted = accepted.filter(pa.array(rej.ok))
+    return Result(accepted, _quarantine_rows(data, raw_columns, fields, rej, table))
+
+
+def _check_fields(raw_columns, fields, rej: _Rejections, now_ms: int, timestamps_required: bool,
+                  vocab: dict | None, closed: tuple[str, ...]) -> tuple[dict, dict]:  # fmt: skip
+    """Parse and check each field, marking bad rows in `rej`: the typed columns by name, and
+    the vocabulary index of each id field that has a vocabulary (ids found there skip the id
+    pattern check)."""
     typed, index = {}, {}
     for i, f in enumerate(fields):
         required = f.required and not (f.kind == "timestamp" and not timestamps_required)
@@ -128,7 +141,12 @@ def validate(
             typed[f.name] = col
         else:
             typed[f.name] = _check_field(raw_columns[f.name], f, i, rej, required, now_ms)
+    return typed, index
 
+
+def _accepted_table(data: pa.Table, fields, target: pa.Schema, typed: dict, index: dict):
+    """Every row of the checked columns in the target schema, then `_<field>_idx` per looked-up
+    id field, then the bookkeeping columns the input carried (source row, split)."""
     extra = [c for c in (schema.SOURCE_ROW_COLUMN, schema.SPLIT_COLUMN) if c in data.column_names]
     # Event types stay dictionary-encoded (their codes are what prepare needs); cast() decodes
     # them for a caller that wants plain strings.
@@ -140,9 +158,7 @@ def validate(
     for name, idx in index.items():
         columns.append(pa.array(idx))
         names.append(f"_{name}_idx")
-    accepted = pa.table(columns + [data.column(c) for c in extra], names=names + extra)
-    accepted = accepted.filter(pa.array(rej.ok))
-    return Result(accepted, _quarantine_rows(data, raw_columns, fields, rej, table))
+    return pa.table(columns + [data.column(c) for c in extra], names=names + extra)
 
 
 def _lookup_id(col, i: int, rej: _Rejections, vocab, closed: bool) -> np.ndarray:

@@ -245,13 +245,7 @@ def creator_figures(old: Side, new: Side, cfg, seed: int) -> tuple[dict, dict]:
     """Shift, neighbour overlap and the two-sample test over the creators both versions hold."""
     ids, io, jn = np.intersect1d(old.creator_id, new.creator_id, return_indices=True)
     o, n = old.xb[io], new.xb[jn]
-    figures = {
-        "creators_joined": len(ids),
-        "creators_only_old": len(old.creator_id) - len(ids),
-        "creators_only_new": len(new.creator_id) - len(ids),
-        "dim_old": int(old.xb.shape[1]),
-        "dim_new": int(new.xb.shape[1]),
-    }
+    figures = _coverage(old, new, len(ids))
     if len(ids) < 2:
         log.warning("only %d creators in both versions: no creator drift figures", len(ids))
         return figures, {}
@@ -259,21 +253,55 @@ def creator_figures(old: Side, new: Side, cfg, seed: int) -> tuple[dict, dict]:
     shift = cosine_shift(aligned, n)
     raw = cosine_shift(o, n) if o.shape[1] == n.shape[1] else None
     rng = np.random.default_rng(seed)
-    near, k = neighbour_overlap(o, n, _sample(rng, len(ids), cfg.creators), cfg.k)
-    pick = _sample(rng, len(ids), cfg.two_sample_creators)
-    unit = aligned[pick] / np.maximum(np.linalg.norm(aligned[pick], axis=1, keepdims=True), 1e-12)
-    c2st, null_se, held_out = two_sample_auc(unit, n[pick], seed)
+    near, neighbour = _neighbour_figures(o, n, rng, cfg)
+    two_sample, held_out = _two_sample_figures(aligned, n, rng, cfg, seed)
     figures |= {
         "cosine_shift": float(shift.mean()),
         "cosine_shift_unaligned": float(raw.mean()) if raw is not None else None,
+        **neighbour,
+        **two_sample,
+    }
+    return figures, {"shift": shift, "shift_unaligned": raw, "neighbours": near, **held_out}
+
+
+def _coverage(old: Side, new: Side, joined: int) -> dict:
+    """Creators held by both versions, by one only, and the two widths: the figures reported
+    even when too few creators are shared to measure drift."""
+    return {
+        "creators_joined": joined,
+        "creators_only_old": len(old.creator_id) - joined,
+        "creators_only_new": len(new.creator_id) - joined,
+        "dim_old": int(old.xb.shape[1]),
+        "dim_new": int(new.xb.shape[1]),
+    }
+
+
+def _neighbour_figures(o: np.ndarray, n: np.ndarray, rng: np.random.Generator, cfg):
+    """Per-creator neighbour overlap of a seeded sample of the joined creators, and its
+    figures. It draws from `rng` before the two-sample pick does: a seed's samples depend on
+    that order."""
+    near, k = neighbour_overlap(o, n, _sample(rng, len(o), cfg.creators), cfg.k)
+    figures = {
         "neighbour_overlap": float(near.mean()),
         "neighbour_sample": len(near),
         "neighbour_k": k,
+    }
+    return near, figures
+
+
+def _two_sample_figures(aligned, n, rng: np.random.Generator, cfg, seed: int) -> tuple[dict, dict]:
+    """The two-sample test on a seeded sample of the joined creators (the aligned old
+    vectors, back at unit length, against the new): its figures, and the held-out scores the
+    report plots."""
+    pick = _sample(rng, len(aligned), cfg.two_sample_creators)
+    unit = aligned[pick] / np.maximum(np.linalg.norm(aligned[pick], axis=1, keepdims=True), 1e-12)
+    c2st, null_se, held_out = two_sample_auc(unit, n[pick], seed)
+    figures = {
         "two_sample_auc": c2st,
         "two_sample_null_se": null_se,
         "two_sample_creators": len(pick),
     }
-    return figures, {"shift": shift, "shift_unaligned": raw, "neighbours": near, **held_out}
+    return figures, held_out
 
 
 def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray:

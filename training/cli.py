@@ -60,40 +60,14 @@ class SaveConfigBesideCheckpoints(SaveConfigCallback):
 
 class TowerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        # the towers' vocabulary sizes and input widths are the prepared dataset's
-        for name in ("num_users", "num_creators", "num_categories", "num_tags", "text_dim"):
-            parser.link_arguments(f"data.{name}", f"model.tower.{name}", apply_on="instantiate")
-        parser.link_arguments(
-            "data.user_attribute_buckets", "model.tower.attribute_buckets", apply_on="parse"
-        )
+        _link_dataset_to_towers(parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="evaluate the kept checkpoint on test once the fit ends; a sweep turns it off "
                  "and tests only the setting validation chose (`python -m training test`)",
         )  # fmt: skip
-        parser.set_defaults(
-            {
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch{epoch:03d}-step{step}",
-                "checkpoint.auto_insert_metric_name": False,
-                "checkpoint.monitor": f"val/{SELECTION_METRIC}",
-                "checkpoint.mode": "max",
-                "checkpoint.save_top_k": 1,
-                "trainer.precision": default_precision(),
-                "trainer.num_sanity_val_steps": 0,
-                "trainer.reload_dataloaders_every_n_epochs": 1,  # reshuffle shards each epoch
-                "trainer.default_root_dir": "artifacts/runs",
-                "trainer.logger": {
-                    "class_path": "pytorch_lightning.loggers.WandbLogger",
-                    "init_args": {
-                        "project": "towerline",
-                        "save_dir": "artifacts/runs",
-                        "offline": True,
-                    },
-                },
-            }
-        )
+        parser.set_defaults({**_checkpoint_defaults(), **_trainer_defaults()})
 
     def before_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
@@ -122,6 +96,48 @@ class TowerCLI(LightningCLI):
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None and callback.monitor else ""
         self.trainer.test(self.model, datamodule=dm, ckpt_path=best or None, verbose=False)
+
+
+def _link_dataset_to_towers(parser) -> None:
+    """Link the data module's sizes and attribute buckets into the towers' options, so a
+    config never states them twice."""
+    # the towers' vocabulary sizes and input widths are the prepared dataset's
+    for name in ("num_users", "num_creators", "num_categories", "num_tags", "text_dim"):
+        parser.link_arguments(f"data.{name}", f"model.tower.{name}", apply_on="instantiate")
+    parser.link_arguments(
+        "data.user_attribute_buckets", "model.tower.attribute_buckets", apply_on="parse"
+    )
+
+
+def _checkpoint_defaults() -> dict:
+    """`last.ckpt` for resuming, and the one best epoch by the validation selection metric."""
+    return {
+        "checkpoint.save_last": True,
+        "checkpoint.filename": "epoch{epoch:03d}-step{step}",
+        "checkpoint.auto_insert_metric_name": False,
+        "checkpoint.monitor": f"val/{SELECTION_METRIC}",
+        "checkpoint.mode": "max",
+        "checkpoint.save_top_k": 1,
+    }
+
+
+def _trainer_defaults() -> dict:
+    """Precision for this machine (probed when the parser is built, not at import), fresh
+    shard order each epoch, and an offline W&B logger under artifacts/runs."""
+    return {
+        "trainer.precision": default_precision(),
+        "trainer.num_sanity_val_steps": 0,
+        "trainer.reload_dataloaders_every_n_epochs": 1,  # reshuffle shards each epoch
+        "trainer.default_root_dir": "artifacts/runs",
+        "trainer.logger": {
+            "class_path": "pytorch_lightning.loggers.WandbLogger",
+            "init_args": {
+                "project": "towerline",
+                "save_dir": "artifacts/runs",
+                "offline": True,
+            },
+        },
+    }
 
 
 def finish_wandb() -> None:
