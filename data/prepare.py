@@ -42,7 +42,7 @@ from data.schema import (
 )
 from data.shards import SHARD_PATTERN, records_per_shard, write_shard
 from data.text import write_text_features
-from data.validate import contiguous, rejects_table, validate
+from data.validate import as_quarantine, contiguous, rejects_table, validate
 from data.vocab import Vocab
 
 VOCABS = ("users", "creators", "categories", "tags")
@@ -162,7 +162,7 @@ class _Job:
         first = pa.array(first_occurrence(accepted.column(key)))
         dupes = accepted.filter(pc.invert(first))
         if len(dupes):
-            self._quarantine(_as_quarantine(dupes, table, "duplicate", f"{key} seen earlier"))
+            self._quarantine(as_quarantine(dupes, table, "duplicate", f"{key} seen earlier"))
         accepted = accepted.filter(first)
         self.counts[f"{table}_accepted"] += len(accepted)
         return accepted
@@ -181,39 +181,45 @@ class _Job:
         self.bucket_spill = records.Spill(self._spill_dir("buckets"), records.EVENTS, cfg.buckets)
         self.time_sample: list[np.ndarray] = []
         stride = max(1, (self.source.estimated_rows or 0) // 4_000_000)
-        bar = tqdm(
-            total=self.source.estimated_rows,
-            unit="ev",
-            unit_scale=True,
-            desc="validate+encode",
-            disable=not self.progress,
-        )
+        bar = tqdm(total=self.source.estimated_rows, unit="ev", unit_scale=True,
+                   desc="validate+encode", disable=not self.progress)  # fmt: skip
         for batch in records.chunks(self.source.interactions(), cfg.chunk_rows):
-            self._source_rejects()
-            self.counts["interactions_in"] += batch.num_rows
-            result = validate(
-                batch,
-                "interactions",
-                now_ms=self.now_ms,
-                timestamps_required=self.source.has_timestamps,
-                vocab={"user_id": self.vocab["users"], "creator_id": self.vocab["creators"]},
-                closed=("creator_id",) if self.creators is not None else (),  # catalog given
-            )
-            self._quarantine(result.quarantined)
-            spill = self._encode(result.accepted)
+            spill = self._encode(self._accepted_rows(batch))
             pos_ts = spill.column("ts").to_numpy()[self.is_positive[spill.column("event")]]
             self.time_sample.append(pos_ts[::stride].copy())
-            # uint16 keys make numpy's stable argsort a linear-time radix sort.
-            bucket = (spill.column("user").to_numpy() % cfg.buckets).astype(np.uint16)
-            order = np.argsort(bucket, kind="stable")
-            bounds = np.searchsorted(bucket[order], np.arange(cfg.buckets + 1))
-            ordered = spill.take(pa.array(order))
-            for b in range(cfg.buckets):
-                if bounds[b + 1] > bounds[b]:
-                    self.bucket_spill.write(b, ordered.slice(bounds[b], bounds[b + 1] - bounds[b]))
+            self._spill_by_bucket(spill)
             bar.update(batch.num_rows)
         bar.close()
         self._source_rejects()
+
+    def _accepted_rows(self, batch: pa.Table) -> pa.Table:
+        """A chunk of raw interactions validated: the rows that fail quarantined with their
+        reason (after any the source itself rejected so far), the rest returned."""
+        self._source_rejects()
+        self.counts["interactions_in"] += batch.num_rows
+        result = validate(
+            batch,
+            "interactions",
+            now_ms=self.now_ms,
+            timestamps_required=self.source.has_timestamps,
+            vocab={"user_id": self.vocab["users"], "creator_id": self.vocab["creators"]},
+            closed=("creator_id",) if self.creators is not None else (),  # catalog given
+        )
+        self._quarantine(result.quarantined)
+        return result.accepted
+
+    def _spill_by_bucket(self, spill: pa.RecordBatch) -> None:
+        """Each event to its user's bucket (user mod buckets): the second pass reads a bucket
+        at a time, every event of a user together."""
+        buckets = self.cfg.buckets
+        # uint16 keys make numpy's stable argsort a linear-time radix sort.
+        bucket = (spill.column("user").to_numpy() % buckets).astype(np.uint16)
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+        ordered = spill.take(pa.array(order))
+        for b in range(buckets):
+            if bounds[b + 1] > bounds[b]:
+                self.bucket_spill.write(b, ordered.slice(bounds[b], bounds[b + 1] - bounds[b]))
 
     def _encode(self, accepted: pa.Table) -> pa.RecordBatch:
         user = self.vocab["users"].assign(
@@ -253,34 +259,40 @@ class _Job:
         example_schema = records.example_schema(cfg.features.history_length)
         self.shard_spill = records.Spill(self._spill_dir("shards"), example_schema, n_shards)
         self.shard_counts = np.zeros(n_shards, dtype=np.int64)
+        self._start_tallies()
+        out = {name: ParquetAppender(self.dir / name, records.PAIRS)
+               for name in (tables.TRAIN, tables.TEST, tables.VALIDATION)}  # fmt: skip
+        offset = 0
+        for b in tqdm(range(cfg.buckets), desc="split+features", disable=not self.progress):
+            train, validation, test, examples = self._bucket(b)
+            for name, pairs in ((tables.TRAIN, train), (tables.TEST, test),
+                                (tables.VALIDATION, validation)):  # fmt: skip
+                out[name].write(records.pairs_table(pairs))
+            self._deal(examples, offset, example_schema)
+            offset += len(examples["user"])
+        for appender in out.values():
+            appender.close()
+
+    def _start_tallies(self) -> None:
+        """Zeroed per-user and per-creator figures that each bucket adds to (_tally)."""
         n_users = len(self.vocab["users"])
-        self.user_history = np.zeros((n_users, cfg.features.user_history), np.int32)  # [U, N]
+        self.user_history = np.zeros((n_users, self.cfg.features.user_history), np.int32)
         self.user_train = np.zeros(n_users, dtype=np.int32)
         self.user_test = np.zeros(n_users, dtype=np.int32)
         self.user_validation = np.zeros(n_users, dtype=np.int32)
         self.creator_train = np.zeros(len(self.vocab["creators"]), dtype=np.int64)
-        train_out = ParquetAppender(self.dir / tables.TRAIN, records.PAIRS)
-        test_out = ParquetAppender(self.dir / tables.TEST, records.PAIRS)
-        validation_out = ParquetAppender(self.dir / tables.VALIDATION, records.PAIRS)
-        offset = 0
-        for b in tqdm(range(cfg.buckets), desc="split+features", disable=not self.progress):
-            train, validation, test, examples = self._bucket(b)
-            train_out.write(records.pairs_table(train))
-            test_out.write(records.pairs_table(test))
-            validation_out.write(records.pairs_table(validation))
-            n = len(examples["user"])
-            # Dealt round-robin in (user, time) order, so each user's examples spread over all
-            # shards; every shard is shuffled as a whole when it is written.
-            for s in range(n_shards):
-                take = slice((s - offset) % n_shards, None, n_shards)
-                count = len(range(n)[take])
-                if count:
-                    self.shard_spill.write(s, records.example_batch(examples, take, example_schema))
-                    self.shard_counts[s] += count
-            offset += n
-        train_out.close()
-        test_out.close()
-        validation_out.close()
+
+    def _deal(self, examples: dict, offset: int, example_schema: pa.Schema) -> None:
+        """A bucket's training examples to the shard spills. Dealt round-robin in (user, time)
+        order, so each user's examples spread over all shards; every shard is shuffled as a
+        whole when it is written. `offset`: examples dealt before this bucket."""
+        n, n_shards = len(examples["user"]), self.cfg.shards.num_shards
+        for s in range(n_shards):
+            take = slice((s - offset) % n_shards, None, n_shards)
+            count = len(range(n)[take])
+            if count:
+                self.shard_spill.write(s, records.example_batch(examples, take, example_schema))
+                self.shard_counts[s] += count
 
     def _bucket(self, b: int):
         cfg = self.cfg
@@ -413,7 +425,7 @@ class _Job:
             }
         )
         details = [f"duplicate of source row {r}" for r in first_row[idx]]
-        return _as_quarantine(raw, "interactions", "duplicate", details)
+        return as_quarantine(raw, "interactions", "duplicate", details)
 
     # -- pass 3: shards and tables ------------------------------------------------------------
 
@@ -568,25 +580,6 @@ def _align(table: pa.Table, meta: pa.Table, index: np.ndarray, key: str) -> pa.T
     for name in rows.column_names:
         table = table.append_column(name, rows.column(name))
     return table
-
-
-def _as_quarantine(rows: pa.Table, table: str, reason: str, detail) -> pa.Table:
-    from data.sources.base import raw_to_text
-
-    n = rows.num_rows
-    details = detail if isinstance(detail, list) else [detail] * n
-    src = rows.column(SOURCE_ROW_COLUMN).to_pylist()
-    fields = rows.drop_columns([SOURCE_ROW_COLUMN]).to_pylist()
-    return pa.table(
-        {
-            "table": pa.array([table] * n, pa.string()),
-            "source_row": pa.array(src, pa.int64()),
-            "reason": pa.array([reason] * n, pa.string()),
-            "detail": pa.array(details, pa.string()),
-            "raw": pa.array([raw_to_text(r) for r in fields], pa.string()),
-        },
-        schema=QUARANTINE,
-    )
 
 
 def _reference_ms(reference: str | None) -> int:

@@ -361,6 +361,25 @@ def rejects_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema.QUARANTINE)
 
 
+def as_quarantine(rows: pa.Table, table: str, reason: str, detail) -> pa.Table:
+    """Rows a later check rejects (a duplicate seen after validation) as a quarantine table:
+    `rows` carry their source row, `detail` is one text for all or one per row."""
+    n = rows.num_rows
+    details = detail if isinstance(detail, list) else [detail] * n
+    src = rows.column(schema.SOURCE_ROW_COLUMN).to_pylist()
+    fields = rows.drop_columns([schema.SOURCE_ROW_COLUMN]).to_pylist()
+    return pa.table(
+        {
+            "table": pa.array([table] * n, pa.string()),
+            "source_row": pa.array(src, pa.int64()),
+            "reason": pa.array([reason] * n, pa.string()),
+            "detail": pa.array(details, pa.string()),
+            "raw": pa.array([raw_to_text(r) for r in fields], pa.string()),
+        },
+        schema=schema.QUARANTINE,
+    )
+
+
 def _to_bool(mask) -> np.ndarray:
     if isinstance(mask, np.ndarray):
         return mask.astype(bool, copy=False)
