@@ -5,6 +5,8 @@
 #      the shard loader's samples/s on the same data (benchmarks/train_rate.py);
 #   2. the creator index: faiss IVF-PQ built and searched on the GPU over 1 M creators, q/s at
 #      recall@10 >= 0.95 against exact search on the same GPU (benchmarks/index_search.py --gpu);
+#      where faiss cannot see the GPU, exact top-10 over the same 1 M creators with torch, fp32
+#      and bf16, against the CPU in the same run (benchmarks/gpu_exact.py);
 #   3. the tests marked gpu (pytest -m gpu).
 #
 # Prepared here, before the call (the machine reaches no package index):
@@ -19,7 +21,8 @@
 # faiss on the GPU: the PyPI GPU builds (faiss-gpu-cu12, faiss-gpu) link CUDA 12's cuBLAS, with
 # versioned symbols, and the lent image holds CUDA 13 only; cuBLAS 12 is a 410 MB wheel and a
 # call carries 64 MiB. So part 2 runs only where faiss loads with a GPU (`gpu_wheels.sh faiss`
-# carries faiss-gpu-cu12 for an image that has cuBLAS 12), and says so otherwise.
+# carries faiss-gpu-cu12 for an image that has cuBLAS 12), and says so otherwise; exact search
+# with torch runs in its place.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -61,5 +64,6 @@ if [ "${faiss_gpus:-0}" -gt 0 ] 2>/dev/null; then
 else
   { echo "== index, tests: skipped, faiss sees no GPU (${faiss_gpus:-faiss did not load})"
     tail -2 /tmp/faiss_import.log; } | tee -a "$OUT/summary.log"
+  part exact 150 "$PY" benchmarks/gpu_exact.py --n "$N" --out "$OUT"
 fi
 ls -la "$OUT"  # the device tool brings back at most 8 files: summary, 2 logs a part, 2 figures

@@ -32,41 +32,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.vectors import clustered  # noqa: E402
 from index import build, tune  # noqa: E402
 from index.export import load_embeddings  # noqa: E402
 
 IP = faiss.METRIC_INNER_PRODUCT
 GOALS_CPU = {"recall": 0.95, "speedup": 50.0, "build_s": 30.0}
 GOALS_GPU = {"recall": 0.95, "qps": 100_000.0, "build_s": 5.0}
-
-
-def clustered(n: int, d: int, corpus: int, seed: int, spread: float = 0.5) -> np.ndarray:
-    """n unit vectors shaped like trained creator embeddings: topics (one per 500 creators of
-    the corpus) of sub-communities (one per 20) of creators, in a d/2-dim subspace, with a
-    shared mean direction and a little full-rank noise. Calibrated on the Last.fm towers'
-    embeddings: 80 % of the variance in about a third of the dimensions, a mean vector of norm
-    ~0.4, a few close neighbours per query and then a steep fall-off, and a similar recall
-    against nprobe curve. Isotropic Gaussian blobs instead make every within-blob neighbour
-    equally close, which no trained model produces and which no 4-bit code can rank. The
-    structure depends on `corpus` only, so queries (another seed) come from the corpus's."""
-    rank, subs = max(2, d // 2), max(1, corpus // 20)
-    g = np.random.default_rng(0)
-    topics = g.standard_normal((max(1, corpus // 500), rank)).astype(np.float32)
-    centres = topics[g.integers(0, len(topics), subs)]
-    centres += g.standard_normal((subs, rank)).astype(np.float32)
-    basis = np.linalg.qr(g.standard_normal((d, rank)))[0].T.astype(np.float32)  # [rank, d]
-    mean = g.standard_normal(d).astype(np.float32)
-    mean *= 0.4 / np.linalg.norm(mean)
-    rng = np.random.default_rng(seed)
-    x = np.empty((n, d), dtype=np.float32)
-    for s in range(0, n, 262_144):  # in blocks: the peak stays near the output's size
-        m = min(262_144, n - s)
-        z = centres[rng.integers(0, subs, m)] + spread * rng.standard_normal((m, rank), np.float32)
-        block = z @ basis
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[s : s + m] = block + 0.05 * rng.standard_normal((m, d), np.float32) + mean
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
 
 
 def data(a) -> tuple[np.ndarray, np.ndarray, dict]:

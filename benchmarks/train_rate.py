@@ -11,8 +11,8 @@ decoding shards into batches, pinned where there is a GPU); the training step is
 `--warmup` steps (the first steps compile kernels and fill caches), through the same loader, so
 `train samples/s` is what a fit gets and `loader / train` above 1 means the loader keeps up.
 
-Writes artifacts/bench/train_rate/<device>.json (or --out). benchmarks/gpu_check.sh runs it on
-a lent GPU.
+Writes artifacts/bench/train_rate/train_rate_gpu.json (or _cpu; --out another folder).
+benchmarks/gpu_check.sh runs it on a lent GPU.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main() -> None:
         result["loader"]["samples_per_s"] / result["train"]["samples_per_s"], 2
     )
     a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    path = a.out / f"train_rate_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     print(f"wrote {path}")
