@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.vectors import clustered  # noqa: E402
+from common.io import write_json  # noqa: E402
 
 
 def top_k(xb: torch.Tensor, xq: torch.Tensor, k: int, batch: int) -> torch.Tensor:
@@ -95,11 +96,9 @@ def main() -> None:
         truth = gpu.pop("truth")
         result["cpu"][f"recall@{a.k}_vs_gpu_fp32"] = round(recall(cpu_ids, truth), 4)
         result |= {"gpu": gpu, "gpu_fp32_over_cpu": round(gpu["fp32_qps"] / cpu_qps, 1)}
-    a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"{'gpu' if gpu else 'cpu'}_exact.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    write_json(path, result)  # atomic; the folder made if missing
+    print(json.dumps(result, indent=1), f"\nwrote {path}")
 
 
 if __name__ == "__main__":

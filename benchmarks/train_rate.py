@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import pytorch_lightning as pl  # noqa: E402
 
+from common.io import write_json  # noqa: E402
 from towers.model import TowerConfig  # noqa: E402
 from training.cli import default_precision  # noqa: E402
 from training.data import TowerDataModule  # noqa: E402
@@ -139,11 +140,9 @@ def main() -> None:
     result["loader_over_train"] = round(
         result["loader"]["samples_per_s"] / result["train"]["samples_per_s"], 2
     )
-    a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"train_rate_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+    write_json(path, result)  # atomic; the folder made if missing
+    print(json.dumps(result, indent=1), f"\nwrote {path}")
 
 
 if __name__ == "__main__":
