@@ -342,10 +342,15 @@ def _quarantine_rows(data, raw_columns, fields, rej: _Rejections, table: str) ->
         reasons.append(schema.REASONS[rej.reason[j]])
         details.append(f"{f.name}={raw_to_text(raw[f.name][k])!r}"[:300])
         raws.append(raw_to_text({name: raw[name][k] for name in raw}))
+    return _quarantine_table(table, rows, reasons, details, raws)
+
+
+def _quarantine_table(table: str, source_rows: list, reasons: list, details: list, raws: list):
+    """The quarantine's columns for one table's rejected rows, one entry per row in each list."""
     return pa.table(
         {
-            "table": pa.array([table] * len(bad), pa.string()),
-            "source_row": pa.array(rows, pa.int64()),
+            "table": pa.array([table] * len(source_rows), pa.string()),
+            "source_row": pa.array(source_rows, pa.int64()),
             "reason": pa.array(reasons, pa.string()),
             "detail": pa.array(details, pa.string()),
             "raw": pa.array(raws, pa.string()),
@@ -368,16 +373,7 @@ def as_quarantine(rows: pa.Table, table: str, reason: str, detail) -> pa.Table:
     details = detail if isinstance(detail, list) else [detail] * n
     src = rows.column(schema.SOURCE_ROW_COLUMN).to_pylist()
     fields = rows.drop_columns([schema.SOURCE_ROW_COLUMN]).to_pylist()
-    return pa.table(
-        {
-            "table": pa.array([table] * n, pa.string()),
-            "source_row": pa.array(src, pa.int64()),
-            "reason": pa.array([reason] * n, pa.string()),
-            "detail": pa.array(details, pa.string()),
-            "raw": pa.array([raw_to_text(r) for r in fields], pa.string()),
-        },
-        schema=schema.QUARANTINE,
-    )
+    return _quarantine_table(table, src, [reason] * n, details, [raw_to_text(r) for r in fields])
 
 
 def _to_bool(mask) -> np.ndarray:
